@@ -1,0 +1,54 @@
+# semmae — `make help` lists the targets. Every target that runs code depends on `setup` (idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-stamp
+ARGS   ?=
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+export WANDB_MODE ?= offline
+
+.PHONY: help setup data pretrain test test-slow test-all clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Pass options to a run with ARGS, e.g.  make pretrain ARGS='masking=random trainer.max_epochs=5'"
+
+setup: $(STAMP) ## Create .venv, install semmae with dev extras and the Fashion-MNIST data (once; then instant)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(MAKE) --no-print-directory data
+	@touch $@
+
+data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root + apt-get), or say how to get it
+	@if ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: found in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } ; \
+		ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null && echo "Fashion-MNIST: installed in $(FMNIST_DIR)"; \
+	else \
+		echo "Fashion-MNIST: not installed. As root: apt-get install dataset-fashion-mnist;"; \
+		echo "  or pass dataset.root=DIR (the four IDX files); or let the first run download it (dataset.download=true)."; \
+	fi
+
+pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, CPU: ~4 min)
+	$(BIN)/python -m semmae.pretrain $(ARGS)
+
+test: setup ## Run the test suite (without tests marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: setup ## Run only the tests marked slow (exit code 5, "no tests collected", counts as success)
+	$(BIN)/python -m pytest -q -m slow $(ARGS) || [ $$? -eq 5 ]
+
+test-all: test test-slow ## Both
+
+clean: ## Remove run outputs (outputs/, multirun/); keeps .venv
+	rm -rf outputs multirun lightning_logs

@@ -1,0 +1,1 @@
+"""Data: LightningDataModules for Fashion-MNIST, CIFAR and ImageFolder; batched on-device augmentation."""

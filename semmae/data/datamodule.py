@@ -1,0 +1,181 @@
+"""The shared LightningDataModule for classification images. Subclasses say where the images come from;
+this class decides how they reach the model: resident (whole uint8 tensor on the training device, batched
+augmentation after transfer, no workers) or per-image torchvision transforms in DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from semmae.data.augment import BatchEvalTransform, BatchTrainAugment, expand_channels
+from semmae.data.resident import ResidentBatches
+from semmae.errors import ConfigError
+
+
+def auto_num_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus - 1))
+
+
+class ArrayDataset(Dataset):
+    """uint8 [N, C, H, W] images + labels with a per-image torchvision transform (the worker path)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, channels: int, plain_transform=None):
+        self.images, self.labels, self.transform, self.channels = images, labels, transform, channels
+        self.plain_transform = plain_transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {"label": self.labels[i], "index": i}
+        for key, transform in (("image", self.transform), ("image_plain", self.plain_transform)):
+            if transform is not None:
+                item[key] = expand_channels(transform(self.images[i])[None], self.channels)[0]
+        return item
+
+
+class ImageDataModule(L.LightningDataModule, ABC):
+    """Base class; subclasses implement load_arrays(train) -> (uint8 [N, C, H, W], int64 [N])."""
+
+    num_classes: int = 0
+    source_channels: int = 3
+
+    def __init__(
+        self,
+        img_size: int = 32,
+        channels: int | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = "auto",
+        resident: bool = True,
+        resident_device: str = "auto",
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        mean: tuple[float, ...] = (0.5,),
+        std: tuple[float, ...] = (0.5,),
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        seed: int = 0,
+        pin_memory: bool | str = "auto",
+        name: str | None = None,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if num_classes is not None and self.num_classes and int(num_classes) != self.num_classes:
+            raise ConfigError(f"dataset.num_classes={num_classes}, but {type(self).__name__} has {self.num_classes}")
+        self.name = name or type(self).__name__
+        if batch_size < 1:
+            raise ConfigError(f"dataset.batch_size must be >= 1, got {batch_size}")
+        self.img_size = int(img_size)
+        self.channels = int(channels or self.source_channels)
+        if self.channels not in (1, 3):
+            raise ConfigError(f"dataset.channels must be 1 or 3, got {self.channels}")
+        if self.channels < self.source_channels:
+            raise ConfigError(f"dataset.channels={self.channels} but the images have {self.source_channels} channels")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+        self.resident = bool(resident)
+        self.resident_device = resident_device
+        self.crop_scale = tuple(float(s) for s in crop_scale)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_subset, self.val_subset = train_subset, val_subset
+        self.seed = int(seed)
+        self.pin_memory = pin_memory
+        self.train_augment = BatchTrainAugment(self.img_size, self.mean, self.std, self.channels, self.crop_scale)
+        self.eval_transform = BatchEvalTransform(self.img_size, self.mean, self.std, self.channels)
+        self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------------------
+    @abstractmethod
+    def load_arrays(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images as uint8 [N, C, H, W] and labels as int64 [N]."""
+
+    # --- set-up ------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        if self.resident_device != "auto":
+            return torch.device(self.resident_device)
+        trainer = getattr(self, "_trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _subset(self, images, labels, n):
+        if n is None or n >= len(labels):
+            return images, labels
+        g = torch.Generator().manual_seed(self.seed + 17)
+        idx = torch.randperm(len(labels), generator=g)[: int(n)].sort().values
+        return images[idx], labels[idx]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data:
+            return
+        for split, train, n in (("train", True, self.train_subset), ("val", False, self.val_subset)):
+            images, labels = self._subset(*self.load_arrays(train), n)
+            if self.resident:
+                dev = self._device()
+                images, labels = images.to(dev).contiguous(), labels.to(dev)
+            self.data[split] = (images, labels)
+
+    # --- loaders -----------------------------------------------------------------------------------------
+    def _epoch(self) -> int:
+        trainer = getattr(self, "_trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
+    def _pin(self) -> bool:
+        return torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.setup()
+        images, labels = self.data[split]
+        bs = self.batch_size if train else self.eval_batch_size
+        if self.resident:
+            ds = ResidentBatches(images, labels, bs, train=train, seed=self.seed)
+            ds.epoch_fn = self._epoch
+            return DataLoader(ds, batch_size=None, num_workers=0)
+        transform = self._worker_transform(train)
+        workers = self.num_workers
+        return DataLoader(
+            ArrayDataset(images, labels, transform, self.channels, self._worker_transform(False) if train else None),
+            batch_size=bs,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=self._pin(),
+            persistent_workers=workers > 0,
+        )
+
+    def _worker_transform(self, train: bool):
+        """torchvision transforms on one uint8 [C, H, W] image, same recipe as the batched path."""
+        ops = [v2.RandomResizedCrop(self.img_size, scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()]
+        if not train:
+            ops = [v2.Resize((self.img_size, self.img_size), antialias=True)]
+        return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    # --- on-device augmentation of resident batches --------------------------------------------------------
+    def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        """Training batches get the augmented view as "image" and the un-augmented (evaluation) view as
+        "image_plain", which the online probe uses; evaluation batches get the evaluation view."""
+        images = batch["image"]
+        if images.dtype != torch.uint8:  # already transformed by the worker path
+            return batch
+        if not train:
+            return {**batch, "image": self.eval_transform(images)}
+        return {**batch, "image": self.train_augment(images), "image_plain": self.eval_transform(images)}
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))

@@ -1,0 +1,95 @@
+"""Fashion-MNIST (the embedded default): IDX files from dataset.root, else the Debian package
+dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else torchvision's downloader.
+28x28 grayscale images are padded to a 32x32 canvas (background is black) for patch size 4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from semmae.data.datamodule import ImageDataModule
+from semmae.data.idx import read_idx
+from semmae.errors import DataError
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+HOW_TO_GET = (
+    "install the Debian package (apt-get install dataset-fashion-mnist), or set dataset.root=DIR "
+    "to a folder with the four IDX files, or allow dataset.download=true with internet access"
+)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for sub in ("", "FashionMNIST/raw", "raw"):
+        for name in (stem + ".gz", stem):
+            p = directory / sub / name
+            if p.is_file():
+                return p
+    return None
+
+
+def locate(root: str | None, download: bool) -> Path:
+    """The directory holding the four IDX files, in order: root, the Debian package, a torchvision download."""
+    stems = [s for pair in FILES.values() for s in pair]
+    if root is not None:
+        root_p = Path(root).expanduser()
+        if all(_find(root_p, s) for s in stems):
+            return root_p
+        if not download:
+            raise DataError(f"Fashion-MNIST IDX files not found under dataset.root={root}: {HOW_TO_GET}")
+        return _download(root_p)
+    if all(_find(DEBIAN_DIR, s) for s in stems):
+        return DEBIAN_DIR
+    if not download:
+        raise DataError(f"Fashion-MNIST not found: {HOW_TO_GET}")
+    return _download(Path.home() / ".cache" / "semmae" / "fashion-mnist")
+
+
+def _download(target: Path) -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+    except Exception as exc:  # offline, DNS, HTTP errors: all mean "could not get the data"
+        raise DataError(f"Fashion-MNIST not found and the download failed ({type(exc).__name__}): {HOW_TO_GET}") from exc
+    return target
+
+
+def load_fashion_mnist(root: str | None, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> uint8 images [N, 1, 28, 28], int64 labels [N]."""
+    directory = locate(root, download)
+    img_stem, lbl_stem = FILES[train]
+    images = torch.from_numpy(read_idx(_find(directory, img_stem)).copy())
+    labels = torch.from_numpy(read_idx(_find(directory, lbl_stem)).astype("int64"))
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DataError(f"Fashion-MNIST files in {directory} are inconsistent: {tuple(images.shape)} vs {len(labels)} labels")
+    return images.unsqueeze(1), labels
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    num_classes = 10
+    source_channels = 1
+    classes = CLASSES
+
+    def __init__(self, root: str | None = None, download: bool = True, canvas: int = 32, **kwargs):
+        kwargs.setdefault("mean", (0.2860,))
+        kwargs.setdefault("std", (0.3530,))
+        super().__init__(**kwargs)
+        self.root, self.download, self.canvas = root, bool(download), int(canvas)
+
+    def prepare_data(self) -> None:
+        locate(self.root, self.download)  # fails early, with the fix, if the data cannot be found or fetched
+
+    def load_arrays(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = load_fashion_mnist(self.root, train, self.download)
+        pad = self.canvas - images.shape[-1]
+        if pad > 0:  # centre the 28x28 garment on a black canvas
+            images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+        return images.contiguous(), labels

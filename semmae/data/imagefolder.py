@@ -1,0 +1,137 @@
+"""ImageNet-1K or any ImageFolder tree (root/train/<class>/*.JPEG, root/val/<class>/*.JPEG): decoded and
+augmented per image in DataLoader workers (MAE's recipe: bicubic RandomResizedCrop 0.2-1 + flip; evaluation
+resize to 1/0.875 of the size + centre crop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from semmae.data.datamodule import auto_num_workers
+from semmae.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DictDataset(Dataset):
+    """ImageFolder samples as dicts; training samples also carry the un-augmented view for the online probe."""
+
+    def __init__(self, base: ImageFolder, indices: list[int] | None, transform, plain_transform=None):
+        self.base, self.indices = base, indices
+        self.transform, self.plain_transform = transform, plain_transform
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = self.indices[i] if self.indices is not None else i
+        path, label = self.base.samples[j]
+        image = self.base.loader(path)
+        item = {"image": self.transform(image), "label": label, "index": i}
+        if self.plain_transform is not None:
+            item["image_plain"] = self.plain_transform(image)
+        return item
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str | None = None,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        img_size: int = 224,
+        channels: int = 3,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = "auto",
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        seed: int = 0,
+        pin_memory: bool | str = "auto",
+        num_classes: int | None = None,
+        name: str = "imagefolder",
+    ):
+        super().__init__()
+        if root is None:
+            raise ConfigError("ImageFolder data needs dataset.root=DIR (with train/ and val/ class folders)")
+        if channels != 3:
+            raise ConfigError("ImageFolder data is decoded as RGB: dataset.channels must be 3")
+        self.root = Path(root).expanduser()
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.img_size, self.channels = int(img_size), 3
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+        self.crop_scale, self.mean, self.std = tuple(crop_scale), tuple(mean), tuple(std)
+        self.train_subset, self.val_subset, self.seed = train_subset, val_subset, int(seed)
+        self.pin_memory = pin_memory
+        self.num_classes = num_classes
+        self.name = name
+        self.datasets: dict[str, Dataset] = {}
+
+    def transform(self, train: bool):
+        norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if train:
+            return T.Compose(
+                [T.RandomResizedCrop(self.img_size, scale=self.crop_scale, interpolation=T.InterpolationMode.BICUBIC),
+                 T.RandomHorizontalFlip()] + norm
+            )
+        resize = int(round(self.img_size / 0.875))
+        return T.Compose(
+            [T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(self.img_size)] + norm
+        )
+
+    def _folder(self, name: str, train: bool) -> Dataset:
+        path = self.root / name
+        if not path.is_dir():
+            raise DataError(f"ImageFolder split not found: {path} (expected {self.root}/<{name}>/<class>/<image>)")
+        ds = ImageFolder(str(path))
+        if self.num_classes is None:
+            self.num_classes = len(ds.classes)
+        n = self.train_subset if train else self.val_subset
+        indices = None
+        if n is not None and n < len(ds):
+            g = torch.Generator().manual_seed(self.seed + 17)
+            indices = torch.randperm(len(ds), generator=g)[: int(n)].tolist()
+        return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None)
+
+    def prepare_data(self) -> None:
+        for name in (self.train_dir, self.val_dir):
+            if not (self.root / name).is_dir():
+                raise DataError(f"ImageFolder split not found: {self.root / name} (expected <root>/{name}/<class>/<image>)")
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = {"train": self._folder(self.train_dir, True), "val": self._folder(self.val_dir, False)}
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.setup()
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory),
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("val", False)

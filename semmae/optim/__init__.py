@@ -1,0 +1,7 @@
+"""Optimisation helpers: lr scaling rule, warmup + cosine schedule, parameter groups."""
+
+from semmae.optim.param_groups import weight_decay_groups
+from semmae.optim.scaling import scaled_lr
+from semmae.optim.schedule import warmup_cosine
+
+__all__ = ["scaled_lr", "warmup_cosine", "weight_decay_groups"]

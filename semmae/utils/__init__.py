@@ -1,0 +1,1 @@
+"""Small shared helpers: run directories, figure saving and logging, rank-zero printing."""

@@ -1,0 +1,82 @@
+"""What every task entry point does the same way: build callbacks and loggers from config, check paths,
+and report the run (console lines + results.json in the run directory)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from semmae.errors import ConfigError
+
+
+def configure_torch() -> None:
+    """TF32 matmuls on Ampere+ GPUs (bf16 autocast covers the rest); nothing changes on CPU."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """A group of named objects (callbacks, loggers), each with a _target_, -> list of objects."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def check_ckpt_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
+    return str(path)
+
+
+def wandb_run_dir(loggers: list[Any]) -> str | None:
+    """The directory of the W&B run (offline-run-* or run-*), if a W&B logger is attached."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            exp = logger.experiment
+            run_dir = getattr(exp, "dir", None)
+            return str(Path(run_dir).parent) if run_dir else None
+    return None
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if math.isfinite(f):
+            out[k] = f
+    return dict(sorted(out.items()))
+
+
+@rank_zero_only
+def write_results(output_dir: str | Path, payload: dict[str, Any]) -> Path:
+    """results.json in the run directory, written atomically."""
+    path = Path(output_dir) / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@rank_zero_only
+def print_summary(lines: dict[str, Any]) -> None:
+    width = max(len(k) for k in lines)
+    print()
+    for key, value in lines.items():
+        print(f"{key:<{width}} : {value}")
