@@ -52,9 +52,12 @@ def sample_crop_boxes(
     return torch.stack([x0, y0, w, h], dim=1)
 
 
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+def crop_resize(
+    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None, mode: str = "bilinear"
+) -> torch.Tensor:
     """Crop boxes [B, 4] (x0, y0, w, h) out of float images [B, C, H, W] and resize each to size x size
-    (bilinear, pixel-centre aligned like torchvision's resize); flip [B] bool mirrors horizontally."""
+    (pixel-centre aligned like torchvision's resize); flip [B] bool mirrors horizontally. mode="nearest" for
+    label maps (segment ids, class masks), which must keep their integer values."""
     b, _, height, width = images.shape
     x0, y0, w, h = boxes.to(images.dtype).unbind(1)
     sx = w / width
@@ -67,7 +70,7 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = (2 * y0 + h) / height - 1
     grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -91,14 +94,22 @@ class BatchTrainAugment:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, label_maps: torch.Tensor | None = None
+    ):
+        """-> augmented images; with label_maps [B, H, W] (integer maps aligned with the images) also the maps
+        under the same crop and flip, resized with nearest neighbour: (images, maps)."""
         b, _, height, width = images.shape
         dev = images.device
         boxes = sample_crop_boxes(b, height, width, self.scale, self.ratio, generator, dev)
         flip = torch.rand(b, generator=generator, device=dev) < self.flip_p
         out = crop_resize(images.float(), boxes, self.size, flip)
         out = normalize(out, self.mean.to(dev), self.std.to(dev))
-        return expand_channels(out, self.channels).contiguous()
+        out = expand_channels(out, self.channels).contiguous()
+        if label_maps is None:
+            return out
+        maps = crop_resize(label_maps[:, None].float(), boxes, self.size, flip, mode="nearest")[:, 0]
+        return out, maps.round().to(label_maps.dtype)
 
 
 class BatchEvalTransform:
@@ -108,9 +119,19 @@ class BatchEvalTransform:
         self.size, self.channels = int(size), int(channels)
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, label_maps: torch.Tensor | None = None
+    ):
+        """-> images; with label_maps [B, H, W] also the maps resized with nearest neighbour: (images, maps)."""
         out = images.float()
-        if out.shape[-2:] != (self.size, self.size):
+        resize = out.shape[-2:] != (self.size, self.size)
+        if resize:
             out = F.interpolate(out, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         out = normalize(out, self.mean.to(out.device), self.std.to(out.device))
-        return expand_channels(out, self.channels).contiguous()
+        out = expand_channels(out, self.channels).contiguous()
+        if label_maps is None:
+            return out
+        maps = label_maps
+        if resize:
+            maps = F.interpolate(maps[:, None].float(), size=(self.size, self.size), mode="nearest")[:, 0]
+        return out, maps.round().to(label_maps.dtype)

@@ -80,3 +80,21 @@ def test_fallback_is_centre_crop(ratio_bounds):
     # a 10x40 image cannot hold 99% of its area at aspect <= 4/3: torchvision falls back to a centred crop
     assert torch.all(boxes[:, 3] == 10) and torch.all(boxes[:, 2] == round(10 * 4 / 3))
     assert torch.all(boxes[:, 0] == (40 - round(10 * 4 / 3)) // 2)
+
+
+def test_label_maps_follow_the_same_crop_and_flip():
+    """A label map equal to the image's pixel values must come out equal to the (nearest-sampled) image."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 7, (6, 4, 4)).repeat_interleave(8, 1).repeat_interleave(8, 2)  # 8x8-pixel blocks
+    images = ids[:, None].to(torch.uint8) * 30
+    aug = BatchTrainAugment(16, mean=(0.0,), std=(1.0 / 255,), channels=1)
+    out, maps = aug(images, g, label_maps=ids)
+    assert maps.dtype == ids.dtype and maps.shape == (6, 16, 16)
+    assert set(maps.unique().tolist()) <= set(range(7))
+    # inside the blocks the bilinear image is exactly 30 x label: there the warped label must agree with it
+    flat = (out[:, 0] % 30 == 0)
+    assert flat.float().mean() > 0.3
+    assert torch.equal(maps[flat], (out[:, 0][flat] / 30).round().long())
+    ev = BatchEvalTransform(16, mean=(0.0,), std=(1.0,), channels=1)
+    _, emaps = ev(images, label_maps=ids)
+    assert emaps.shape == (6, 16, 16) and torch.equal(emaps, ids[:, ::2, ::2])
