@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 def sample_crop_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
@@ -21,34 +21,31 @@ def sample_crop_boxes(
     attempts: int = 10,
 ) -> torch.Tensor:
     """Integer crop boxes [n, 4] = (x0, y0, w, h) drawn as torchvision's RandomResizedCrop.get_params does:
-    area fraction ~ U(scale), log aspect ~ U(log ratio), up to `attempts` tries, then a centre-crop fallback."""
-    area = float(height * width)
+    area fraction ~ U(scale), log aspect ~ U(log ratio), up to `attempts` tries, then a centre-crop fallback.
+    height/width are one size for all images, or per-image sizes [n] (decoded photos of different sizes)."""
+    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)
+    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)
+    area = (height * width)[:, None]
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
     u = torch.rand(n, attempts, 2, generator=generator, device=device)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[..., 1])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    ok = (w > 0) & (h > 0) & (w <= width[:, None]) & (h <= height[:, None])
     first = torch.argmax(ok.to(torch.int8), dim=1)  # index of the first valid attempt
     any_ok = ok.any(dim=1)
     w = torch.gather(w, 1, first[:, None]).squeeze(1)
     h = torch.gather(h, 1, first[:, None]).squeeze(1)
     # Fallback: the whole image cropped to the ratio bounds, centred (torchvision's behaviour).
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fw, fh = int(round(height * ratio[1])), height
-    else:
-        fw, fh = width, height
-    w = torch.where(any_ok, w, torch.full_like(w, fw))
-    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    fw = torch.where(in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width))
+    fh = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
+    w = torch.where(any_ok, w, fw)
+    h = torch.where(any_ok, h, fh)
     pos = torch.rand(n, 2, generator=generator, device=device)
-    x0 = torch.floor(pos[:, 0] * (width - w + 1))
-    y0 = torch.floor(pos[:, 1] * (height - h + 1))
-    x0 = torch.where(any_ok, x0, torch.full_like(x0, (width - fw) // 2))
-    y0 = torch.where(any_ok, y0, torch.full_like(y0, (height - fh) // 2))
+    x0 = torch.where(any_ok, torch.floor(pos[:, 0] * (width - w + 1)), torch.div(width - fw, 2, rounding_mode="floor"))
+    y0 = torch.where(any_ok, torch.floor(pos[:, 1] * (height - h + 1)), torch.div(height - fh, 2, rounding_mode="floor"))
     return torch.stack([x0, y0, w, h], dim=1)
 
 

@@ -1,6 +1,8 @@
-"""ImageNet-1K or any ImageFolder tree (root/train/<class>/*.JPEG, root/val/<class>/*.JPEG): decoded and
-augmented per image in DataLoader workers (MAE's recipe: bicubic RandomResizedCrop 0.2-1 + flip; evaluation
-resize to 1/0.875 of the size + centre crop)."""
+"""ImageNet-1K or any ImageFolder tree (root/train/<class>/*.JPEG, root/val/<class>/*.JPEG) with MAE's recipe
+(RandomResizedCrop 0.2-1 + flip; evaluation: resize to 1/0.875 of the size + centre crop). Two decoding paths:
+`decode=workers` decodes and augments each image with PIL in DataLoader workers (bicubic); `decode=device` has
+the workers read bytes only and decodes + augments the batch on the training device (semmae.data.jpeg_decode),
+which keeps a GPU fed. `decode=auto` picks `device` when training on a GPU."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from semmae.data import jpeg_decode
 from semmae.data.datamodule import auto_num_workers
 from semmae.errors import ConfigError, DataError
 
@@ -60,6 +63,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         pin_memory: bool | str = "auto",
         num_classes: int | None = None,
         name: str = "imagefolder",
+        decode: str = "auto",
     ):
         super().__init__()
         if root is None:
@@ -77,6 +81,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.num_classes = num_classes
         self.name = name
+        if decode not in ("auto", "workers", "device"):
+            raise ConfigError(f"dataset.decode must be auto, workers or device, got {decode}")
+        self.decode = decode
         self.datasets: dict[str, Dataset] = {}
 
     def transform(self, train: bool):
@@ -91,11 +98,18 @@ class ImageFolderDataModule(L.LightningDataModule):
             [T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(self.img_size)] + norm
         )
 
+    def on_device(self) -> bool:
+        """True when batches are decoded on the training device (decode=device, or auto on a GPU)."""
+        if self.decode != "auto":
+            return self.decode == "device"
+        trainer = getattr(self, "_trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _folder(self, name: str, train: bool) -> Dataset:
         path = self.root / name
         if not path.is_dir():
             raise DataError(f"ImageFolder split not found: {path} (expected {self.root}/<{name}>/<class>/<image>)")
-        ds = ImageFolder(str(path))
+        ds = jpeg_decode.EncodedImageFolder(path) if self.on_device() else ImageFolder(str(path))
         if self.num_classes is None:
             self.num_classes = len(ds.classes)
         n = self.train_subset if train else self.val_subset
@@ -103,6 +117,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if n is not None and n < len(ds):
             g = torch.Generator().manual_seed(self.seed + 17)
             indices = torch.randperm(len(ds), generator=g)[: int(n)].tolist()
+        if isinstance(ds, jpeg_decode.EncodedImageFolder):
+            ds.indices = indices
+            return ds
         return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None)
 
     def prepare_data(self) -> None:
@@ -125,6 +142,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory),
             persistent_workers=workers > 0,
+            collate_fn=jpeg_decode.collate_encoded if self.on_device() else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -135,3 +153,19 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("val", False)
+
+    # --- device decoding (decode=device) -------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "jpeg" in batch:  # bytes stay on the CPU: decode_jpeg reads them there
+            return {k: (v if k == "jpeg" else v.to(device, non_blocking=True)) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        if "jpeg" not in batch:
+            return batch
+        device = batch["label"].device
+        return jpeg_decode.device_batch(batch, device, self.img_size, train, self.mean, self.std, self.crop_scale)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "_trainer", None)
+        return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))

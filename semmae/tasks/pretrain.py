@@ -52,6 +52,7 @@ class PretrainTask(L.LightningModule):
         optim: Mapping[str, Any] | None = None,
         probe: Mapping[str, Any] | None = None,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         optim, probe = plain(optim) or {}, plain(probe) or {}  # plain containers: checkpoints load with weights_only
@@ -70,11 +71,21 @@ class PretrainTask(L.LightningModule):
         acc = dict(task="multiclass", num_classes=num_classes)
         self.train_probe_acc = torchmetrics.Accuracy(**acc)
         self.val_probe_acc = torchmetrics.Accuracy(**acc)
+        self.compile_model = bool(compile)
+        self.train_forward = self.mae.forward  # replaced by a compiled version in configure_model if asked
+        self.probe_encoder = self.mae.encoder.forward_cls
         self.probe_optimizer: torch.optim.Optimizer | None = None
         self._probe_opt_state: dict | None = None
         self.save_hyperparameters(ignore=["mae", "masking"])
         self.hparams["masking"] = repr(masking)
         self.hparams["model"] = dict(mae.config)
+
+    def configure_model(self) -> None:
+        """torch.compile the training forward (encoder on visible tokens, decoder, loss) and the probe's full-image
+        forward. Shapes are static (the visible count is fixed by the mask ratio), so no dynamic shapes."""
+        if self.compile_model and self.train_forward == self.mae.forward:
+            self.train_forward = torch.compile(self.mae.forward, dynamic=False)
+            self.probe_encoder = torch.compile(self.mae.encoder.forward_cls, dynamic=False)
 
     # --- masking ----------------------------------------------------------------------------------------------
     def make_mask(self, batch: Mapping[str, Any], stream: int, batch_idx: int) -> Mask:
@@ -90,12 +101,13 @@ class PretrainTask(L.LightningModule):
         if bf16 == "auto":
             bf16 = self.device.type == "cpu" and cpu_has_native_bf16()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(bf16)):
-            return self.mae.encoder.forward_cls(images).float()
+            encode = self.probe_encoder if self.training else self.mae.encoder.forward_cls
+            return encode(images).float()
 
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
-        loss, _ = self.mae(images, self.make_mask(batch, TRAIN_STREAM, batch_idx))
+        loss, _ = self.train_forward(images, self.make_mask(batch, TRAIN_STREAM, batch_idx))
         self.train_loss.update(loss.detach())
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # reading the loss syncs with the device
@@ -159,6 +171,7 @@ class PretrainTask(L.LightningModule):
             self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.probe_cfg["lr"], weight_decay=0.0)
             if self._probe_opt_state is not None:
                 self.probe_optimizer.load_state_dict(self._probe_opt_state)
+            self.probe_schedule = lambda s: warmup_cosine(s, 0, total, 0.05)  # settles as the features settle
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -169,6 +182,8 @@ class PretrainTask(L.LightningModule):
                 for p in self.probe.parameters():
                     if p.grad is not None:
                         p.grad.div_(scaler.get_scale())
+            for group in self.probe_optimizer.param_groups:
+                group["lr"] = self.probe_cfg["lr"] * self.probe_schedule(self.global_step)
             self.probe_optimizer.step()
             self.probe_optimizer.zero_grad(set_to_none=True)
 

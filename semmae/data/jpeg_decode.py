@@ -1,0 +1,102 @@
+"""ImageFolder data that keeps a GPU fed: DataLoader workers only read the JPEG bytes; the batch is decoded on the
+training device (nvJPEG through torchvision.io.decode_jpeg on CUDA, libjpeg on CPU) and cropped, resized
+(antialiased), flipped and normalised there. Crop boxes are drawn on the CPU for the whole batch at once, so the
+device never waits on the host for them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from semmae.data.augment import normalize, sample_crop_boxes
+
+# torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they work and need no extra dependency.
+warnings.filterwarnings("ignore", message=r".*TorchCodec.*", category=UserWarning)
+
+
+class EncodedImageFolder(Dataset):
+    """root/<class>/<image>.jpg -> {"jpeg": raw bytes (uint8 [L]), "label", "index"}; no decoding in the worker."""
+
+    def __init__(self, root: str | Path, indices: list[int] | None = None):
+        classes, class_to_idx = find_classes(str(root))
+        self.classes = classes
+        self.samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path, label = self.samples[self.indices[i] if self.indices is not None else i]
+        return {"jpeg": read_file(path), "label": label, "index": i}
+
+
+def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Variable-length byte strings stay a list; labels and indices become tensors."""
+    return {
+        "jpeg": [it["jpeg"] for it in items],
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+
+
+def decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """-> RGB uint8 [3, H, W] images on `device` (the byte tensors stay on the CPU, as decode_jpeg requires)."""
+    return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+
+
+def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(img[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def train_views(
+    images: list[torch.Tensor], size: int, scale, ratio=(3 / 4, 4 / 3), flip_p: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RandomResizedCrop + horizontal flip of each decoded image -> float [B, 3, size, size] in [0, 255]."""
+    heights = torch.tensor([img.shape[-2] for img in images])
+    widths = torch.tensor([img.shape[-1] for img in images])
+    boxes = sample_crop_boxes(len(images), heights, widths, scale, ratio, generator).long().tolist()
+    flips = (torch.rand(len(images), generator=generator) < flip_p).tolist()
+    out = []
+    for img, (x0, y0, w, h), flip in zip(images, boxes, flips):
+        crop = _resize(img[:, y0 : y0 + h, x0 : x0 + w], (size, size))
+        out.append(crop.flip(-1) if flip else crop)
+    return torch.stack(out)
+
+
+def eval_views(images: list[torch.Tensor], size: int, crop_fraction: float = 0.875) -> torch.Tensor:
+    """Resize the shorter side to size / crop_fraction, centre-crop size x size -> float [B, 3, size, size]."""
+    short = int(round(size / crop_fraction))
+    out = []
+    for img in images:
+        h, w = img.shape[-2:]
+        nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        resized = _resize(img, (nh, nw))
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # as torchvision CenterCrop
+        out.append(resized[:, top : top + size, left : left + size])
+    return torch.stack(out)
+
+
+def device_batch(batch: dict[str, Any], device: torch.device, size: int, train: bool, mean, std, scale,
+                 generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Decode and transform an encoded batch on `device`: training batches get "image" (augmented) and
+    "image_plain" (evaluation view), evaluation batches get "image"."""
+    decoded = decode(batch["jpeg"], device)
+    mean_t = torch.tensor(mean, device=device)
+    std_t = torch.tensor(std, device=device)
+    out = {k: v for k, v in batch.items() if k != "jpeg"}
+    plain = normalize(eval_views(decoded, size), mean_t, std_t)
+    if train:
+        out["image"] = normalize(train_views(decoded, size, scale, generator=generator), mean_t, std_t)
+        out["image_plain"] = plain
+    else:
+        out["image"] = plain
+    return out
