@@ -101,7 +101,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def _device(self) -> torch.device:
         if self.resident_device != "auto":
             return torch.device(self.resident_device)
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _subset(self, images, labels, n):
@@ -123,7 +123,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     # --- loaders -----------------------------------------------------------------------------------------
     def _epoch(self) -> int:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return trainer.current_epoch if trainer is not None else 0
 
     def _pin(self) -> bool:
@@ -177,5 +177,5 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return {**batch, "image": self.train_augment(images), "image_plain": self.eval_transform(images)}
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))

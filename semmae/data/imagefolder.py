@@ -102,7 +102,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         """True when batches are decoded on the training device (decode=device, or auto on a GPU)."""
         if self.decode != "auto":
             return self.decode == "device"
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _folder(self, name: str, train: bool) -> Dataset:
@@ -167,5 +167,5 @@ class ImageFolderDataModule(L.LightningDataModule):
         return jpeg_decode.device_batch(batch, device, self.img_size, train, self.mean, self.std, self.crop_scale)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))

@@ -91,3 +91,28 @@ def test_masks_are_reproducible_and_differ_by_rank_and_step():
     assert torch.equal(ids(0, 0, 0, 5), ids(0, 0, 0, 5))
     assert not torch.equal(ids(0, 0, 0, 5), ids(0, 1, 0, 5))  # another rank
     assert not torch.equal(ids(0, 0, 0, 5), ids(0, 0, 0, 6))  # another step
+
+
+class InspectTrainingBatches(L.Callback):
+    """Keeps what the training step received: augmented images plus the probe's un-augmented view."""
+
+    seen: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        InspectTrainingBatches.seen.append(
+            (trainer.current_epoch, batch["index"].clone(), batch["image"].clone(), batch.get("image_plain"))
+        )
+
+
+def test_training_batches_are_augmented_and_reshuffled_every_epoch(compose_cfg, fmnist_root):
+    InspectTrainingBatches.seen = []
+    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, "logger=none", "callbacks=none",
+                                   "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                                   f"+callbacks.inspect._target_={__name__}.InspectTrainingBatches"])
+    run(cfg)
+    seen = InspectTrainingBatches.seen
+    assert [s[0] for s in seen] == [0, 0, 1, 1]
+    for _, _, image, plain in seen:
+        assert plain is not None and plain.shape == image.shape
+        assert not torch.allclose(image, plain)  # random resized crop + flip ran on the training view
+    assert not torch.equal(seen[0][1], seen[2][1])  # epoch 1 draws a new permutation
