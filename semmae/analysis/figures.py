@@ -10,6 +10,7 @@ from matplotlib.colors import LogNorm
 
 from semmae.analysis.artifacts import ArtifactReport
 from semmae.analysis.metrics import METRICS
+from semmae.errors import ConfigError
 from semmae.utils.figures import denormalize, plt, to_hwc
 
 
@@ -40,6 +41,8 @@ def attention_grid(
     images [n, C, H, W] in [0, 1]; maps [n, L, P] on the patch grid (row-major), in units of the fair share.
     One logarithmic colour scale 1/vmax..vmax for the whole figure, so that blocks compare: the fair share 1 is
     neutral, patches that receive more are red (saturating at vmax), patches that receive less are blue."""
+    if not vmax > 1:
+        raise ConfigError(f"vmax={vmax}: the colour scale runs from 1/vmax to vmax, so vmax must be > 1 (default 2 * tau)")
     n, depth = maps.shape[:2]
     gh, gw = grid_size
     height, width = images.shape[-2:]

@@ -45,6 +45,8 @@ class AttentionMapCallback(L.Callback):
     ):
         if every_n_epochs < 1:
             raise ConfigError(f"callbacks.attention_maps.every_n_epochs={every_n_epochs}: must be >= 1")
+        if num_images < 1:
+            raise ConfigError(f"callbacks.attention_maps.num_images={num_images}: must be >= 1")
         self.every_n_epochs = int(every_n_epochs)
         self.num_images = int(num_images)
         self.figure_images = int(min(figure_images, num_images))

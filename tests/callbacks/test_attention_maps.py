@@ -103,9 +103,11 @@ def test_same_seeded_run_with_and_without_the_callback_gives_identical_losses(co
     assert [int(r["step"]) for r in logged] == [4, 6]
 
 
-def test_bad_schedule_is_a_config_error():
+def test_bad_settings_are_config_errors():
     from semmae.callbacks.attention_maps import AttentionMapCallback
     from semmae.errors import ConfigError
 
     with pytest.raises(ConfigError, match="every_n_epochs"):
         AttentionMapCallback(every_n_epochs=0)
+    with pytest.raises(ConfigError, match="tau"):
+        AttentionMapCallback(tau=0)
