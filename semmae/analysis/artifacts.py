@@ -1,0 +1,173 @@
+"""Measuring attention artifacts of an encoder over a stream of image batches: per-block metrics (DESIGN.md
+section 5), the model-level shallow_* means, and the per-image maps the figures show.
+
+Block indices in every name and key are 1-based (block 1 is the first block after the patch embedding) and
+zero-padded to two digits: `attn/block_03/sink_ratio` is the third block's sink ratio."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from semmae.analysis import metrics as M
+from semmae.analysis.capture import capture
+from semmae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ArtifactSettings:
+    """tau: r' threshold of artifact_fraction; k: MAD multiplier of high_norm_fraction; flat_fraction: share of
+    patches that count as flat in flat_patch_share; shallow_blocks: see metrics.shallow_blocks."""
+
+    tau: float = 4.0
+    k: float = 5.0
+    flat_fraction: float = 0.25
+    shallow_blocks: int | tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if not self.tau > 0:
+            raise ConfigError(f"tau={self.tau}: the artifact threshold must be > 0 (DESIGN default 4)")
+        if not self.k >= 0:
+            raise ConfigError(f"k={self.k}: the MAD multiplier must be >= 0 (DESIGN default 5)")
+        if not 0 < self.flat_fraction <= 1:
+            raise ConfigError(f"flat_fraction={self.flat_fraction}: must be in (0, 1] (DESIGN default 0.25)")
+        if self.shallow_blocks is not None and not isinstance(self.shallow_blocks, int):
+            object.__setattr__(self, "shallow_blocks", tuple(int(i) for i in self.shallow_blocks))
+
+
+def block_key(index: int, depth: int) -> str:
+    """1-based block index -> 'block_03' (zero-padded to two digits, more for deeper encoders)."""
+    return f"block_{index:0{max(2, len(str(depth)))}d}"
+
+
+@dataclass
+class ArtifactReport:
+    blocks: list[dict[str, float]]  # blocks[i] = metrics of block i + 1
+    shallow: dict[str, float]  # "shallow_<metric>": mean over the shallow blocks
+    shallow_blocks: list[int]  # 1-based
+    sink_modes: list[tuple[int, int]]  # per block: (row, col) of the most common most-attended patch
+    num_images: int
+    grid_size: tuple[int, int]
+    settings: ArtifactSettings
+    images: torch.Tensor | None = field(default=None, repr=False)  # [n, C, H, W] the first n images (model input)
+    received: torch.Tensor | None = field(default=None, repr=False)  # [n, L, P] r' per image and block
+    cls: torch.Tensor | None = field(default=None, repr=False)  # [n, L, P] CLS -> patch attention, fair share 1
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def scalars(self, prefix: str = "attn") -> dict[str, float]:
+        """Flat metric keys: '<prefix>/block_03/sink_ratio' per block, '<prefix>/shallow_sink_ratio' per model."""
+        out = {
+            f"{prefix}/{block_key(i + 1, self.depth)}/{name}": value
+            for i, block in enumerate(self.blocks)
+            for name, value in block.items()
+        }
+        out.update({f"{prefix}/{name}": value for name, value in self.shallow.items()})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_images": self.num_images,
+            "grid_size": list(self.grid_size),
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.settings).items()},
+            "shallow_blocks": self.shallow_blocks,
+            "shallow": self.shallow,
+            "blocks": [
+                {"block": i + 1, **block, "sink_mode_row_col": list(self.sink_modes[i])}
+                for i, block in enumerate(self.blocks)
+            ],
+        }
+
+
+def batch_images(batch: Any) -> torch.Tensor | None:
+    """The image tensor [B, C, H, W] of a batch: batch["image"] for dict batches (semmae's datamodules), else the
+    first element of a tuple/list batch, else the batch itself; None if there is none."""
+    if isinstance(batch, dict):
+        images = batch.get("image")
+    elif isinstance(batch, (tuple, list)) and batch:
+        images = batch[0]
+    else:
+        images = batch
+    return images if torch.is_tensor(images) and images.ndim == 4 else None
+
+
+def _patch_size(encoder: nn.Module) -> int:
+    p = encoder.patch_embed.patch_size
+    p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+    if p[0] != p[1]:
+        raise ConfigError(f"patch size {p} is not square: flat_patch_share needs square patches")
+    return int(p[0])
+
+
+def measure(
+    encoder: nn.Module,
+    batches: Iterable[torch.Tensor],
+    settings: ArtifactSettings = ArtifactSettings(),
+    keep_images: int = 0,
+) -> ArtifactReport:
+    """Metrics of every block of `encoder` on full images streamed as batches [b, C, H, W] (already normalised as
+    the model sees them). Only per-image statistics are kept between batches, so any number of images fits;
+    the maps of the first `keep_images` images are kept for figures."""
+    device = next(encoder.parameters()).device
+    grid = tuple(int(g) for g in encoder.patch_embed.grid_size)
+    patch = _patch_size(encoder)
+    per_block: list[dict[str, list[torch.Tensor]]] | None = None
+    kept: dict[str, list[torch.Tensor]] = {"images": [], "received": [], "cls": []}
+    n_kept = n_images = 0
+    for images in batches:
+        images = images.to(device)
+        cap = capture(encoder, images)
+        prefix = cap.num_prefix_tokens
+        if per_block is None:
+            per_block = [{name: [] for name in (*M.METRICS, "position")} for _ in cap.attn]
+        flat_w = M.flat_patch_weights(M.patch_pixel_std(images, patch), settings.flat_fraction)
+        received, cls = [], []
+        for stats, attn, tokens in zip(per_block, cap.attn, cap.tokens):
+            r = M.received_attention(attn, prefix)
+            stats["sink_ratio"].append(M.sink_ratio(r).cpu())
+            stats["artifact_fraction"].append(M.artifact_fraction(r, settings.tau).cpu())
+            stats["attention_entropy"].append(M.attention_entropy(attn).cpu())
+            stats["high_norm_fraction"].append(M.high_norm_fraction(tokens, prefix, settings.k).cpu())
+            stats["flat_patch_share"].append(M.flat_patch_share(r, flat_w).cpu())
+            stats["position"].append(M.sink_positions(r).cpu())
+            if n_kept < keep_images:
+                received.append(r.cpu())
+                cls.append(M.cls_attention(attn, prefix).cpu())
+        if n_kept < keep_images:
+            take = min(keep_images - n_kept, images.shape[0])
+            kept["images"].append(images[:take].detach().float().cpu())
+            kept["received"].append(torch.stack(received, dim=1)[:take])
+            kept["cls"].append(torch.stack(cls, dim=1)[:take])
+            n_kept += take
+        n_images += images.shape[0]
+    if per_block is None or n_images == 0:
+        raise ConfigError("no images to analyse: the image source is empty (check the dataset and num_images)")
+
+    num_patches = grid[0] * grid[1]
+    blocks, modes = [], []
+    for stats in per_block:
+        values = {name: float(torch.cat(stats[name]).mean()) for name in M.METRICS if name != "sink_position_consistency"}
+        consistency, mode = M.sink_position_consistency(torch.cat(stats["position"]), num_patches)
+        values["sink_position_consistency"] = consistency
+        blocks.append({name: values[name] for name in M.METRICS})
+        modes.append(divmod(mode, grid[1]))
+    spec = settings.shallow_blocks
+    shallow_idx = M.shallow_blocks(len(blocks), list(spec) if isinstance(spec, tuple) else spec)
+    shallow = {f"shallow_{name}": sum(blocks[i - 1][name] for i in shallow_idx) / len(shallow_idx) for name in M.METRICS}
+    return ArtifactReport(
+        blocks=blocks,
+        shallow=shallow,
+        shallow_blocks=shallow_idx,
+        sink_modes=modes,
+        num_images=n_images,
+        grid_size=grid,
+        settings=settings,
+        images=torch.cat(kept["images"]) if kept["images"] else None,
+        received=torch.cat(kept["received"]) if kept["received"] else None,
+        cls=torch.cat(kept["cls"]) if kept["cls"] else None,
+    )
