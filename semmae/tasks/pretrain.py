@@ -66,8 +66,8 @@ class PretrainTask(L.LightningModule):
         self.probe_cfg = {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto", **probe}
         self.probe = OnlineProbe(mae.encoder.embed_dim, num_classes) if self.probe_cfg["enabled"] else None
         self.generators = StepGenerator(seed)
-        self.train_loss = torchmetrics.MeanMetric()
-        self.val_loss = torchmetrics.MeanMetric()
+        self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
+        self.val_loss = torchmetrics.MeanMetric(nan_strategy="disable")
         acc = dict(task="multiclass", num_classes=num_classes)
         self.train_probe_acc = torchmetrics.Accuracy(**acc)
         self.val_probe_acc = torchmetrics.Accuracy(**acc)

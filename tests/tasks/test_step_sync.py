@@ -1,0 +1,107 @@
+"""The training step must not read device values on the host (each read is a GPU pipeline stall): no .item(),
+.tolist(), bool() or float() of tensors from semmae code between logging intervals. On CPU we count such reads;
+on a GPU the same step runs under torch.cuda.set_sync_debug_mode("error")."""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+
+import lightning as L
+import pytest
+import torch
+
+from semmae.pretrain import run
+from tests.tasks.test_pretrain import TINY
+
+READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+WATCHED = ("/semmae/", "/torchmetrics/")  # our code, and the metric code it calls every step
+
+
+@contextlib.contextmanager
+def count_host_reads(counter: list):
+    """Patch tensor methods that copy a value to the host; record reads asked for directly by semmae or
+    torchmetrics code. (torch.optim reads its host-side step counters; those are CPU tensors on a GPU too.)"""
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def wrap(name):
+        original = originals[name]
+
+        def patched(self, *args, **kwargs):
+            caller = traceback.extract_stack()[-2]
+            if any(w in caller.filename.replace("\\", "/") for w in WATCHED):
+                counter.append(f"{name} at {caller.filename}:{caller.lineno}")
+            return original(self, *args, **kwargs)
+
+        return patched
+
+    for name in READS:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+class HostReadProbe(L.Callback):
+    """Counts host reads made by semmae code inside training steps that do not log (most steps)."""
+
+    reads: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._reads: list = []
+        self._ctx = count_host_reads(self._reads)
+        self._ctx.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._ctx.__exit__(None, None, None)
+        if (batch_idx + 1) % trainer.log_every_n_steps:
+            HostReadProbe.reads.extend(self._reads)
+
+
+@pytest.mark.parametrize("masking", ["random"])
+def test_training_step_reads_nothing_back_to_the_host(compose_cfg, fmnist_root, masking):
+    HostReadProbe.reads = []
+    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, f"masking={masking}", "logger=none",
+                                   "callbacks=none", "trainer.max_epochs=1", "trainer.limit_train_batches=6",
+                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=4",
+                                   f"+callbacks.probe._target_={__name__}.HostReadProbe"])
+    run(cfg)
+    assert sorted(set(HostReadProbe.reads)) == []
+
+
+def test_probe_detects_a_host_read():
+    reads: list = []
+    with count_host_reads(reads):
+        from semmae.optim import scaled_lr  # noqa: F401  (a semmae frame below does the read)
+        exec(compile("import torch\ntorch.ones(1).item()", "/x/semmae/fake.py", "exec"))
+    assert reads and reads[0].startswith("item")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("masking", ["random"])
+def test_gpu_step_has_no_synchronisation(compose_cfg, masking):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("pretrain", [f"masking={masking}", "backbone=vit_tiny", "backbone.img_size=32",
+                                   "backbone.patch_size=4"])
+    task = instantiate(cfg.model).cuda()
+    opt = torch.optim.AdamW(task.mae.parameters(), lr=1e-4, fused=True)
+    images = torch.randn(64, cfg.dataset.channels, 32, 32, device="cuda")
+    batch = {"image": images, "label": torch.zeros(64, dtype=torch.long, device="cuda")}
+    gen = torch.Generator(device="cuda")
+    for step in range(3):
+        torch.cuda.set_sync_debug_mode("error" if step else "default")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                mask = task.masking(images, task.mae.grid_size, gen.manual_seed(step), batch)
+                loss, _ = task.mae(images, mask)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
