@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -38,8 +38,21 @@ def num_keep(num_patches: int, mask_ratio: float) -> int:
     return max(1, int(round(num_patches * (1.0 - mask_ratio))))
 
 
+def check_range(key: str, value: float, low: float, high: float, closed: bool) -> float:
+    """value as float if it lies in [low, high] (closed) or (low, high) (open), else a ConfigError naming key."""
+    value = float(value)
+    ok = low <= value <= high if closed else low < value < high
+    if not ok:
+        interval = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+        raise ConfigError(f"{key} must be in {interval}, got {value:g}")
+    return value
+
+
 class MaskingStrategy(ABC):
-    """Base class. Subclasses implement scores(); everything else is shared."""
+    """Base class. Subclasses implement scores(); everything else is shared.
+
+    A strategy that reads more than the images from the batch says so in data_needs(), and the entry point asks the
+    datamodule for those entries before training (semmae.pretrain), so a missing input fails before the first step."""
 
     name = "base"
 
@@ -69,5 +82,20 @@ class MaskingStrategy(ABC):
         scores = self.scores(images, grid_size, generator, batch)
         return keep_lowest(scores, num_keep(grid_size[0] * grid_size[1], self.mask_ratio))
 
+    def data_needs(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """Extra batch entries the strategy reads, {key: producer}. A producer is a picklable callable that the data
+        loader's workers apply to every augmented image (float [C, H, W] -> tensor); None means the dataset itself
+        must provide the entry. Default: nothing beyond the images."""
+        return {}
+
+    def describe(self) -> str:
+        """How the strategy is chosen on the command line (for error messages)."""
+        return f"masking={self.name}"
+
+    def params(self) -> dict[str, Any]:
+        """The strategy's parameters, as shown in repr() (and so in the run's hyperparameters)."""
+        return {"mask_ratio": self.mask_ratio}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(mask_ratio={self.mask_ratio})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,132 @@
+"""Over-segmenting the patch grid for semantic masking (DESIGN.md section 4, step 1).
+
+- `color_kmeans_clusters`: batched k-means on per-patch colour descriptors plus position, on the training device.
+- `patch_labels`: a segment map at pixel or patch resolution -> one label per patch (the majority label).
+- `SlicSegments`: scikit-image SLIC superpixels of one image; a picklable callable that the data loader's workers
+  apply to every augmented image (the datamodule's per-sample hook), so the map travels with the batch.
+
+Every function takes and returns tensors; splitting clusters into contiguous regions is semmae.masking.components.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+_EPS = 1e-3
+
+
+@functools.lru_cache(maxsize=32)
+def _standard_positions_cpu(h: int, w: int) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+    return (pos - pos.mean(0)) / pos.std(0, unbiased=False).clamp_min(_EPS)
+
+
+def patch_descriptors(images: torch.Tensor, grid_size: tuple[int, int], pos_weight: float) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, 2C + 2]: per-channel mean and std of every patch's pixels, each standardised over the
+    image's patches, then pos_weight x the standardised (row, col) of the patch."""
+    b, c, height, width = images.shape
+    h, w = grid_size
+    ph, pw = height // h, width // w
+    x = images.float().reshape(b, c, h, ph, w, pw)
+    # Sums over the contiguous axis first: 2-3x faster on CPU than mean/std over (3, 5) at once.
+    mean = x.sum(dim=5).sum(dim=3) / (ph * pw)
+    std = ((x * x).sum(dim=5).sum(dim=3) / (ph * pw) - mean * mean).clamp_min(0.0).sqrt()
+    feats = torch.cat([mean, std], dim=1).flatten(2).transpose(1, 2)  # [B, N, 2C]
+    feats = (feats - feats.mean(dim=1, keepdim=True)) / (feats.std(dim=1, keepdim=True, unbiased=False) + _EPS)
+    pos = _standard_positions_cpu(h, w).to(images.device)
+    return torch.cat([feats, (pos_weight * pos).expand(b, -1, -1)], dim=2)
+
+
+def _sq_dist_to(x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """[B, N, D], [B, 1, D] -> exact squared distances [B, N] (exactly 0 for identical descriptors)."""
+    return (x - centre).pow(2).sum(-1)
+
+
+def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """[B, N, D], [B, K, D] -> index of the nearest centre [B, N]: argmin of |c|^2 - 2 x.c (one batched matmul)."""
+    return torch.baddbmm(centres.pow(2).sum(-1).unsqueeze(1), x, centres.transpose(1, 2), alpha=-2.0).argmin(dim=2)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Batched k-means: x [B, N, D] -> assignments [B, N] in [0, k). k-means++ initialisation (the first centre
+    uniformly at random, each next one with probability proportional to the squared distance to the nearest centre,
+    drawn with the Gumbel-max trick so that it stays batched), then `iters` Lloyd iterations; an empty cluster keeps
+    its centre. Fixed iteration counts: no convergence test, no host synchronisation."""
+    b, n, d = x.shape
+    k = max(1, min(int(k), n))
+    dev = x.device
+    first = (torch.rand(b, 1, device=dev, generator=generator) * n).long().clamp_max(n - 1)
+    centres = [x.gather(1, first[..., None].expand(b, 1, d))]
+    nearest = _sq_dist_to(x, centres[0])
+    for _ in range(1, k):
+        u = torch.rand(b, n, device=dev, generator=generator).clamp_(1e-12, 1.0 - 1e-7)
+        gumbel = -torch.log(-torch.log(u))
+        logits = torch.where(nearest > 0, torch.log(nearest.clamp_min(1e-30)), torch.full_like(nearest, -1e30))
+        pick = torch.argmax(logits + gumbel, dim=1, keepdim=True)
+        c = x.gather(1, pick[..., None].expand(b, 1, d))
+        centres.append(c)
+        nearest = torch.minimum(nearest, _sq_dist_to(x, c))
+    centres_t = torch.cat(centres, dim=1)  # [B, K, D]
+    assign = _nearest(x, centres_t)
+    for _ in range(int(iters)):
+        sums = torch.zeros(b, k, d, device=dev, dtype=x.dtype).scatter_add_(1, assign[..., None].expand(b, n, d), x)
+        counts = torch.zeros(b, k, device=dev, dtype=x.dtype).scatter_add_(1, assign, torch.ones_like(x[..., 0]))
+        centres_t = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None], centres_t)
+        assign = _nearest(x, centres_t)
+    return assign
+
+
+def color_kmeans_clusters(
+    images: torch.Tensor, grid_size: tuple[int, int], num_regions: int, iters: int, pos_weight: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """[B, C, H, W] -> cluster id per patch [B, N] (clusters are not yet split into contiguous regions)."""
+    return kmeans(patch_descriptors(images, grid_size, pos_weight), num_regions, iters, generator)
+
+
+def patch_labels(segments: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """A segment map [B, h, w] (patch resolution) or [B, H, W] (pixel resolution, H and W multiples of h and w)
+    -> one label per patch [B, N]; at pixel resolution each patch takes its most frequent label (torch.mode)."""
+    if segments.ndim != 3:
+        raise ValueError(f"segment maps must be [B, H, W], got shape {tuple(segments.shape)}")
+    b, height, width = segments.shape
+    h, w = grid_size
+    seg = segments.long()
+    if (height, width) == (h, w):
+        return seg.reshape(b, h * w)
+    if height % h or width % w:
+        raise ValueError(f"segment maps of size {height}x{width} fit neither the {h}x{w} patch grid nor its pixels")
+    ph, pw = height // h, width // w
+    x = seg.reshape(b, h, ph, w, pw).permute(0, 1, 3, 2, 4).reshape(b, h * w, ph * pw)
+    return torch.mode(x, dim=2).values
+
+
+class SlicSegments:
+    """SLIC superpixels (scikit-image) of one augmented image: float [C, H, W] (normalised) -> int64 [H, W].
+
+    The image is rescaled to its own range first: RGB to [0, 1] (SLIC converts it to Lab), a single channel to
+    [0, 100] (the range of Lab's L channel), so that one `compactness` means the same on both kinds of images."""
+
+    def __init__(self, n_segments: int = 8, compactness: float = 10.0):
+        self.n_segments, self.compactness = int(n_segments), float(compactness)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from skimage.segmentation import slic
+
+        x = image.detach().float().cpu()
+        lo, hi = x.amin(), x.amax()
+        x = ((x - lo) / (hi - lo).clamp_min(1e-6)).numpy()
+        if x.shape[0] == 3:
+            arr, channel_axis = x.transpose(1, 2, 0), -1
+        else:
+            arr, channel_axis = x[0] * 100.0, None
+        labels = slic(arr, n_segments=self.n_segments, compactness=self.compactness, start_label=0,
+                      channel_axis=channel_axis, enforce_connectivity=True)
+        return torch.from_numpy(labels.astype("int64"))
+
+    def __repr__(self) -> str:
+        return f"SlicSegments(n_segments={self.n_segments}, compactness={self.compactness})"

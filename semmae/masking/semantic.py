@@ -1,0 +1,175 @@
+"""Semantic masking (DESIGN.md section 4): visible patches come in whole, contiguous regions of like content, while
+which regions are visible stays random.
+
+1. Over-segment the patch grid into regions: clusters from a segmenter, each split into its 4-connected components
+   (semmae.masking.components), so every region is contiguous. Segmenters:
+   - `color_kmeans` (default): batched k-means with `num_regions` centres on per-patch colour descriptors + position
+     (semmae.masking.segmenters), on the training device;
+   - `slic`: scikit-image superpixels (about `num_regions` of them) computed per image in the data loader's workers
+     on the augmented image and passed with the batch as batch["segments"]; each patch takes its majority label;
+   - `given`: batch["segments"] supplied by the dataset (oracle experiments, e.g. Fashion-MNIST's
+     dataset.segments=foreground), at pixel or patch resolution.
+2. Random part: round(random_fraction * n_keep) patches, uniformly at random, get the lowest scores.
+3. Semantic part: regions are ranked in a random order; a patch's score is its region's rank plus a term in [0, 1)
+   that grows with its distance from a random seed patch of the region. Keeping the lowest scores therefore takes
+   whole regions in random order, and the one region that does not fit is taken nearest-its-seed first.
+
+Everything is batched tensor code driven by the step's generator: no per-image Python loop, no host synchronisation.
+random_fraction = 1 is random masking (the random part then holds every visible patch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from semmae.errors import ConfigError, DataError
+from semmae.masking.base import MaskingStrategy, check_range, num_keep
+from semmae.masking.components import grid_components
+from semmae.masking.segmenters import SlicSegments, color_kmeans_clusters, patch_labels
+
+SEGMENTERS = ("color_kmeans", "slic", "given")
+
+
+@dataclass(frozen=True)
+class SemanticPlan:
+    """What semantic masking decided for a batch (also what semmae-masks draws)."""
+
+    regions: torch.Tensor  # [B, N] int64: the smallest patch index of each patch's region (region id)
+    random_part: torch.Tensor  # [B, N] bool: the patches drawn by the random part
+    scores: torch.Tensor  # [B, N] float: lower = visible first
+
+
+def region_ranks(regions: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """regions [B, N] (region id = smallest patch index) -> rank of each patch's region [B, N], a uniformly random
+    order of each image's regions (0 = first)."""
+    b, n = regions.shape
+    ar = torch.arange(n, device=regions.device)
+    is_root = regions == ar
+    key = torch.where(is_root, torch.rand(b, n, device=regions.device, generator=generator), torch.full((b, n), 2.0,
+                      device=regions.device))
+    order = torch.argsort(key, dim=1)  # the roots first, in random order
+    rank_of = torch.empty_like(order).scatter_(1, order, ar.expand(b, n).contiguous())
+    return rank_of.gather(1, regions)
+
+
+def seed_distance(regions: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """Distance of every patch from a seed patch drawn uniformly at random in its region, divided by the grid's
+    diagonal + 1, so that it lies in [0, 1)."""
+    b, n = regions.shape
+    h, w = grid_size
+    dev = regions.device
+    draw = torch.rand(b, n, device=dev, generator=generator)
+    lowest = torch.full((b, n), 2.0, device=dev).scatter_reduce(1, regions, draw, reduce="amin")
+    is_seed = draw == lowest.gather(1, regions)
+    ar = torch.arange(n, device=dev).expand(b, n)
+    seed_of_region = torch.full((b, n), n, device=dev).scatter_reduce(1, regions, torch.where(is_seed, ar, n),
+                                                                       reduce="amin")
+    seed = seed_of_region.gather(1, regions).clamp_max(n - 1)
+    dy = torch.div(ar, w, rounding_mode="floor") - torch.div(seed, w, rounding_mode="floor")
+    dx = ar % w - seed % w
+    return torch.sqrt((dy * dy + dx * dx).float()) / (math.hypot(h, w) + 1.0)
+
+
+def random_subset(b: int, n: int, count: int, device, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, N] bool with exactly `count` True per row, every subset equally likely."""
+    u = torch.rand(b, n, device=device, generator=generator)
+    rank = torch.argsort(torch.argsort(u, dim=1), dim=1)
+    return rank < count
+
+
+class SemanticMasking(MaskingStrategy):
+    name = "semantic"
+
+    def __init__(
+        self,
+        mask_ratio: float = 0.75,
+        num_regions: int = 8,
+        random_fraction: float = 0.25,
+        segmenter: str = "color_kmeans",
+        pos_weight: float = 1.0,
+        iters: int = 10,
+        compactness: float = 10.0,
+    ):
+        super().__init__(mask_ratio)
+        if int(num_regions) != num_regions or int(num_regions) < 1:
+            raise ConfigError(f"masking.num_regions must be an integer >= 1, got {num_regions}")
+        self.num_regions = int(num_regions)
+        self.random_fraction = check_range("masking.random_fraction", random_fraction, 0.0, 1.0, closed=True)
+        if segmenter not in SEGMENTERS:
+            raise ConfigError(f"masking.segmenter must be one of {', '.join(SEGMENTERS)}, got {segmenter!r}")
+        self.segmenter = segmenter
+        self.pos_weight = float(pos_weight)
+        if self.pos_weight < 0:
+            raise ConfigError(f"masking.pos_weight must be >= 0, got {pos_weight}")
+        if int(iters) != iters or int(iters) < 0:
+            raise ConfigError(f"masking.iters must be an integer >= 0, got {iters}")
+        self.iters = int(iters)
+        self.compactness = float(compactness)
+        if self.compactness <= 0:
+            raise ConfigError(f"masking.compactness must be > 0, got {compactness}")
+
+    def params(self) -> dict[str, Any]:
+        p = {**super().params(), "num_regions": self.num_regions, "random_fraction": self.random_fraction,
+             "segmenter": self.segmenter}
+        if self.segmenter == "color_kmeans":
+            p.update(pos_weight=self.pos_weight, iters=self.iters)
+        elif self.segmenter == "slic":
+            p.update(compactness=self.compactness)
+        return p
+
+    def describe(self) -> str:
+        return f"masking=semantic masking.segmenter={self.segmenter}"
+
+    def data_needs(self):
+        if self.segmenter == "slic":
+            return {"segments": SlicSegments(self.num_regions, self.compactness)}
+        if self.segmenter == "given":
+            return {"segments": None}
+        return {}
+
+    # --- step 1 -----------------------------------------------------------------------------------------------
+    def regions(
+        self, images: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
+        batch: Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """[B, N] region id per patch (the smallest patch index of its contiguous region)."""
+        if self.segmenter == "color_kmeans":
+            clusters = color_kmeans_clusters(images, grid_size, self.num_regions, self.iters, self.pos_weight,
+                                             generator)
+        else:
+            segments = None if batch is None else batch.get("segments")
+            if segments is None:
+                raise DataError(
+                    f"masking.segmenter={self.segmenter} reads batch['segments'], but the batch has none: "
+                    + ("run through semmae-pretrain, which sets up SLIC in the data loader's workers"
+                       if self.segmenter == "slic" else "use a dataset that provides segment maps "
+                       "(e.g. dataset.segments=foreground for Fashion-MNIST)")
+                )
+            if segments.shape[0] != images.shape[0]:
+                raise DataError(f"batch['segments'] has {segments.shape[0]} maps for {images.shape[0]} images")
+            try:
+                clusters = patch_labels(segments.to(images.device), grid_size)
+            except ValueError as exc:
+                raise DataError(f"batch['segments']: {exc}") from exc
+        return grid_components(clusters, grid_size)
+
+    # --- steps 2 and 3 ----------------------------------------------------------------------------------------
+    def plan(
+        self, images: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
+        batch: Mapping[str, Any] | None = None,
+    ) -> SemanticPlan:
+        b = images.shape[0]
+        n = grid_size[0] * grid_size[1]
+        regions = self.regions(images, grid_size, generator, batch)
+        n_random = int(round(self.random_fraction * num_keep(n, self.mask_ratio)))
+        random_part = random_subset(b, n, n_random, images.device, generator)
+        semantic = region_ranks(regions, generator).float() + seed_distance(regions, grid_size, generator)
+        scores = torch.where(random_part, torch.full_like(semantic, -1.0), semantic)
+        return SemanticPlan(regions=regions, random_part=random_part, scores=scores)
+
+    def scores(self, images, grid_size, generator, batch=None) -> torch.Tensor:
+        return self.plan(images, grid_size, generator, batch).scores
