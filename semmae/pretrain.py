@@ -32,6 +32,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
+    for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
+        datamodule.provide(key, producer, needed_by=model.masking.describe())
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -4,18 +4,22 @@ augmentation after transfer, no workers) or per-image torchvision transforms in 
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from semmae.data.augment import BatchEvalTransform, BatchTrainAugment, expand_channels
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def auto_num_workers() -> int:
@@ -24,11 +28,16 @@ def auto_num_workers() -> int:
 
 
 class ArrayDataset(Dataset):
-    """uint8 [N, C, H, W] images + labels with a per-image torchvision transform (the worker path)."""
+    """uint8 [N, C, H, W] images + labels with a per-image torchvision transform (the worker path).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, channels: int, plain_transform=None):
+    maps: per-image integer maps [N, H, W] (e.g. segment maps) that get the image's own crop and flip (nearest);
+    hooks: {key: fn} computed from each transformed image in the worker (e.g. SLIC superpixels) and batched with it."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, channels: int, plain_transform=None,
+                 maps: dict[str, torch.Tensor] | None = None, hooks: dict[str, Callable] | None = None):
         self.images, self.labels, self.transform, self.channels = images, labels, transform, channels
         self.plain_transform = plain_transform
+        self.maps, self.hooks = dict(maps or {}), dict(hooks or {})
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -36,8 +45,17 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"label": self.labels[i], "index": i}
         for key, transform in (("image", self.transform), ("image_plain", self.plain_transform)):
-            if transform is not None:
-                item[key] = expand_channels(transform(self.images[i])[None], self.channels)[0]
+            if transform is None:
+                continue
+            if key == "image" and self.maps:
+                keys = list(self.maps)
+                image, *maps = transform(self.images[i], *(tv_tensors.Mask(self.maps[k][i]) for k in keys))
+                item.update({k: m.as_subclass(torch.Tensor) for k, m in zip(keys, maps)})
+            else:
+                image = transform(self.images[i])
+            item[key] = expand_channels(image[None], self.channels)[0]
+        for key, hook in self.hooks.items():
+            item[key] = hook(item["image"])
         return item
 
 
@@ -91,11 +109,42 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self.train_augment = BatchTrainAugment(self.img_size, self.mean, self.std, self.channels, self.crop_scale)
         self.eval_transform = BatchEvalTransform(self.img_size, self.mean, self.std, self.channels)
         self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.maps: dict[str, dict[str, torch.Tensor]] = {}  # split -> {key: per-image integer map [N, H, W]}
+        self.sample_hooks: dict[str, Callable] = {}  # key -> fn(augmented image) run in the workers
 
     # --- what subclasses provide -------------------------------------------------------------------------
     @abstractmethod
     def load_arrays(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's images as uint8 [N, C, H, W] and labels as int64 [N]."""
+
+    def map_keys(self) -> tuple[str, ...]:
+        """The batch entries load_maps provides (at most one: it shares the image's crop and flip). Default: none."""
+        return ()
+
+    def load_maps(self, images: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
+        """{key: per-image integer map [N, H, W]} aligned with the split's images (after the subset), e.g. segment
+        maps; each map gets its image's crop and flip and reaches the model as batch[key]. Default: none."""
+        return {}
+
+    def how_to_provide(self, key: str) -> str:
+        """The fix to print when a batch entry is asked for that this datamodule does not provide."""
+        return f"{self.name} provides no batch['{key}']"
+
+    # --- extra batch entries asked for by the model (e.g. segment maps for semantic masking) ----------------
+    def provide(self, key: str, producer: Callable | None = None, needed_by: str = "the model") -> None:
+        """Make every batch carry batch[key]. producer None: the dataset must have it (load_maps), else a
+        ConfigError says how to get it. producer fn: fn(augmented image [C, H, W]) runs per sample in the
+        DataLoader's workers, so the resident path (no workers) is switched off."""
+        if producer is None:
+            if key not in self.map_keys():
+                raise ConfigError(f"{needed_by} reads batch['{key}']: {self.how_to_provide(key)}")
+            return
+        if self.resident:
+            log.info("dataset.resident=false: %s computes batch['%s'] per image in the DataLoader workers",
+                     needed_by, key)
+            self.resident = False
+            self.data, self.maps = {}, {}
+        self.sample_hooks[key] = producer
 
     # --- set-up ------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -116,10 +165,13 @@ class ImageDataModule(L.LightningDataModule, ABC):
             return
         for split, train, n in (("train", True, self.train_subset), ("val", False, self.val_subset)):
             images, labels = self._subset(*self.load_arrays(train), n)
+            maps = self.load_maps(images, train)
             if self.resident:
                 dev = self._device()
                 images, labels = images.to(dev).contiguous(), labels.to(dev)
+                maps = {k: m.to(dev) for k, m in maps.items()}
             self.data[split] = (images, labels)
+            self.maps[split] = maps
 
     # --- loaders -----------------------------------------------------------------------------------------
     def _epoch(self) -> int:
@@ -140,7 +192,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
         transform = self._worker_transform(train)
         workers = self.num_workers
         return DataLoader(
-            ArrayDataset(images, labels, transform, self.channels, self._worker_transform(False) if train else None),
+            ArrayDataset(images, labels, transform, self.channels, self._worker_transform(False) if train else None,
+                         maps=self.maps.get(split), hooks=self.sample_hooks),
             batch_size=bs,
             shuffle=train,
             drop_last=train,
@@ -172,6 +225,15 @@ class ImageDataModule(L.LightningDataModule, ABC):
         images = batch["image"]
         if images.dtype != torch.uint8:  # already transformed by the worker path
             return batch
+        maps = self.maps.get("train" if train else "val") or {}
+        if maps:  # the integer map follows its image through the same crop and flip
+            (key, all_maps), = maps.items()
+            m = all_maps.index_select(0, batch["index"].to(all_maps.device)).to(images.device)
+            if not train:
+                image, m = self.eval_transform(images, label_maps=m)
+                return {**batch, "image": image, key: m}
+            image, m = self.train_augment(images, label_maps=m)
+            return {**batch, "image": image, "image_plain": self.eval_transform(images), key: m}
         if not train:
             return {**batch, "image": self.eval_transform(images)}
         return {**batch, "image": self.train_augment(images), "image_plain": self.eval_transform(images)}
