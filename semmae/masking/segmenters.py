@@ -108,8 +108,9 @@ def patch_labels(segments: torch.Tensor, grid_size: tuple[int, int]) -> torch.Te
 class SlicSegments:
     """SLIC superpixels (scikit-image) of one augmented image: float [C, H, W] (normalised) -> int64 [H, W].
 
-    The image is rescaled to its own range first: RGB to [0, 1] (SLIC converts it to Lab), a single channel to
-    [0, 100] (the range of Lab's L channel), so that one `compactness` means the same on both kinds of images."""
+    scikit-image rescales the image to [0, 1] and converts RGB to Lab (L in 0..100), where its default compactness
+    10 is meant; a single-channel image stays in [0, 1], so compactness / 100 is passed for it, and one
+    `compactness` then means the same colour-vs-space trade-off on both kinds of images."""
 
     def __init__(self, n_segments: int = 8, compactness: float = 10.0):
         self.n_segments, self.compactness = int(n_segments), float(compactness)
@@ -117,14 +118,12 @@ class SlicSegments:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         from skimage.segmentation import slic
 
-        x = image.detach().float().cpu()
-        lo, hi = x.amin(), x.amax()
-        x = ((x - lo) / (hi - lo).clamp_min(1e-6)).numpy()
+        x = image.detach().float().cpu().numpy()
         if x.shape[0] == 3:
-            arr, channel_axis = x.transpose(1, 2, 0), -1
+            arr, channel_axis, compactness = x.transpose(1, 2, 0), -1, self.compactness
         else:
-            arr, channel_axis = x[0] * 100.0, None
-        labels = slic(arr, n_segments=self.n_segments, compactness=self.compactness, start_label=0,
+            arr, channel_axis, compactness = x[0], None, self.compactness / 100.0
+        labels = slic(arr, n_segments=self.n_segments, compactness=compactness, start_label=0,
                       channel_axis=channel_axis, enforce_connectivity=True)
         return torch.from_numpy(labels.astype("int64"))
 

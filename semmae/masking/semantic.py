@@ -90,7 +90,7 @@ class SemanticMasking(MaskingStrategy):
         num_regions: int = 8,
         random_fraction: float = 0.25,
         segmenter: str = "color_kmeans",
-        pos_weight: float = 1.0,
+        pos_weight: float = 0.25,
         iters: int = 10,
         compactness: float = 10.0,
     ):
