@@ -59,9 +59,11 @@ class BlockMasking(MaskingStrategy):
         t, l_, hh, ww = (v[..., None, None] for v in (top, left, bh, bw))
         inside = (rows >= t) & (rows < t + hh) & (cols >= l_) & (cols < l_ + ww)  # [B, M, h, w]
         inside = inside.reshape(b, m, n)
-        first = torch.where(inside.any(1), inside.to(torch.int8).argmax(1), torch.full((b, n), m, device=dev))
+        # m - (index of the first rectangle covering the patch), 0 where none does: one weighted max over rectangles
+        weights = torch.arange(m, 0, -1, device=dev, dtype=torch.float32).view(1, m, 1)
+        cover = (inside * weights).amax(dim=1)
         # Within a rectangle, raster order from its top-left corner decides which part is hidden first.
         raster = (rows * w + cols).reshape(1, n) / n
         noise = torch.rand(b, n, device=dev, generator=generator)
-        within = torch.where(first < m, raster.expand(b, n), noise)
-        return (m - first).float() + 0.5 * (1.0 - within)
+        within = torch.where(cover > 0, raster.expand(b, n), noise)
+        return cover + 0.5 * (1.0 - within)

@@ -31,9 +31,9 @@ import math
 import torch
 
 
-@functools.lru_cache(maxsize=32)
-def _grid_edges_cpu(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.arange(h * w).view(h, w)
+@functools.lru_cache(maxsize=64)
+def _grid_edges(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.arange(h * w, device=device).view(h, w)  # built on the device: no host-to-device copy per step
     src = torch.cat([idx[:, :-1].reshape(-1), idx[:-1, :].reshape(-1)])
     dst = torch.cat([idx[:, 1:].reshape(-1), idx[1:, :].reshape(-1)])
     return src, dst
@@ -41,8 +41,7 @@ def _grid_edges_cpu(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def grid_edges(grid_size: tuple[int, int], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The 4-neighbour edges of an h x w grid in row-major patch indices: (src [E], dst [E]), E = h(w-1) + (h-1)w."""
-    src, dst = _grid_edges_cpu(int(grid_size[0]), int(grid_size[1]))
-    return src.to(device), dst.to(device)
+    return _grid_edges(int(grid_size[0]), int(grid_size[1]), str(torch.device(device)))
 
 
 def default_rounds(num_patches: int) -> int:

@@ -17,10 +17,11 @@ import torch
 _EPS = 1e-3
 
 
-@functools.lru_cache(maxsize=32)
-def _standard_positions_cpu(h: int, w: int) -> torch.Tensor:
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
+@functools.lru_cache(maxsize=64)
+def _standard_positions(h: int, w: int, device: str) -> torch.Tensor:
+    """Standardised (row, col) of every patch [N, 2], built on the device (no host-to-device copy per step)."""
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                                torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
     pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     return (pos - pos.mean(0)) / pos.std(0, unbiased=False).clamp_min(_EPS)
 
@@ -37,7 +38,7 @@ def patch_descriptors(images: torch.Tensor, grid_size: tuple[int, int], pos_weig
     std = ((x * x).sum(dim=5).sum(dim=3) / (ph * pw) - mean * mean).clamp_min(0.0).sqrt()
     feats = torch.cat([mean, std], dim=1).flatten(2).transpose(1, 2)  # [B, N, 2C]
     feats = (feats - feats.mean(dim=1, keepdim=True)) / (feats.std(dim=1, keepdim=True, unbiased=False) + _EPS)
-    pos = _standard_positions_cpu(h, w).to(images.device)
+    pos = _standard_positions(h, w, str(images.device))
     return torch.cat([feats, (pos_weight * pos).expand(b, -1, -1)], dim=2)
 
 
