@@ -37,7 +37,8 @@ def patch_descriptors(images: torch.Tensor, grid_size: tuple[int, int], pos_weig
     mean = x.sum(dim=5).sum(dim=3) / (ph * pw)
     std = ((x * x).sum(dim=5).sum(dim=3) / (ph * pw) - mean * mean).clamp_min(0.0).sqrt()
     feats = torch.cat([mean, std], dim=1).flatten(2).transpose(1, 2)  # [B, N, 2C]
-    feats = (feats - feats.mean(dim=1, keepdim=True)) / (feats.std(dim=1, keepdim=True, unbiased=False) + _EPS)
+    var, avg = torch.var_mean(feats, dim=1, keepdim=True, unbiased=False)
+    feats = (feats - avg) / (var.sqrt() + _EPS)
     pos = _standard_positions(h, w, str(images.device))
     return torch.cat([feats, (pos_weight * pos).expand(b, -1, -1)], dim=2)
 
@@ -55,28 +56,30 @@ def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None) -> torch.Tensor:
     """Batched k-means: x [B, N, D] -> assignments [B, N] in [0, k). k-means++ initialisation (the first centre
     uniformly at random, each next one with probability proportional to the squared distance to the nearest centre,
-    drawn with the Gumbel-max trick so that it stays batched), then `iters` Lloyd iterations; an empty cluster keeps
-    its centre. Fixed iteration counts: no convergence test, no host synchronisation."""
+    drawn as argmax of distance / Exp(1) noise, which stays batched), then `iters` Lloyd iterations; an empty cluster
+    keeps its centre. Fixed iteration counts: no convergence test, no host synchronisation."""
     b, n, d = x.shape
     k = max(1, min(int(k), n))
     dev = x.device
     first = (torch.rand(b, 1, device=dev, generator=generator) * n).long().clamp_max(n - 1)
     centres = [x.gather(1, first[..., None].expand(b, 1, d))]
     nearest = _sq_dist_to(x, centres[0])
-    for _ in range(1, k):
-        u = torch.rand(b, n, device=dev, generator=generator).clamp_(1e-12, 1.0 - 1e-7)
-        gumbel = -torch.log(-torch.log(u))
-        logits = torch.where(nearest > 0, torch.log(nearest.clamp_min(1e-30)), torch.full_like(nearest, -1e30))
-        pick = torch.argmax(logits + gumbel, dim=1, keepdim=True)
+    race = torch.empty(max(k - 1, 1), b, n, device=dev).exponential_(generator=generator)
+    for i in range(k - 1):
+        # P(pick j) ~ nearest_j: the exponential race. Exact zeros (already a centre's descriptor) are never picked
+        # unless every patch is at distance 0.
+        pick = torch.argmax(nearest / race[i], dim=1, keepdim=True)
         c = x.gather(1, pick[..., None].expand(b, 1, d))
         centres.append(c)
         nearest = torch.minimum(nearest, _sq_dist_to(x, c))
     centres_t = torch.cat(centres, dim=1)  # [B, K, D]
     assign = _nearest(x, centres_t)
+    x1 = torch.cat([x, torch.ones_like(x[..., :1])], dim=2)  # the last column counts the members
     for _ in range(int(iters)):
-        sums = torch.zeros(b, k, d, device=dev, dtype=x.dtype).scatter_add_(1, assign[..., None].expand(b, n, d), x)
-        counts = torch.zeros(b, k, device=dev, dtype=x.dtype).scatter_add_(1, assign, torch.ones_like(x[..., 0]))
-        centres_t = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None], centres_t)
+        sums = torch.zeros(b, k, d + 1, device=dev, dtype=x.dtype).scatter_add_(
+            1, assign[..., None].expand(b, n, d + 1), x1)
+        counts = sums[..., d:]
+        centres_t = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1.0), centres_t)
         assign = _nearest(x, centres_t)
     return assign
 

@@ -20,6 +20,7 @@ random_fraction = 1 is random masking (the random part then holds every visible 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -56,22 +57,24 @@ def region_ranks(regions: torch.Tensor, generator: torch.Generator | None) -> to
     return rank_of.gather(1, regions)
 
 
+@functools.lru_cache(maxsize=64)
+def _positions(h: int, w: int, device: str) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).float()  # [N, 2] (row, col)
+
+
 def seed_distance(regions: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
     """Distance of every patch from a seed patch drawn uniformly at random in its region, divided by the grid's
     diagonal + 1, so that it lies in [0, 1)."""
     b, n = regions.shape
     h, w = grid_size
     dev = regions.device
-    draw = torch.rand(b, n, device=dev, generator=generator)
-    lowest = torch.full((b, n), 2.0, device=dev).scatter_reduce(1, regions, draw, reduce="amin")
-    is_seed = draw == lowest.gather(1, regions)
-    ar = torch.arange(n, device=dev).expand(b, n)
-    seed_of_region = torch.full((b, n), n, device=dev).scatter_reduce(1, regions, torch.where(is_seed, ar, n),
-                                                                       reduce="amin")
-    seed = seed_of_region.gather(1, regions).clamp_max(n - 1)
-    dy = torch.div(ar, w, rounding_mode="floor") - torch.div(seed, w, rounding_mode="floor")
-    dx = ar % w - seed % w
-    return torch.sqrt((dy * dy + dx * dx).float()) / (math.hypot(h, w) + 1.0)
+    # One random key per patch, with the patch index in its low digits: the region's smallest key names its seed.
+    key = (torch.rand(b, n, device=dev, generator=generator) * 2**20).long() * n + torch.arange(n, device=dev)
+    lowest = torch.full_like(key, 2**20 * n).scatter_reduce_(1, regions, key, reduce="amin")
+    seed = lowest.gather(1, regions) % n
+    pos = _positions(h, w, str(dev))
+    return (pos[seed] - pos).norm(dim=2) / (math.hypot(h, w) + 1.0)
 
 
 def random_subset(b: int, n: int, count: int, device, generator: torch.Generator | None) -> torch.Tensor:
@@ -91,7 +94,7 @@ class SemanticMasking(MaskingStrategy):
         random_fraction: float = 0.25,
         segmenter: str = "color_kmeans",
         pos_weight: float = 0.25,
-        iters: int = 10,
+        iters: int = 5,
         compactness: float = 10.0,
     ):
         super().__init__(mask_ratio)
