@@ -12,6 +12,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export WANDB_MODE ?= offline
 
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
+.PHONY: masks bench-masking
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +45,12 @@ pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, 
 
 analyze: setup ## Attention maps + artifact metrics of the newest outputs/pretrain/*/checkpoints/last.ckpt (ARGS='ckpt=[PATH,random]')
 	$(BIN)/python -m semmae.analyze $(ARGS)
+
+masks: setup ## Masking strategies side by side on Fashion-MNIST: figures/masks.png + mask statistics (results.json)
+	$(BIN)/python -m semmae.masks $(ARGS)
+
+bench-masking: setup ## Milliseconds per batch of every masking strategy, as a share of one pretraining step (ARGS='--device cuda')
+	$(BIN)/python experiments/bench_masking.py $(ARGS)
 
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from semmae.cli import hydra_entry
 from semmae.errors import ConfigError
 from semmae.masking import MaskingStrategy, SemanticMasking
-from semmae.masking.base import num_keep
+from semmae.masking.base import keep_lowest, num_keep
 from semmae.masking.components import count_components
 from semmae.tasks.seeding import StepGenerator
 from semmae.utils.figures import denormalize, plt, save_figure, to_hwc
@@ -67,18 +67,12 @@ def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str
         images = part["image"]
         if isinstance(strategy, SemanticMasking):
             plan = strategy.plan(images, grid, gens(images.device, STREAM, 0, 0, i), part)
-            masks.append(strategy_mask(plan.scores, strategy, grid))
+            masks.append(keep_lowest(plan.scores, num_keep(grid[0] * grid[1], strategy.mask_ratio)).mask)
             regions.append(plan.regions)
         else:
             masks.append(strategy(images, grid, gens(images.device, STREAM, 0, 0, i), part).mask)
             regions.append(reference.regions(images, grid, gens(images.device, STREAM, 0, 0, i), part))
     return {"mask": torch.cat(masks), "regions": torch.cat(regions)}
-
-
-def strategy_mask(scores: torch.Tensor, strategy: MaskingStrategy, grid: tuple[int, int]) -> torch.Tensor:
-    from semmae.masking.base import keep_lowest
-
-    return keep_lowest(scores, num_keep(grid[0] * grid[1], strategy.mask_ratio)).mask
 
 
 def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int]) -> dict[str, Any]:
@@ -116,7 +110,7 @@ def masks_figure(images, results: dict[str, dict[str, torch.Tensor]], stats, gri
     columns: list[tuple[str, str]] = [("image", "")]
     for name in results:
         columns.append((name, "mask"))
-        if name == "semantic" or isinstance(results[name].get("strategy"), SemanticMasking):
+        if isinstance(results[name]["strategy"], SemanticMasking):
             columns.append((name, "regions"))
     rows = shown.shape[0]
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.5 * len(columns), 1.5 * rows), squeeze=False)

@@ -5,10 +5,14 @@ BEiT draws rectangles in a sequential loop (retrying ones that would overshoot).
 rectangles are drawn at once (area uniform in [min_patches, number to hide], log-aspect uniform in
 [log min_aspect, -log min_aspect], position uniform; sides clipped to the grid) and taken in order: a patch's score
 falls with the index of the first rectangle that covers it, so keeping the lowest scores hides the earliest
-rectangles first. The rectangle during which the count is reached is hidden in part, row by row from its top
-(still a block); patches no rectangle covers come last, in random order (with the defaults the candidates cover
+rectangles first. The rectangle during which the count is reached is hidden in part, row by row from its top or
+its bottom (still a block); patches no rectangle covers come last, in random order (with the defaults the candidates cover
 the required count in all but a vanishing fraction of images). All images at once on the training device, a few
-broadcasted comparisons: cheaper than BEiT's loop, also on the CPU, so nothing runs in the data loader."""
+broadcasted comparisons: cheaper than BEiT's loop, also on the CPU, so nothing runs in the data loader (~1 ms per
+batch of 256 on an H200, ~10-20 ms on one CPU thread).
+
+As with BEiT, large blocks on a small grid cover the centre far more often than the border: at 8x8 and 75% the
+centre patches are visible ~30-40x less often than the corners (semmae-masks reports the per-position min/max)."""
 
 from __future__ import annotations
 
@@ -62,8 +66,11 @@ class BlockMasking(MaskingStrategy):
         # m - (index of the first rectangle covering the patch), 0 where none does: one weighted max over rectangles
         weights = torch.arange(m, 0, -1, device=dev, dtype=torch.float32).view(1, m, 1)
         cover = (inside * weights).amax(dim=1)
-        # Within a rectangle, raster order from its top-left corner decides which part is hidden first.
-        raster = (rows * w + cols).reshape(1, n) / n
+        # Within a rectangle, raster order from its top (or, for a random half of the rectangles, its bottom) decides
+        # which part is hidden first, so a partly hidden rectangle is still a block and favours no side.
+        raster = (rows * w + cols).reshape(1, n).expand(b, n) / n
+        from_bottom = (u[..., 4] < 0.5).gather(1, (m - cover.long()).clamp_max(m - 1))
+        raster = torch.where(from_bottom, 1.0 - 1.0 / n - raster, raster)
         noise = torch.rand(b, n, device=dev, generator=generator)
-        within = torch.where(cover > 0, raster.expand(b, n), noise)
+        within = torch.where(cover > 0, raster, noise)
         return cover + 0.5 * (1.0 - within)

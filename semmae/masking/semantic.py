@@ -14,8 +14,14 @@ which regions are visible stays random.
    that grows with its distance from a random seed patch of the region. Keeping the lowest scores therefore takes
    whole regions in random order, and the one region that does not fit is taken nearest-its-seed first.
 
-Everything is batched tensor code driven by the step's generator: no per-image Python loop, no host synchronisation.
+Everything is batched tensor code driven by the step's generator: no per-image Python loop, no host synchronisation
+(checked under torch.cuda.set_sync_debug_mode("error") by experiments/bench_masking.py --check-sync).
 random_fraction = 1 is random masking (the random part then holds every visible patch).
+
+Cost per batch of 256 (experiments/bench_masking.py; rough): ~50 ms at 8x8 on one thread of a loaded 2-core CPU,
+~2% of a vit_micro step timed alongside; on an H200 ~5 ms standalone at 8x8 and 14x14 alike (~300 small tensor
+ops, so kernel launches dominate: 7% of a ViT-B/16 step), and +2.6% on the real ViT-B training step, where those
+launches overlap the previous step's GPU work. SLIC in the workers costs ~1.6 ms per 32 px image on one core.
 """
 
 from __future__ import annotations
@@ -48,10 +54,10 @@ def region_ranks(regions: torch.Tensor, generator: torch.Generator | None) -> to
     """regions [B, N] (region id = smallest patch index) -> rank of each patch's region [B, N], a uniformly random
     order of each image's regions (0 = first)."""
     b, n = regions.shape
-    ar = torch.arange(n, device=regions.device)
-    is_root = regions == ar
-    key = torch.where(is_root, torch.rand(b, n, device=regions.device, generator=generator), torch.full((b, n), 2.0,
-                      device=regions.device))
+    dev = regions.device
+    ar = torch.arange(n, device=dev)
+    draw = torch.rand(b, n, device=dev, generator=generator)
+    key = torch.where(regions == ar, draw, torch.full_like(draw, 2.0))  # only the roots compete
     order = torch.argsort(key, dim=1)  # the roots first, in random order
     rank_of = torch.empty_like(order).scatter_(1, order, ar.expand(b, n).contiguous())
     return rank_of.gather(1, regions)

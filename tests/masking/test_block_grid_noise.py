@@ -41,16 +41,21 @@ def test_block_hides_rectangles_and_reaches_the_ratio_with_them():
     assert mean_components(strategy) < 0.5 * mean_components(RandomMasking(0.75))
 
 
-def test_block_partial_last_rectangle_is_taken_from_its_top_rows():
+def test_block_partial_last_rectangle_is_taken_row_by_row_from_its_top_or_bottom():
     # 32 patches to hide, one candidate: a square of area 32 -> 6 x 6 = 36, so 32 of it are hidden, in raster order
     strategy = BlockMasking(0.5, min_patches=32, min_aspect=1.0, num_candidates=1)
-    m = strategy(torch.zeros(8, 1, 8, 8), (8, 8), torch.Generator().manual_seed(0))
-    for hidden in m.mask.reshape(8, 8, 8):
+    m = strategy(torch.zeros(32, 1, 8, 8), (8, 8), torch.Generator().manual_seed(0))
+    sides = set()
+    for hidden in m.mask.reshape(32, 8, 8):
         rows, cols = hidden.nonzero().unbind(1)
         top, left = int(rows.min()), int(cols.min())
         assert int(rows.max()) - top == 5 and int(cols.max()) - left == 5
         box = hidden[top : top + 6, left : left + 6].reshape(-1)
-        assert box[:32].all() and not box[32:].any()
+        from_top = bool(box[:32].all() and not box[32:].any())
+        from_bottom = bool(box[4:].all() and not box[:4].any())
+        assert from_top or from_bottom
+        sides.add(from_top)
+    assert sides == {True, False}
 
 
 def test_colored_noise_patterns_and_stationarity():
