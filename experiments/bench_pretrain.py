@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -246,6 +248,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="where to write the results (default: stdout only)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every variant")
     args = ap.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     args.backbone = args.backbone or ("vit_base" if gpu else "vit_micro")
@@ -263,6 +267,9 @@ def main(argv=None) -> dict:
             for masking in args.masking.split(","):
                 row = run_variant(args, masking, compiled, data, device)
                 rows.append(row)
+                if args.json:  # keep what is measured so far, in case the run is cut short
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps({"partial": True, "peak_tflops": peak, "rows": rows}))
                 print(f"  {masking:>13} {'compiled' if compiled else 'eager':>8} {data:>9}: "
                       f"{row['img_s']:8.0f} img/s  {row['step_ms']:7.1f} ms/step", flush=True)
     for row in rows:

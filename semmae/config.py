@@ -17,7 +17,7 @@ def config_dir() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "pretrain.yaml").is_file():
-            return candidate
+            return candidate.resolve()
     raise FileNotFoundError("semmae configs not found: set SEMMAE_CONFIG_DIR to the conf/ folder")
 
 

@@ -62,7 +62,7 @@ class HostReadProbe(L.Callback):
             HostReadProbe.reads.extend(self._reads)
 
 
-@pytest.mark.parametrize("masking", ["random"])
+@pytest.mark.parametrize("masking", ["random", "semantic"])
 def test_training_step_reads_nothing_back_to_the_host(compose_cfg, fmnist_root, masking):
     HostReadProbe.reads = []
     cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, f"masking={masking}", "logger=none",
@@ -83,7 +83,7 @@ def test_probe_detects_a_host_read():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("masking", ["random"])
+@pytest.mark.parametrize("masking", ["random", "block", "grid", "semantic", "colored_noise"])
 def test_gpu_step_has_no_synchronisation(compose_cfg, masking):
     from hydra.utils import instantiate
 
