@@ -42,6 +42,17 @@ data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root
 pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, CPU: ~4 min)
 	$(BIN)/python -m semmae.pretrain $(ARGS)
 
+.PHONY: linprobe finetune export
+
+linprobe: setup ## Linear probe of the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
+	$(BIN)/python -m semmae.linprobe $(ARGS)
+
+finetune: setup ## Fine-tune the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
+	$(BIN)/python -m semmae.finetune $(ARGS)
+
+export: setup ## Export an encoder as a timm state dict: make export ARGS='ckpt=PATH out=encoder.pth'
+	$(BIN)/python -m semmae.export $(ARGS)
+
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
