@@ -7,6 +7,7 @@ import time
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
@@ -37,10 +38,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cache = isinstance(datamodule, ImageDataModule)  # in-memory datasets
     extract_s = None
     if cache:
+        rank_zero_info("Feature cache: encoding the train and validation images once (no augmentation) ...")
         t0 = time.time()
         model.to(trainer.strategy.root_device)
         datamodule = FeatureDataModule.from_images(datamodule, model.encode, model.device, cfg.seed)
         extract_s = round(time.time() - t0, 1)
+        rank_zero_info(f"Feature cache: {len(datamodule.splits['train'][1])} + {len(datamodule.splits['val'][1])} "
+                       f"images encoded in {extract_s:.0f} s")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return report("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,

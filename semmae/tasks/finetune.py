@@ -81,7 +81,8 @@ class FinetuneTask(L.LightningModule):
         self.train_loss.update(loss.detach())
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("train/lr", self.optimizers().param_groups[-1]["lr"], on_step=True, on_epoch=False)
+            peak = max(g["lr"] for g in self.optimizers().param_groups)  # the head's; block i has decay^(depth-i) of it
+            self.log("train/lr", peak, on_step=True, on_epoch=False)
         return loss
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
