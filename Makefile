@@ -52,6 +52,17 @@ masks: setup ## Masking strategies side by side on Fashion-MNIST: figures/masks.
 bench-masking: setup ## Milliseconds per batch of every masking strategy, as a share of one pretraining step (ARGS='--device cuda')
 	$(BIN)/python experiments/bench_masking.py $(ARGS)
 
+.PHONY: linprobe finetune export
+
+linprobe: setup ## Linear probe of the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
+	$(BIN)/python -m semmae.linprobe $(ARGS)
+
+finetune: setup ## Fine-tune the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
+	$(BIN)/python -m semmae.finetune $(ARGS)
+
+export: setup ## Export an encoder as a timm state dict: make export ARGS='ckpt=PATH out=encoder.pth'
+	$(BIN)/python -m semmae.export $(ARGS)
+
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 

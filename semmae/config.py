@@ -31,3 +31,8 @@ def auto_precision() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    from semmae.optim.batching import grad_accum, per_device_batch
+
+    for name, fn in (("per_device_batch", per_device_batch), ("grad_accum", grad_accum)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,54 @@
+"""What the evaluation tasks share: effective batch and steps per epoch from the trainer, the per-step warmup +
+cosine lr schedule, top-1 / top-5 accuracy metrics, and the un-padded part of an evaluation batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torchmetrics
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from semmae.optim import warmup_cosine
+
+
+def effective_batch(trainer, batch_size: int) -> int:
+    """Per-device batch x devices x nodes x gradient accumulation: the batch the lr scaling rule reads."""
+    return int(batch_size) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def steps_per_epoch(trainer) -> int:
+    """Optimiser steps per epoch (after limit_train_batches and gradient accumulation)."""
+    total = max(1, int(trainer.estimated_stepping_batches))  # sets up the train loader if it is not yet
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        return max(1, math.ceil(total / max(1, trainer.max_epochs or 1)))
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+
+def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, trainer, warmup_epochs: float, peak_lr: float,
+                            min_lr: float) -> dict[str, Any]:
+    """Per-step linear warmup then cosine to min_lr, for every group alike (a group's own lr scale is kept)."""
+    total = max(1, int(trainer.estimated_stepping_batches))
+    warmup = int(round(warmup_epochs * steps_per_epoch(trainer)))
+    min_ratio = min_lr / peak_lr if peak_lr > 0 else 0.0
+    sched = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+    return {"scheduler": sched, "interval": "step"}
+
+
+def accuracy_metrics(num_classes: int) -> nn.ModuleDict:
+    """top1, and top5 where there are at least 5 classes."""
+    metrics = {"top1": torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=1)}
+    if num_classes >= 5:
+        metrics["top5"] = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=5)
+    return nn.ModuleDict(metrics)
+
+
+def valid_part(batch: Mapping[str, Any], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the padding samples (valid=False) that even out the last evaluation batches across DDP ranks."""
+    valid = batch.get("valid")
+    if valid is None or bool(valid.all()):
+        return tensors
+    return tuple(t[valid] for t in tensors)

@@ -1,0 +1,61 @@
+"""The part of the linear-probe and fine-tuning entry points that is the same: resolve the encoder source,
+test the best checkpoint, and report (console lines + results.json)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, open_dict
+
+from semmae.models.checkpoints import resolve_source
+from semmae.utils.run import print_summary, resolved_config, scalar_metrics, wandb_run_dir, write_results
+
+
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    """cfg.ckpt -> the checkpoint actually used ('latest' becomes a path), written back so that the config the
+    run records (and every ${ckpt} interpolation) names it."""
+    source = resolve_source(cfg.get("ckpt"), cfg.paths.root_dir)
+    with open_dict(cfg):
+        cfg.ckpt = source
+    return source
+
+
+def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[dict, str]:
+    """Test with the best checkpoint (ModelCheckpoint's monitor) if one was written, else with the final weights."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best if best and os.path.isfile(best) else ""
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    return (results[0] if results else {}), best
+
+
+def report(task: str, cfg: DictConfig, trainer: L.Trainer, loggers: list, source: str | None, best: str,
+           test_metrics: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> dict[str, float]:
+    metrics = {**scalar_metrics(trainer.callback_metrics), **scalar_metrics(test_metrics)}
+    wandb_dir = wandb_run_dir(loggers)
+    payload: dict[str, Any] = {
+        "task": task,
+        "metrics": metrics,
+        "encoder_checkpoint": source or "random initialisation",
+        "best_checkpoint": best or None,
+        "wandb_run": wandb_dir,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.time() - start, 1),
+        **(extra or {}),
+        "config": resolved_config(cfg),
+    }
+    write_results(cfg.paths.output_dir, payload)
+    top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
+    print_summary({
+        "encoder": source or "random initialisation (ckpt=null)",
+        "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
+        "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
+        "best checkpoint": best or "(none written)",
+        "W&B offline run": wandb_dir or "(no W&B logger)",
+        "wall time": f"{payload['wall_time_s']:.0f} s",
+        "run directory": cfg.paths.output_dir,
+    })
+    return metrics

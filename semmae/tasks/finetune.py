@@ -1,0 +1,116 @@
+"""Fine-tuning as a LightningModule (MAE's recipe): the whole encoder trained with a new head on the global average
+of the patch tokens after fc_norm, drop path, layer-wise lr decay, AdamW with the lr scaling rule, per-step warmup +
+cosine; Mixup / CutMix with label smoothing (timm), soft-target cross-entropy; top-1 / top-5. Weight EMA is a
+callback (callbacks/ema.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+from semmae.errors import ConfigError
+from semmae.models.checkpoints import head_layout
+from semmae.models.encoder import ViTEncoder
+from semmae.optim import scaled_lr
+from semmae.optim.layer_decay import layer_decay_groups, with_lr
+from semmae.tasks.common import accuracy_metrics, effective_batch, valid_part, warmup_cosine_scheduler
+from semmae.tasks.pretrain import plain
+
+
+def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mixup | None:
+    """timm Mixup from {mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing}; None when both alphas are 0."""
+    if cfg.get("mixup_alpha", 0) <= 0 and cfg.get("cutmix_alpha", 0) <= 0:
+        return None
+    if batch_size % 2:
+        raise ConfigError(f"Mixup / CutMix mix each batch with its reverse and need an even batch size, "
+                          f"got dataset.batch_size={batch_size}")
+    return Mixup(mixup_alpha=cfg.get("mixup_alpha", 0.0), cutmix_alpha=cfg.get("cutmix_alpha", 0.0),
+                 prob=cfg.get("prob", 1.0), switch_prob=cfg.get("switch_prob", 0.5), mode="batch",
+                 label_smoothing=cfg.get("label_smoothing", 0.1), num_classes=num_classes)
+
+
+class FinetuneTask(L.LightningModule):
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        num_classes: int,
+        batch_size: int,
+        optim: Mapping[str, Any] | None = None,
+        mixup: Mapping[str, Any] | None = None,
+        head_init_std: float | None = 2.0e-5,
+    ):
+        super().__init__()
+        optim, mixup = plain(optim) or {}, plain(mixup) or {}  # plain containers: checkpoints load with weights_only
+        if encoder.num_classes != num_classes:
+            raise ConfigError(f"the encoder was built with {encoder.num_classes} classes, the dataset has {num_classes}")
+        self.encoder = encoder
+        if head_init_std is not None:  # MAE: a near-zero head, so fine-tuning starts from the pretrained features
+            torch.nn.init.trunc_normal_(encoder.head.weight, std=head_init_std)
+            torch.nn.init.zeros_(encoder.head.bias)
+        self.batch_size = int(batch_size)
+        self.optim_cfg = {"blr": 5e-4, "layer_decay": 0.65, "weight_decay": 0.05, "betas": (0.9, 0.999),
+                          "warmup_epochs": 5, "min_lr": 1e-6, "fused": "auto", **optim}
+        self.mixup_cfg = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5,
+                          "label_smoothing": 0.1, **mixup}
+        self.mixup = build_mixup(self.mixup_cfg, num_classes, self.batch_size)
+        self.soft_ce = SoftTargetCrossEntropy()
+        self.train_loss = torchmetrics.MeanMetric()
+        self.val_loss = torchmetrics.MeanMetric()
+        self.test_loss = torchmetrics.MeanMetric()
+        self.val_metrics = accuracy_metrics(num_classes)
+        self.test_metrics = accuracy_metrics(num_classes)
+        self.save_hyperparameters(ignore=["encoder"])
+        self.hparams["encoder"] = {**encoder.config, **head_layout(encoder)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+            loss = self.soft_ce(self(images), targets)
+        else:
+            loss = F.cross_entropy(self(images), labels, label_smoothing=self.mixup_cfg["label_smoothing"])
+        self.train_loss.update(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            peak = max(g["lr"] for g in self.optimizers().param_groups)  # the head's; block i has decay^(depth-i) of it
+            self.log("train/lr", peak, on_step=True, on_epoch=False)
+        return loss
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
+        logits, labels = valid_part(batch, self(batch["image"]), batch["label"])
+        losses = self.val_loss if stage == "val" else self.test_loss
+        losses.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
+        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for name, metric in metrics.items():
+            metric.update(logits, labels)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        lr = scaled_lr(cfg["blr"], effective_batch(self.trainer, self.batch_size))
+        fused = self.device.type == "cuda" if cfg["fused"] == "auto" else bool(cfg["fused"])
+        groups = with_lr(layer_decay_groups(self.encoder, cfg["weight_decay"], cfg["layer_decay"]), lr)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), fused=fused)
+        self.hparams["lr"] = lr
+        self.hparams["effective_batch"] = effective_batch(self.trainer, self.batch_size)
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, cfg["warmup_epochs"], lr, cfg["min_lr"])}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["semmae"] = {"kind": "finetune", "model": dict(self.encoder.config), "head": head_layout(self.encoder)}
