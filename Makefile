@@ -11,7 +11,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup data pretrain test test-slow test-all clean
+.PHONY: help setup data pretrain segment test test-slow test-all clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,9 @@ data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root
 
 pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, CPU: ~4 min)
 	$(BIN)/python -m semmae.pretrain $(ARGS)
+
+segment: setup ## Segmentation (UperNet) on fashion_mnist_seg from the newest pretraining checkpoint (ARGS='ckpt=null': random init)
+	$(BIN)/python -m semmae.segment $(ARGS)
 
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
