@@ -71,6 +71,12 @@ class SegmentationFigure(L.Callback):
                 ax.set_xticks([]), ax.set_yticks([])
                 if r == 0:
                     ax.set_title(title, fontsize=8)
+        if len(colors) <= 20:  # a legend is readable for small label sets (not ADE20K's 150)
+            from matplotlib.patches import Patch
+
+            handles = [Patch(color=c, label=name) for c, name in zip(colors, pl_module.class_names())]
+            fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=6, frameon=False,
+                       bbox_to_anchor=(0.5, -0.02 - 0.012 * len(handles) / 4))
         fig.suptitle(f"epoch {trainer.current_epoch}", fontsize=9)
         path = Path(trainer.default_root_dir) / "figures" / f"segmentation_epoch{trainer.current_epoch:03d}.png"
         save_figure(fig, path)
