@@ -57,7 +57,7 @@ class SegmentationFigure(L.Callback):
         mean, std = getattr(dm, "mean", (0.5,)), getattr(dm, "std", (0.5,))
         colors = palette(pl_module.num_classes)
         n = len(self.samples)
-        fig, axes = plt.subplots(n, 3, figsize=(3 * 1.8, 1.8 * n), squeeze=False)
+        fig, axes = plt.subplots(n, 3, figsize=(3 * 1.6, 1.6 * n + 0.6), squeeze=False, layout="constrained")
         for r, ((image, mask), pred) in enumerate(zip(self.samples, preds)):
             shown = (
                 to_hwc(denormalize(image[None].float(), mean, std)[0]),
@@ -75,8 +75,8 @@ class SegmentationFigure(L.Callback):
             from matplotlib.patches import Patch
 
             handles = [Patch(color=c, label=name) for c, name in zip(colors, pl_module.class_names())]
-            fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=6, frameon=False,
-                       bbox_to_anchor=(0.5, -0.02 - 0.012 * len(handles) / 4))
+            fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=6,
+                       frameon=False)
         fig.suptitle(f"epoch {trainer.current_epoch}", fontsize=9)
         path = Path(trainer.default_root_dir) / "figures" / f"segmentation_epoch{trainer.current_epoch:03d}.png"
         save_figure(fig, path)

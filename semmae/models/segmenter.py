@@ -27,7 +27,7 @@ def evenly_spaced_blocks(depth: int) -> list[int]:
 def rescale_layer(dim: int, factor: float) -> nn.Module:
     """Resample a [B, dim, h, w] map by a power of two: stride-2 transposed convs up (BatchNorm + GELU between
     them), max-pooling down, identity at 1."""
-    k = math.log2(factor)
+    k = math.log2(factor) if factor > 0 else 0.5
     if k != int(k):
         raise ConfigError(f"pyramid rescale factor {factor} is not a power of two (use e.g. 4, 2, 1, 0.5)")
     k = int(k)

@@ -155,6 +155,7 @@ def test_cross_entropy_ignores_unlabelled_pixels():
     (dict(out_blocks=[2, 4, 6, 7]), "1..6"),
     (dict(out_blocks=[2, 4, 3, 6]), "non-decreasing"),
     (dict(rescales=[4, 2, 1, 0.3]), "power of two"),
+    (dict(rescales=[4, 2, 1, 0]), "power of two"),
     (dict(aux_level=4), "aux_level"),
 ])
 def test_bad_configuration_is_a_config_error(kwargs, needle):
