@@ -13,6 +13,7 @@ export WANDB_MODE ?= offline
 
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
 .PHONY: masks bench-masking
+.PHONY: segment
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +63,9 @@ finetune: setup ## Fine-tune the newest `make pretrain` checkpoint on Fashion-MN
 
 export: setup ## Export an encoder as a timm state dict: make export ARGS='ckpt=PATH out=encoder.pth'
 	$(BIN)/python -m semmae.export $(ARGS)
+
+segment: setup ## Segmentation (UperNet) on fashion_mnist_seg from the newest pretraining checkpoint (ARGS='ckpt=null': random init)
+	$(BIN)/python -m semmae.segment $(ARGS)
 
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

@@ -79,3 +79,18 @@ def test_run_dirs_under_outputs_and_multirun(compose_cfg):
     cfg = compose_cfg("pretrain", [])
     assert cfg.hydra.run.dir.startswith("outputs/")
     assert cfg.hydra.sweep.dir.startswith("multirun/")
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist_seg", "ade20k"])
+def test_segment_composes_with_the_segmentation_datasets(compose_cfg, dataset):
+    cfg = compose_cfg("segment", [f"dataset={dataset}"])
+    assert cfg.model.num_classes == cfg.model.segmenter.num_classes == {"fashion_mnist_seg": 11, "ade20k": 150}[dataset]
+    assert cfg.model.segmenter.encoder.in_chans == cfg.dataset.channels
+
+
+def test_ade20k_vit_base_preset(compose_cfg):
+    cfg = compose_cfg("segment", ["experiment=ade20k_vit_base_upernet"])
+    assert cfg.dataset.name == "ade20k" and cfg.dataset.crop_size == 512 and cfg.dataset.batch_size == 16
+    assert (cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.patch_size) == (768, 12, 16)
+    assert cfg.trainer.max_steps == 160000 and cfg.model.optim.layer_decay == 0.65
+    assert cfg.model.inference.mode == "slide" and cfg.model.segmenter.channels == 768

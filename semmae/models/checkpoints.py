@@ -327,14 +327,19 @@ def random_encoder(backbone: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
 
 def build_encoder(source: str | None, weights_file: str | None = None, backbone: Mapping[str, Any] | None = None,
                   root: str = ".", **overrides: Any) -> ViTEncoder:
-    """The encoder a task config asks for: ckpt=null -> random_encoder(backbone), else load_encoder(source)."""
+    """The encoder a task config asks for: ckpt=null -> random_encoder(backbone), else load_encoder(source).
+    encoder.source names where its weights came from (the resolved path, timm:NAME, or None for random init)."""
     if source is None:
         if backbone is None:
             raise ConfigError("ckpt=null builds a randomly initialised encoder, which needs the backbone config")
         if weights_file is not None:
             raise ConfigError("ckpt_file is set but ckpt=null: pass ckpt=timm:MODEL_NAME with it")
-        return random_encoder(backbone, **overrides)
-    encoder = load_encoder(source, weights_file=weights_file, root=root, **overrides)
+        encoder = random_encoder(backbone, **overrides)
+        encoder.source = None
+        return encoder
+    resolved = resolve_source(source, root)
+    encoder = load_encoder(resolved, weights_file=weights_file, root=root, **overrides)
+    encoder.source = resolved
     if backbone is not None:
         differ = [f"{k} {backbone[k]} vs {encoder.config[k]}" for k in ("embed_dim", "depth", "patch_size")
                   if k in backbone and backbone[k] != encoder.config[k]]

@@ -24,16 +24,19 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
 
 
 def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[dict, str]:
-    """Test with the best checkpoint (ModelCheckpoint's monitor) if one was written, else with the final weights."""
+    """Test with the best checkpoint (ModelCheckpoint's monitor) if one was written, else with the final weights.
+    Returns fit's last metrics (train/val, attention metrics) updated with the test metrics; trainer.test resets
+    trainer.callback_metrics, so fit's are read first."""
+    fit_metrics = scalar_metrics(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best = best if best and os.path.isfile(best) else ""
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    return (results[0] if results else {}), best
+    return {**fit_metrics, **scalar_metrics(results[0] if results else {})}, best
 
 
 def report(task: str, cfg: DictConfig, trainer: L.Trainer, loggers: list, source: str | None, best: str,
            test_metrics: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> dict[str, float]:
-    metrics = {**scalar_metrics(trainer.callback_metrics), **scalar_metrics(test_metrics)}
+    metrics = dict(test_metrics)
     wandb_dir = wandb_run_dir(loggers)
     payload: dict[str, Any] = {
         "task": task,

@@ -37,6 +37,7 @@ def test_pretrain_linprobe_finetune(compose_cfg, tmp_path):
     assert torch.equal(best["state_dict"]["encoder.blocks.1.mlp.fc2.weight"],
                        pretrained["mae.encoder.blocks.1.mlp.fc2.weight"])  # the probe read the pretrained encoder
 
-    ft = finetune(compose_cfg("finetune", [*COMMON, f"ckpt={ckpt}", "trainer.max_epochs=1"], tmp_path / "ft"))
+    ft = finetune(compose_cfg("finetune", [*COMMON, f"ckpt={ckpt}", "trainer.max_epochs=3", "model.optim.blr=4e-3"],
+                              tmp_path / "ft"))  # 48 steps
     assert ft["test/top1"] > 0.2, ft
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["encoder_checkpoint"] == str(ckpt)

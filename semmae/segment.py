@@ -1,0 +1,101 @@
+"""`semmae-segment` (also `python -m semmae.segment`): semantic segmentation with a pretrained (or randomly
+initialised) ViT encoder, UperNet head. Seed -> datamodule -> model -> callbacks -> loggers -> trainer -> fit ->
+test (mIoU, pixel accuracy, per-class IoU on the validation split) -> results.json."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from semmae.cli import hydra_entry
+from semmae.errors import ConfigError
+from semmae.tasks.evaluation import resolve_ckpt
+from semmae.tasks.seg_metrics import iou_table
+from semmae.utils.run import (
+    check_ckpt_path,
+    configure_torch,
+    instantiate_group,
+    print_summary,
+    resolved_config,
+    scalar_metrics,
+    wandb_run_dir,
+    write_results,
+)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Per-class IoU as aligned text lines (classes absent from both ground truth and prediction show '-')."""
+    width = max(len(r["class"]) for r in rows)
+
+    def pct(v):
+        return f"{100 * v:6.2f}" if v is not None else "     -"
+
+    return "\n".join(f"  {r['class']:<{width}}  IoU {pct(r['IoU'])}  Acc {pct(r['Acc'])}" for r in rows)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    start = time.time()
+    configure_torch()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    source = resolve_ckpt(cfg)
+    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    datamodule = instantiate(cfg.dataset)
+    if not hasattr(datamodule, "ignore_index"):
+        raise ConfigError(f"dataset={cfg.dataset.get('name')} has no label maps: segmentation needs "
+                          "dataset=fashion_mnist_seg or dataset=ade20k")
+    datamodule.prepare_data()
+    model = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    config = resolved_config(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
+    trainer.test(model, datamodule=datamodule, verbose=False)
+
+    metrics = {**fit_metrics, **scalar_metrics(trainer.callback_metrics)}
+    scores = model.scores.get("test")
+    table = iou_table(scores, model.class_names()) if scores is not None else []
+    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    ckpt = ckpt if ckpt and os.path.isfile(ckpt) else ""
+    wandb_dir = wandb_run_dir(loggers)
+    payload: dict[str, Any] = {
+        "task": "segment",
+        "encoder": source or "random initialisation",
+        "metrics": {k: v for k, v in metrics.items() if "/IoU/" not in k},
+        "per_class": table,
+        "checkpoint": ckpt or None,
+        "wandb_run": wandb_dir,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.time() - start, 1),
+        "config": config,
+    }
+    write_results(cfg.paths.output_dir, payload)
+    if table and trainer.is_global_zero:
+        print("\nPer-class IoU (test = validation split):\n" + format_table(table))
+    miou = metrics.get("test/mIoU")
+    print_summary({
+        "encoder": source or "random initialisation (ckpt=null)",
+        "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",
+        "pixel accuracy": f"{100 * metrics['test/aAcc']:.2f}%" if "test/aAcc" in metrics else "-",
+        "mean class accuracy": f"{100 * metrics['test/mAcc']:.2f}%" if "test/mAcc" in metrics else "-",
+        "checkpoint": ckpt or "(none written)",
+        "W&B offline run": wandb_dir or "(no W&B logger)",
+        "wall time": f"{payload['wall_time_s']:.0f} s",
+        "run directory": cfg.paths.output_dir,
+    })
+    return metrics
+
+
+main = hydra_entry("segment", run)
+
+if __name__ == "__main__":
+    main()
