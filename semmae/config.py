@@ -31,3 +31,8 @@ def auto_precision() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    from semmae.utils.slurm import slurm_gpus_per_node, slurm_launcher_target
+
+    for name, fn in (("slurm_launcher", slurm_launcher_target), ("slurm_gpus", slurm_gpus_per_node)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
