@@ -107,8 +107,9 @@ class RequeueOnSignal(L.Callback):
         if code == NONE:
             return
         path = self.save(trainer)
-        # from here on, SLURM's SIGTERM (sent by the requeue itself) must not interrupt the hand-over
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if threading.current_thread() is threading.main_thread():
+            # from here on, SLURM's SIGTERM (sent by the requeue itself) must not interrupt the hand-over
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         why_not = "the signal was SIGTERM (cancelled or pre-empted)"
         if code == SAVE_AND_REQUEUE:
             if trainer.is_global_zero:
@@ -118,6 +119,10 @@ class RequeueOnSignal(L.Callback):
             why_not = trainer.strategy.broadcast(why_not, src=0)
         if code == SAVE_AND_REQUEUE and why_not is None:
             rank_zero_info(f"Requeued SLURM job {slurm.job_id()} at step {trainer.global_step}; it resumes from {path}")
+            # past the last collective: without this, interpreter exit waits on the process group for seconds, and
+            # SLURM holds the requeued job until every task is gone
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
             raise Requeued(-1)
         rank_zero_info(f"Stopped at step {trainer.global_step}, checkpoint {path}; not requeued: {why_not}")
         raise StoppedBySignal(f"stopped by signal {self.signum} at step {trainer.global_step}, not requeued "
