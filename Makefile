@@ -11,7 +11,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup data pretrain test test-slow test-all clean
+.PHONY: help setup data pretrain test test-slow test-all clean sweep test-slurm
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,11 @@ data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root
 pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, CPU: ~4 min)
 	$(BIN)/python -m semmae.pretrain $(ARGS)
 
+sweep: setup ## Masking sweep (masking x mask_ratio, 6 short CPU runs, ~12 min), then semmae-report: table + plot
+	@dir=multirun/pretrain/$$(date +%Y-%m-%d_%H-%M-%S); echo "sweep into $$dir"; \
+	$(BIN)/python -m semmae.pretrain -m experiment=mask_sweep_cpu hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	$(BIN)/python -m semmae.report $$dir || status=$$?; exit $$status
+
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
@@ -49,6 +54,10 @@ test-slow: setup ## Run only the tests marked slow (exit code 5, "no tests colle
 	$(BIN)/python -m pytest -q -m slow $(ARGS) || [ $$? -eq 5 ]
 
 test-all: test test-slow ## Both
+
+test-slurm: setup ## As root: a real one-node SLURM (Debian slurm-wlm + munge), a 2-job sweep and a requeue (~3 min)
+	@$(BIN)/python -c 'import hydra_plugins.hydra_submitit_launcher' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[slurm]'
+	PYTHON=$(BIN)/python tests/slurm/run.sh
 
 clean: ## Remove run outputs (outputs/, multirun/); keeps .venv
 	rm -rf outputs multirun lightning_logs
