@@ -98,7 +98,7 @@ CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 cat > "$SLURM_CONF" <<EOF
 ClusterName=semmae-test
-SlurmctldHost=$NODE
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
@@ -123,7 +123,7 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=600
 KillWait=10
-NodeName=$NODE CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=test Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 slurmctld -i
