@@ -14,6 +14,7 @@ export WANDB_MODE ?= offline
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
 .PHONY: masks bench-masking
 .PHONY: segment
+.PHONY: sweep test-slurm
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +68,11 @@ export: setup ## Export an encoder as a timm state dict: make export ARGS='ckpt=
 segment: setup ## Segmentation (UperNet) on fashion_mnist_seg from the newest pretraining checkpoint (ARGS='ckpt=null': random init)
 	$(BIN)/python -m semmae.segment $(ARGS)
 
+sweep: setup ## Masking sweep (masking x mask_ratio, 6 short CPU runs, ~12 min), then semmae-report: table + plot
+	@dir=multirun/pretrain/$$(date +%Y-%m-%d_%H-%M-%S); echo "sweep into $$dir"; \
+	$(BIN)/python -m semmae.pretrain -m experiment=mask_sweep_cpu hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	$(BIN)/python -m semmae.report $$dir || status=$$?; exit $$status
+
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
@@ -74,6 +80,10 @@ test-slow: setup ## Run only the tests marked slow (exit code 5, "no tests colle
 	$(BIN)/python -m pytest -q -m slow $(ARGS) || [ $$? -eq 5 ]
 
 test-all: test test-slow ## Both
+
+test-slurm: setup ## As root: a real one-node SLURM (Debian slurm-wlm + munge), a 2-job sweep and a requeue (~3 min)
+	@$(BIN)/python -c 'import hydra_plugins.hydra_submitit_launcher' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[slurm]'
+	PYTHON=$(BIN)/python tests/slurm/run.sh
 
 clean: ## Remove run outputs (outputs/, multirun/); keeps .venv
 	rm -rf outputs multirun lightning_logs

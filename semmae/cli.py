@@ -62,6 +62,14 @@ def report_and_exit(prog: str, exc: BaseException) -> None:
     sys.exit(2)
 
 
+def finish_wandb(exit_code: int) -> None:
+    """Close this job's W&B run, if one is open: the jobs of a local sweep share a process, and Lightning's
+    WandbLogger would otherwise log every later job into the first job's run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
     """Record a job's failure in its run directory (failed.json). In a single run a user error ends the process
     with one line; in a sweep the exception propagates so that Hydra marks the job failed and runs the others."""
@@ -69,8 +77,11 @@ def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
     @functools.wraps(fn)
     def wrapped(cfg):
         try:
-            return fn(cfg)
+            result = fn(cfg)
+            finish_wandb(0)
+            return result
         except Exception as exc:
+            finish_wandb(1)
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
 

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
+from semmae.utils.ddp import rerun_this_job
 from semmae.utils.run import (
     check_ckpt_path,
     configure_torch,
@@ -22,13 +23,14 @@ from semmae.utils.run import (
     wandb_run_dir,
     write_results,
 )
+from semmae.utils.slurm import resume_checkpoint
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     start = time.time()
     configure_torch()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
+    ckpt_path = resume_checkpoint(cfg.paths.output_dir, check_ckpt_path(cfg.get("ckpt_path")))  # requeued SLURM job
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
@@ -40,7 +42,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     config = resolved_config(cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with rerun_this_job():  # DDP ranks > 0 in a multirun job
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = scalar_metrics(trainer.callback_metrics)
     ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""

@@ -43,8 +43,8 @@ def wandb_run_dir(loggers: list[Any]) -> str | None:
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             exp = logger.experiment
-            run_dir = getattr(exp, "dir", None)
-            return str(Path(run_dir).parent) if run_dir else None
+            run_dir = getattr(exp, "dir", None)  # a no-op method on DDP ranks > 0 (Lightning's dummy experiment)
+            return str(Path(run_dir).parent) if isinstance(run_dir, str) and run_dir else None
     return None
 
 

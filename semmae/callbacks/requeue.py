@@ -1,0 +1,146 @@
+"""Pre-emption and time limits on SLURM: on the requeue signal the run saves checkpoints/last.ckpt at the next
+training-step boundary (every rank at the same step), asks SLURM to requeue the job, and exits; the requeued job
+finds that checkpoint (semmae.utils.slurm.resume_checkpoint) and continues at the same optimiser step.
+
+Signals: SIGUSR2 is what submitit asks SLURM to send `hydra.launcher.signal_delay_s` before the time limit (and what
+`scancel --signal=USR2 <job>` sends), SIGUSR1 is Lightning's convention for plain sbatch scripts; both save and
+requeue. SIGTERM (scancel, the end of a pre-emption grace time) saves and exits without requeueing. The handlers
+only set a flag: saving from inside a signal handler could catch the optimiser half-way through a step, and
+ranks of a DDP job would disagree on the step. Outside SLURM the callback does nothing (enabled=auto)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from semmae.utils import slurm
+
+NONE, SAVE_AND_EXIT, SAVE_AND_REQUEUE = 0, 1, 2
+
+
+class Requeued(SystemExit):
+    """Raised on every rank once the job is requeued; SystemExit, so no failed.json is written and submitit does
+    not record a result: the requeued job will."""
+
+
+class StoppedBySignal(RuntimeError):
+    """The run saved last.ckpt and stopped without a requeue; failed.json records why and how to resume."""
+
+
+class RequeueOnSignal(L.Callback):
+    def __init__(self, enabled: bool | str = "auto", check_every_n_steps: int = 10,
+                 requeue_signals: tuple[str, ...] = ("SIGUSR1", "SIGUSR2")):
+        self.enabled = enabled
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self.requeue_signals = [getattr(signal, name) for name in requeue_signals]
+        self.received = NONE
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._armed = False
+
+    # --- signal handling --------------------------------------------------------------------------------------
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self._armed:  # still installed after fit ended: pass the signal on
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            return
+        code = SAVE_AND_EXIT if signum == signal.SIGTERM else SAVE_AND_REQUEUE
+        if code > self.received:
+            self.received, self.signum = code, signum
+
+    def _install(self, signals: list[int]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def _restore(self) -> None:
+        self._armed = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, previous in self._previous.items():
+            if signal.getsignal(sig) == self._handler and previous is not None:
+                signal.signal(sig, previous)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        active = self.enabled is True or (self.enabled == "auto" and slurm.in_slurm_job())
+        if stage != "fit" or not active or self._armed:
+            return
+        self.received, self._armed = NONE, True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Over Lightning's handlers (registered just before): its SIGUSR1 auto-requeue saves from inside the handler,
+        # its SIGTERM handler stops without saving. Lightning puts back the handlers it found when fit ends.
+        if self._armed:
+            self._install([*self.requeue_signals, signal.SIGTERM])
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    # --- at step boundaries -----------------------------------------------------------------------------------
+    def _agreed(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: int) -> int:
+        """The strongest request any rank has received (every rank checks at the same batch index)."""
+        if trainer.world_size == 1:
+            return self.received
+        if (batch_idx + 1) % self.check_every_n_steps:
+            return NONE
+        code = torch.tensor(self.received, device=pl_module.device)
+        return int(trainer.strategy.reduce(code, reduce_op="max").item())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not self._armed:
+            return
+        code = self._agreed(trainer, pl_module, batch_idx)
+        if code == NONE:
+            return
+        path = self.save(trainer)
+        if threading.current_thread() is threading.main_thread():
+            # from here on, SLURM's SIGTERM (sent by the requeue itself) must not interrupt the hand-over
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        why_not = "the signal was SIGTERM (cancelled or pre-empted)"
+        if code == SAVE_AND_REQUEUE:
+            if trainer.is_global_zero:
+                signum = self.signum if self.signum is not None else signal.SIGUSR2
+                previous = self._previous.get(slurm_signal(), self._previous.get(signum))
+                why_not = slurm.request_requeue(signum, previous)
+            why_not = trainer.strategy.broadcast(why_not, src=0)
+        if code == SAVE_AND_REQUEUE and why_not is None:
+            rank_zero_info(f"Requeued SLURM job {slurm.job_id()} at step {trainer.global_step}; it resumes from {path}")
+            # past the last collective: without this, interpreter exit waits on the process group for seconds, and
+            # SLURM holds the requeued job until every task is gone
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            raise Requeued(-1)
+        rank_zero_info(f"Stopped at step {trainer.global_step}, checkpoint {path}; not requeued: {why_not}")
+        raise StoppedBySignal(f"stopped by signal {self.signum} at step {trainer.global_step}, not requeued "
+                              f"({why_not}); resume with ckpt_path={path}")
+
+    def save(self, trainer: L.Trainer) -> Path:
+        """Write last.ckpt where ModelCheckpoint keeps it (all ranks take part, rank 0 writes), atomically."""
+        ckpt_cb = trainer.checkpoint_callback
+        dirpath = Path(ckpt_cb.dirpath) if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.dirpath else \
+            Path(trainer.default_root_dir) / "checkpoints"
+        path = dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        tmp = path.with_name(path.name + ".part")
+        trainer.save_checkpoint(tmp, weights_only=False)  # ends with a barrier: the file is complete on every rank's return
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        return path
+
+
+def slurm_signal() -> int:
+    """The signal submitit asks SLURM for (SUBMITIT_PREEMPT_SIGNAL, USR2 by default)."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
