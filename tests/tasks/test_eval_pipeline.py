@@ -37,7 +37,11 @@ def test_pretrain_linprobe_finetune(compose_cfg, tmp_path):
     assert torch.equal(best["state_dict"]["encoder.blocks.1.mlp.fc2.weight"],
                        pretrained["mae.encoder.blocks.1.mlp.fc2.weight"])  # the probe read the pretrained encoder
 
-    ft = finetune(compose_cfg("finetune", [*COMMON, f"ckpt={ckpt}", "trainer.max_epochs=3", "model.optim.blr=4e-3"],
-                              tmp_path / "ft"))  # 48 steps
-    assert ft["test/top1"] > 0.2, ft
+    # 48 steps of a width-32 ViT: the recipe's regularisers (Mixup, erasing, small crops, near-zero head, layer decay)
+    # are tested in test_finetune.py; here they would hold accuracy near chance for this short a run
+    light = ["trainer.max_epochs=3", "model.optim.blr=4e-3", "model.optim.warmup_epochs=0", "model.optim.layer_decay=1.0",
+             "model.head_init_std=null", "model.mixup.mixup_alpha=0", "augment.re_prob=0", "dataset.crop_scale=[0.8,1]",
+             "model.encoder.drop_path_rate=0"]
+    ft = finetune(compose_cfg("finetune", [*COMMON, f"ckpt={ckpt}", *light], tmp_path / "ft"))
+    assert ft["test/top1"] > 0.2, ft  # chance 0.1; ~0.3 here
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["encoder_checkpoint"] == str(ckpt)
