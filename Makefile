@@ -10,9 +10,12 @@ ARGS   ?=
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 export WANDB_MODE ?= offline
+# make bench: also times the foundation's data path and probe (DataLoader workers, fp32 probe on the whole batch)
+BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
+	--baseline dataset.resident=false model.probe.bf16=false model.probe.batch_fraction=1.0
 
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
-.PHONY: masks bench-masking
+.PHONY: masks bench bench-masking
 .PHONY: segment
 .PHONY: sweep test-slurm
 
@@ -50,6 +53,9 @@ analyze: setup ## Attention maps + artifact metrics of the newest outputs/pretra
 
 masks: setup ## Masking strategies side by side on Fashion-MNIST: figures/masks.png + mask statistics (results.json)
 	$(BIN)/python -m semmae.masks $(ARGS)
+
+bench: setup ## Pretraining throughput: img/s, MFU, semantic/random step ratio, before/after on CPU (ARGS='--device cuda')
+	$(BIN)/python experiments/bench_pretrain.py $(BENCH_ARGS) $(ARGS)
 
 bench-masking: setup ## Milliseconds per batch of every masking strategy, as a share of one pretraining step (ARGS='--device cuda')
 	$(BIN)/python experiments/bench_masking.py $(ARGS)

@@ -151,13 +151,13 @@ def synthetic_datamodule(batch, channels, size, num_classes, device, batches):
     return Synthetic()
 
 
-def run_variant(args, masking: str, compiled: bool, data: str, device: torch.device) -> dict:
+def run_variant(args, masking: str, compiled: bool, data: str, device: torch.device, extra: list[str] = ()) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
     overrides = [f"backbone={args.backbone}", f"masking={masking}", f"dataset.batch_size={args.batch}",
                  f"model.compile={str(compiled).lower()}", f"model.probe.enabled={str(args.probe).lower()}",
-                 f"dataset.channels={args.channels}", "seed=0", *args.override]
+                 f"dataset.channels={args.channels}", "seed=0", *args.override, *extra]
     if args.img_size:
         overrides += [f"backbone.img_size={args.img_size}"]
     if args.patch_size:
@@ -187,7 +187,7 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     flops = train_flops_per_image(cfg.model.mae, cfg.masking.mask_ratio)
     img_s = args.batch / step_s
     row = {
-        "masking": masking, "compiled": compiled, "data": data, "batch": args.batch,
+        "masking": masking, "compiled": compiled, "data": data, "batch": args.batch, "extra": list(extra),
         "backbone": args.backbone, "img_size": cfg.backbone.img_size, "patch_size": cfg.backbone.patch_size,
         "probe": args.probe, "img_s": img_s, "step_ms": 1000 * step_s,
         "model_tflops": img_s * flops / 1e12, "gflop_per_image": flops / 1e9,
@@ -247,6 +247,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--json", default=None, help="where to write the results (default: stdout only)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every variant")
+    ap.add_argument("--baseline", nargs="*", default=None,
+                    help="overrides that rebuild an earlier configuration: its random / eager / real-data step is "
+                         "timed in the same run and compared with the current one (before / after)")
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -277,13 +280,20 @@ def main(argv=None) -> dict:
         ref = next((r for r in rows if r["masking"] == "random" and r["compiled"] == row["compiled"]
                     and r["data"] == row["data"]), None)
         row["step_ratio_to_random"] = row["step_ms"] / ref["step_ms"] if ref else None
+    baseline = None
+    if args.baseline is not None:
+        before = run_variant(args, "random", False, "real", device, extra=args.baseline)
+        after = next((r for r in rows if r["masking"] == "random" and not r["compiled"] and r["data"] == "real"), None)
+        after = after or run_variant(args, "random", False, "real", device)
+        baseline = {"overrides": args.baseline, "before_img_s": before["img_s"], "after_img_s": after["img_s"],
+                    "speedup": after["img_s"] / before["img_s"]}
     loader = data_throughput(args, device) if "real" in datas else {}
     env = {
         "device": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "bf16_matmul_peak_tflops": peak, "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    result = {"env": env, "loader": loader, "rows": rows}
+    result = {"env": env, "loader": loader, "rows": rows, "baseline": baseline}
 
     print(f"\n{env['device']} | torch {env['torch']} | bf16 matmul peak {peak:.1f} TFLOP/s"
           + (f" | data path {loader['data_img_s']:.0f} img/s" if loader else ""))
@@ -297,6 +307,9 @@ def main(argv=None) -> dict:
         if gpu:
             line += f" {r['peak_mem_gib']:6.1f}"
         print(line)
+    if baseline:
+        print(f"\nbefore ({' '.join(baseline['overrides'])}): {baseline['before_img_s']:.0f} img/s; "
+              f"now: {baseline['after_img_s']:.0f} img/s; {baseline['speedup']:.2f}x (random, eager, real data)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -15,6 +15,7 @@ import torchmetrics
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
+from semmae.errors import ConfigError
 from semmae.masking.base import Mask, MaskingStrategy
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
 from semmae.optim import scaled_lr, warmup_cosine, weight_decay_groups
@@ -52,7 +53,7 @@ class PretrainTask(L.LightningModule):
         optim: Mapping[str, Any] | None = None,
         probe: Mapping[str, Any] | None = None,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ):
         super().__init__()
         optim, probe = plain(optim) or {}, plain(probe) or {}  # plain containers: checkpoints load with weights_only
@@ -71,7 +72,9 @@ class PretrainTask(L.LightningModule):
         acc = dict(task="multiclass", num_classes=num_classes)
         self.train_probe_acc = torchmetrics.Accuracy(**acc)
         self.val_probe_acc = torchmetrics.Accuracy(**acc)
-        self.compile_model = bool(compile)
+        if compile not in (True, False, "auto"):
+            raise ConfigError(f"model.compile must be true, false or auto, got {compile!r}")
+        self.compile_model = compile
         self.train_forward = self.mae.forward  # replaced by a compiled version in configure_model if asked
         self.probe_encoder = self.mae.encoder.forward_cls
         self.probe_optimizer: torch.optim.Optimizer | None = None
@@ -82,8 +85,10 @@ class PretrainTask(L.LightningModule):
 
     def configure_model(self) -> None:
         """torch.compile the training forward (encoder on visible tokens, decoder, loss) and the probe's full-image
-        forward. Shapes are static (the visible count is fixed by the mask ratio), so no dynamic shapes."""
-        if self.compile_model and self.train_forward == self.mae.forward:
+        forward. Shapes are static (the visible count is fixed by the mask ratio), so no dynamic shapes. "auto"
+        compiles on GPUs only: on a CPU the compile time (~50 s) outweighs the gain of a short run (+8%)."""
+        enabled = self.device.type == "cuda" if self.compile_model == "auto" else self.compile_model
+        if enabled and self.train_forward == self.mae.forward:
             self.train_forward = torch.compile(self.mae.forward, dynamic=False)
             self.probe_encoder = torch.compile(self.mae.encoder.forward_cls, dynamic=False)
 

@@ -7,20 +7,28 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semmae.errors import ConfigError
 from semmae.masking.random import RandomMasking
 from semmae.models.mae import MaskedAutoencoder
 from semmae.tasks.pretrain import PretrainTask
 
-pytestmark = pytest.mark.slow  # inductor compiles C++ kernels: ~30-60 s on 2 cores
 
-
-def tiny_task(compile: bool) -> PretrainTask:
+def tiny_task(compile: bool | str) -> PretrainTask:
     torch.manual_seed(0)
     mae = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
                             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     return PretrainTask(mae, RandomMasking(0.75), num_classes=10, batch_size=8, compile=compile)
 
 
+def test_auto_compiles_on_gpus_only():
+    task = tiny_task("auto")
+    task.configure_model()  # on the CPU
+    assert task.train_forward == task.mae.forward
+    with pytest.raises(ConfigError, match="model.compile"):
+        tiny_task("yes")
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: ~30-60 s on 2 cores
 def test_compiled_step_equals_eager_step():
     eager, compiled = tiny_task(False), tiny_task(True)
     compiled.configure_model()
