@@ -20,7 +20,8 @@ TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "ba
 
 
 def test_fast_dev_run(compose_cfg, fmnist_root):
-    cfg = compose_cfg("finetune", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY])
+    paper = ["model.mixup.mixup_alpha=0.8", "model.mixup.cutmix_alpha=1.0", "augment.re_prob=0.25"]  # its code paths
+    cfg = compose_cfg("finetune", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY, *paper])
     metrics = run(cfg)
     assert 0.0 <= metrics["test/top1"] <= metrics["test/top5"] <= 1.0
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
@@ -28,7 +29,7 @@ def test_fast_dev_run(compose_cfg, fmnist_root):
 
 
 def test_model_has_maes_fine_tuning_head(compose_cfg, fmnist_root):
-    cfg = compose_cfg("finetune", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY])
+    cfg = compose_cfg("finetune", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "model.head_init_std=2e-5"])
     model = instantiate(cfg.model)
     enc = model.encoder
     assert enc.global_pool == "avg" and isinstance(enc.norm, torch.nn.Identity)
