@@ -111,7 +111,7 @@ def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Pa
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if not any(runs for by_source in curves.values() for runs in by_source.values()):
+    if not any(r for by_source in curves.values() for runs in by_source.values() for r in runs):
         return None
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for i, (name, by_source) in enumerate(curves.items()):

@@ -156,3 +156,20 @@ def test_smoke_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
     assert run.main(argv) == 0
     assert "10 of 10 tasks already done; running 0" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
+
+
+def test_a_failed_pretraining_is_recorded_and_the_study_goes_on(tmp_path, fmnist_root, monkeypatch, capsys):
+    monkeypatch.setitem(run.STRATEGIES, "broken", ["masking=semantic", "masking.num_regions=0"])
+    out = tmp_path / "study"
+    code = run.main(["--preset", "smoke", "--strategies", "broken", "--seeds", "0", "1", "--out", str(out),
+                     "--data-root", str(fmnist_root)])
+    assert code == 1
+    for seed in (0, 1):  # the second cell ran after the first failed
+        cell = out / "broken" / f"seed{seed}"
+        error = json.loads((cell / "pretrain" / "runner.json").read_text())["error"]
+        assert error.startswith("semmae-pretrain: error: masking.num_regions"), error
+        for task in run.TASKS[1:]:
+            skipped = json.loads((cell / task / "runner.json").read_text())
+            assert skipped["error"].startswith("skipped: the cell's pretraining") and skipped["returncode"] is None
+    row = next(ln for ln in (out / "RESULTS.md").read_text().splitlines() if ln.startswith("| broken |"))
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["0", *["failed"] * len(report.MAIN_COLUMNS)]
