@@ -146,7 +146,7 @@ def hardware_lines(out: Path) -> list[str]:
         lines.append(f"- hardware: {h['cpu']}, {h['cores']} cores, torch {h['torch']}, Python {h['python']}, "
                      f"GPU: {h['gpu'] or 'none'}")
     lines.append(f"- runner sessions: {len(rows)} (" + "; ".join(
-        f"{r['finished']}: {r['tasks_run']} tasks in {r['wall_s']:.0f} s" for r in rows) + ")")
+        f"{r['finished']}: `{' '.join(r['argv'])}`, {r['tasks_run']} tasks in {r['wall_s']:.0f} s" for r in rows) + ")")
     return lines
 
 

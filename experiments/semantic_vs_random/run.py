@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = execute(job, env)
             status = "ok" if "error" not in rec else "FAILED: " + rec["error"]
             print(f"[{i}/{len(todo)}] {job.cell} {job.task}: {rec['wall_s']:.0f} s {status}", flush=True)
-        session = {"argv": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        session = {"argv": ["python", str(Path(__file__).relative_to(REPO)), *(argv if argv is not None else sys.argv[1:])],
                    "preset": args.preset, "tasks_run": len(todo), "wall_s": round(time.perf_counter() - t0, 1),
                    "hardware": hardware(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(out / "sessions.jsonl", "a") as f:
