@@ -187,13 +187,16 @@ def plan(args: argparse.Namespace) -> list[Job]:
         ckpt = out / cell / "pretrain" / "checkpoints" / "last.ckpt"
         for task in tasks:
             run_dir = out / cell / task
+            if task == "pretrain":
+                inputs = masking
+            elif task == "analyze":  # names label the figures: the strategy, or the ablation variant
+                inputs = [f"ckpt={ckpt}", f"names=[{cell.split('/')[1] if args.ablation else cell.split('/')[0]}]"]
+            else:
+                inputs = [f"ckpt={ckpt}"]
+            user = [*extra.get("all", []), *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, [])]
             argv = [sys.executable, "-m", f"semmae.{task}", *preset.overrides(task, args.ablation),
-                    *data_overrides(preset, task, args.data_root, args.seg_root),
-                    *(masking if task == "pretrain" else [f"ckpt={ckpt}"]),
-                    *([f"names=[{cell.split('/')[0] if not args.ablation else cell.split('/')[1]}]"]
-                      if task == "analyze" else []),
-                    f"seed={seed}", *extra.get("all", []),
-                    *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, []), f"hydra.run.dir={run_dir}"]
+                    *data_overrides(preset, task, args.data_root, args.seg_root), *inputs, f"seed={seed}", *user,
+                    f"hydra.run.dir={run_dir}"]
             jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" else ckpt.parents[1]))
     return jobs
 
@@ -254,7 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)")
     p.add_argument("--seg-root", help="dataset.root of segmentation (default: --data-root; paper: ADE20K)")
     p.add_argument("--set", action="append", default=[], metavar="TASK:OVERRIDE",
-                   help="an extra Hydra override for one task (pretrain, linprobe, ...), train (all but analyze) or all,\n"
+                   help="an extra Hydra override for one task (pretrain, linprobe, ...), train (all but analyze)\n"
+                   "or all, "
                    "e.g. train:trainer.devices=8")
     p.add_argument("--results", help="RESULTS.md to write (default: next to run.py for cpu/gpu/paper in their default "
                    "--out, else <out>/RESULTS.md); each preset and the ablation own a marked section in it")
@@ -286,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath}
         env.setdefault("WANDB_MODE", "offline")
         todo = [j for j in jobs if not j.done]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} tasks already done; running {len(todo)} into {out}", flush=True)
@@ -295,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = execute(job, env)
             status = "ok" if "error" not in rec else "FAILED: " + rec["error"]
             print(f"[{i}/{len(todo)}] {job.cell} {job.task}: {rec['wall_s']:.0f} s {status}", flush=True)
-        session = {"argv": ["python", str(Path(__file__).relative_to(REPO)), *(argv if argv is not None else sys.argv[1:])],
+        invocation = argv if argv is not None else sys.argv[1:]
+        session = {"argv": ["python", str(Path(__file__).relative_to(REPO)), *invocation],
                    "preset": args.preset, "tasks_run": len(todo), "wall_s": round(time.perf_counter() - t0, 1),
                    "hardware": hardware(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(out / "sessions.jsonl", "a") as f:
@@ -304,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     import report  # next to this file
 
     path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
-                        strategies=args.strategies, seeds=args.seeds, variants=ABLATION, about=PRESETS[args.preset].about)
+                        strategies=args.strategies, seeds=args.seeds, variants=ABLATION,
+                        about=PRESETS[args.preset].about)
     print(f"wrote {path}")
     failed = [j for j in jobs if not j.done]
     return 1 if failed else 0
