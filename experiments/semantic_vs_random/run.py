@@ -70,7 +70,8 @@ class Preset:
     def overrides(self, task: str, ablation: bool = False) -> list[str]:
         extra = self.ablation.get(task, []) if ablation else []
         common = self.tasks.get("train", []) if task in TRAINING else []
-        return [*common, *self.tasks.get(task, []), *extra]
+        merged = {o.split("=", 1)[0]: o for o in [*common, *self.tasks.get(task, []), *extra]}  # later ones win
+        return list(merged.values())
 
 
 FMNIST = "/usr/share/datasets/fashion-mnist"

@@ -48,6 +48,8 @@ def test_every_command_composes(tmp_path, preset, extra):
     for job in jobs:
         assert job.argv[1:3] == ["-m", f"semmae.{job.task}"]
         overrides = [a for a in job.argv[3:] if not a.startswith("hydra.run.dir=")]
+        keys = [o.split("=", 1)[0] for o in overrides]
+        assert len(keys) == len(set(keys)), overrides
         assert job.argv[-1] == f"hydra.run.dir={job.run_dir}"
         cfg = compose(job.task, overrides, tmp_path / "cfg")
         assert cfg.seed == 1
@@ -62,6 +64,8 @@ def test_every_command_composes(tmp_path, preset, extra):
                                                      "block": "BlockMasking"}[job.cell.split("/")[0]])
             elif name == "flat_last_threshold_0.3":
                 assert masking["flat_last"] is True and masking["flat_threshold"] == 0.3
+            elif name == "semantic" and preset == "cpu":  # the ablation's own data size replaces the study's
+                assert cfg.dataset.train_subset == 12000
             elif name == "segmenter_given":
                 assert masking["segmenter"] == "given" and cfg.dataset.segments == "foreground"
         else:
