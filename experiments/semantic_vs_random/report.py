@@ -13,6 +13,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+FLOOR = "random_init"  # run.py's floor cell: a randomly initialised encoder, probed and analysed
 # (column, task, metric key, scale): the table of the main study.
 MAIN_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
@@ -182,6 +183,12 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
     rows = [[s, str(sum(c["pretrain"]["status"] == "ok" for c in cells[s])),
              *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in MAIN_COLUMNS)]
             for s in strategies]
+    floor = {t: read_task(out / FLOOR / f"seed{seeds[0]}" / t) for t in tasks}  # only linprobe and analyze run
+    if any(t["status"] != "missing" for t in floor.values()):
+        rows.append([f"{FLOOR} (floor, no pretraining)", "—",
+                     *(summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
+                       for _, task, key, scale in MAIN_COLUMNS)])
+        cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
     parts = [f"## Preset `{preset}`: {len(strategies)} strategies x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
              "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder and by the fine-tuning "

@@ -35,6 +35,8 @@ REPO = HERE.parents[1]
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
 TRAINING = ("pretrain", "linprobe", "finetune", "segment")
+FLOOR = "random_init"  # the floor every probe is read against (DESIGN.md section 4): the same tasks, no pretraining
+FLOOR_TASKS = ("linprobe", "analyze")
 STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"]}
 
 # One factor at a time around conf/masking/semantic.yaml (K = 8, r = 0.25, color_kmeans, flat regions in random
@@ -84,12 +86,12 @@ PRESETS = {
         tasks={
             "train": ["logger=none", "trainer.max_epochs=1"],
             "pretrain": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128", "dataset.batch_size=64"],
-            "linprobe": ["dataset.train_subset=256", "dataset.val_subset=128"],
+            "linprobe": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128"],  # TINY: the floor's encoder
             "finetune": ["dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
                          "callbacks.attention_maps.num_images=32"],
             "segment": ["dataset.train_subset=64", "dataset.val_subset=32", "dataset.batch_size=32",
                         "dataset.eval_batch_size=32"],
-            "analyze": ["num_images=32", "batch_size=32", "figure_images=2"],
+            "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
         },
     ),
     "cpu": Preset(
@@ -179,16 +181,21 @@ def plan(args: argparse.Namespace) -> list[Job]:
     else:
         cells = [(f"{s}/seed{k}", STRATEGIES[s], k) for s in args.strategies for k in args.seeds]
         tasks = TASKS
+        if args.floor:
+            cells.append((f"{FLOOR}/seed{args.seeds[0]}", None, args.seeds[0]))
     extra = {}
     for item in args.set:
         task, _, override = item.partition(":")
         extra.setdefault(task, []).append(override)
     jobs = []
     for cell, masking, seed in cells:
+        floor = masking is None
         ckpt = out / cell / "pretrain" / "checkpoints" / "last.ckpt"
-        for task in tasks:
+        for task in FLOOR_TASKS if floor else tasks:
             run_dir = out / cell / task
-            if task == "pretrain":
+            if floor:  # a randomly initialised encoder of the preset's backbone
+                inputs = ["ckpt=random", f"names=[{FLOOR}]"] if task == "analyze" else ["ckpt=null"]
+            elif task == "pretrain":
                 inputs = masking
             elif task == "analyze":  # names label the figures: the strategy, or the ablation variant
                 inputs = [f"ckpt={ckpt}", f"names=[{cell.split('/')[1] if args.ablation else cell.split('/')[0]}]"]
@@ -198,7 +205,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             argv = [sys.executable, "-m", f"semmae.{task}", *preset.overrides(task, args.ablation),
                     *data_overrides(preset, task, args.data_root, args.seg_root), *inputs, f"seed={seed}", *user,
                     f"hydra.run.dir={run_dir}"]
-            jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" else ckpt.parents[1]))
+            jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" or floor else ckpt.parents[1]))
     return jobs
 
 
@@ -254,6 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--ablation", action="store_true", help="the ablation of the semantic spec (first seed only)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row")
     p.add_argument("--data-root", help="dataset.root of pretraining / probe / fine-tune / analyze "
                    "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)")
     p.add_argument("--seg-root", help="dataset.root of segmentation (default: --data-root; paper: ADE20K)")

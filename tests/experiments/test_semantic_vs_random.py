@@ -42,7 +42,8 @@ def test_every_command_composes(tmp_path, preset, extra):
     jobs = run.plan(args)
     tasks = run.ABLATION_TASKS if "--ablation" in extra else run.TASKS
     cells = len(run.ABLATION) if "--ablation" in extra else len(run.STRATEGIES)
-    assert [j.task for j in jobs] == list(tasks) * cells
+    floor = [] if "--ablation" in extra else list(run.FLOOR_TASKS)
+    assert [j.task for j in jobs] == list(tasks) * cells + floor
     if "--ablation" in extra:  # the variants differ in pretraining only: compose those and one cell's other tasks
         jobs = [j for j in jobs if j.task == "pretrain" or j.cell == jobs[0].cell]
     for job in jobs:
@@ -68,6 +69,8 @@ def test_every_command_composes(tmp_path, preset, extra):
                 assert cfg.dataset.train_subset == 12000
             elif name == "segmenter_given":
                 assert masking["segmenter"] == "given" and cfg.dataset.segments == "foreground"
+        elif job.cell.startswith(run.FLOOR):
+            assert cfg.ckpt == ("random" if job.task == "analyze" else None)
         else:
             assert cfg.ckpt == str(job.run_dir.parent / "pretrain" / "checkpoints" / "last.ckpt")
         if preset == "paper" and job.task != "analyze":
@@ -96,6 +99,7 @@ def test_aggregation_is_mean_and_std_over_seeds_and_shows_failures(tmp_path):
         fake_task(cell / "segment", {"test/mIoU": 0.5})
         fake_task(cell / "analyze", {"attn/shallow_sink_ratio": 3.0, "attn/shallow_artifact_fraction": 0.01},
                   artifacts=[1.0 + k, 4.0])
+    fake_task(out / "random_init" / "seed0" / "linprobe", {"test/top1": 0.761})
     fake_task(out / "semantic" / "seed0" / "pretrain", error="semmae-pretrain: error: boom")
     for task in ("linprobe", "finetune", "segment", "analyze"):
         fake_task(out / "semantic" / "seed0" / task, error="skipped: no pretraining checkpoint")
@@ -113,10 +117,12 @@ def test_aggregation_is_mean_and_std_over_seeds_and_shows_failures(tmp_path):
     semantic = next(ln for ln in text.splitlines() if ln.startswith("| semantic |"))
     assert semantic.count("failed") == len(report.MAIN_COLUMNS)
     assert "semantic/seed0 pretrain: semmae-pretrain: error: boom" in text
+    floor = next(ln for ln in text.splitlines() if ln.startswith("| random_init (floor"))
+    assert [c.strip() for c in floor.strip("|").split("|")][1:4] == ["—", "76.1", "—"]
     # seeds 1 and 2 of semantic never ran: missing, not failed, and not counted as failures
     assert "(1 of 3 failed)" not in semantic
     assert (tmp_path / "figures" / "cpu" / "sink_vs_block.png").is_file()
-    assert "total wall time of the finished tasks: 150 s" in text  # 3 seeds x 5 tasks x 10 s; failures excluded
+    assert "total wall time of the finished tasks: 160 s" in text  # 3 x 5 tasks + the floor's, 10 s each; no failures
     # a second write replaces the section instead of appending another
     report.write(path, out, "cpu", ablation=False, strategies=["random", "semantic"], seeds=[0, 1, 2],
                  variants=run.ABLATION, about="test")
@@ -148,6 +154,8 @@ def test_smoke_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
         for task in run.TASKS:
             results = json.loads((out / strategy / "seed0" / task / "results.json").read_text())
             assert results["metrics"], (strategy, task)
+    for task in run.FLOOR_TASKS:
+        assert json.loads((out / run.FLOOR / "seed0" / task / "results.json").read_text())["metrics"]
     text = (out / "RESULTS.md").read_text()
     for strategy in ("random", "semantic"):
         row = next(ln for ln in text.splitlines() if ln.startswith(f"| {strategy} |"))
@@ -158,7 +166,7 @@ def test_smoke_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     capsys.readouterr()
     assert run.main(argv) == 0
-    assert "10 of 10 tasks already done; running 0" in capsys.readouterr().out
+    assert "12 of 12 tasks already done; running 0" in capsys.readouterr().out  # 2 cells + the floor's 2 tasks
     assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
 
 
@@ -166,7 +174,7 @@ def test_a_failed_pretraining_is_recorded_and_the_study_goes_on(tmp_path, fmnist
     monkeypatch.setitem(run.STRATEGIES, "broken", ["masking=semantic", "masking.num_regions=0"])
     out = tmp_path / "study"
     code = run.main(["--preset", "smoke", "--strategies", "broken", "--seeds", "0", "1", "--out", str(out),
-                     "--data-root", str(fmnist_root)])
+                     "--data-root", str(fmnist_root), "--no-floor"])
     assert code == 1
     for seed in (0, 1):  # the second cell ran after the first failed
         cell = out / "broken" / f"seed{seed}"
