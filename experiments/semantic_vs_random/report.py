@@ -189,7 +189,7 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
                      *(summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
                        for _, task, key, scale in MAIN_COLUMNS)])
         cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
-    parts = [f"## Preset `{preset}`: {len(strategies)} strategies x seeds {', '.join(map(str, seeds))}", "",
+    parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
              "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder and by the fine-tuning "
              "run's attention callback at its end.", "",
