@@ -18,6 +18,7 @@ BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
 .PHONY: masks bench bench-masking
 .PHONY: segment
 .PHONY: sweep test-slurm
+.PHONY: replicate
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,6 +79,9 @@ sweep: setup ## Masking sweep (masking x mask_ratio, 6 short CPU runs, ~12 min),
 	@dir=multirun/pretrain/$$(date +%Y-%m-%d_%H-%M-%S); echo "sweep into $$dir"; \
 	$(BIN)/python -m semmae.pretrain -m experiment=mask_sweep_cpu hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
 	$(BIN)/python -m semmae.report $$dir || status=$$?; exit $$status
+
+replicate: setup ## Replication study, semantic vs random vs block x 3 seeds, --preset cpu (ARGS='--preset gpu', '--ablation', '--dry-run')
+	$(BIN)/python experiments/semantic_vs_random/run.py $(ARGS)
 
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

@@ -13,6 +13,10 @@ which regions are visible stays random.
 3. Semantic part: regions are ranked in a random order; a patch's score is its region's rank plus a term in [0, 1)
    that grows with its distance from a random seed patch of the region. Keeping the lowest scores therefore takes
    whole regions in random order, and the one region that does not fit is taken nearest-its-seed first.
+   `flat_last` (off by default; ablated in experiments/semantic_vs_random): flat regions, whose patches' pixel std
+   averages at most `flat_threshold` x the image's pixel std (uniform background), are ranked after every textured
+   region, so the semantic part shows content first and background only when the content runs out; background is
+   then seen mostly through the random part. The registers paper's artifacts sit on such low-information patches.
 
 Everything is batched tensor code driven by the step's generator: no per-image Python loop, no host synchronisation
 (checked under torch.cuda.set_sync_debug_mode("error") by experiments/bench_masking.py --check-sync).
@@ -50,14 +54,19 @@ class SemanticPlan:
     scores: torch.Tensor  # [B, N] float: lower = visible first
 
 
-def region_ranks(regions: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def region_ranks(
+    regions: torch.Tensor, generator: torch.Generator | None, last: torch.Tensor | None = None,
+) -> torch.Tensor:
     """regions [B, N] (region id = smallest patch index) -> rank of each patch's region [B, N], a uniformly random
-    order of each image's regions (0 = first)."""
+    order of each image's regions (0 = first). last [B, N] bool (read at each region's root patch): those regions
+    come after all the others, in random order among themselves."""
     b, n = regions.shape
     dev = regions.device
     ar = torch.arange(n, device=dev)
     draw = torch.rand(b, n, device=dev, generator=generator)
-    key = torch.where(regions == ar, draw, torch.full_like(draw, 2.0))  # only the roots compete
+    if last is not None:
+        draw = draw + last.to(draw.dtype)  # [0, 1) first, [1, 2) last
+    key = torch.where(regions == ar, draw, torch.full_like(draw, 3.0))  # only the roots compete
     order = torch.argsort(key, dim=1)  # the roots first, in random order
     rank_of = torch.empty_like(order).scatter_(1, order, ar.expand(b, n).contiguous())
     return rank_of.gather(1, regions)
@@ -83,6 +92,23 @@ def seed_distance(regions: torch.Tensor, grid_size: tuple[int, int], generator: 
     return (pos[seed] - pos).norm(dim=2) / (math.hypot(h, w) + 1.0)
 
 
+def flat_regions(
+    images: torch.Tensor, regions: torch.Tensor, grid_size: tuple[int, int], threshold: float,
+) -> torch.Tensor:
+    """[B, N] bool: the patch's region is flat, i.e. the pixel std within its patches, averaged over the region and
+    the channels, is at most `threshold` x the image's pixel std (scale- and shift-invariant; a constant image is
+    all flat)."""
+    b, c, height, width = images.shape
+    h, w = grid_size
+    x = images.float().reshape(b, c, h, height // h, w, width // w)
+    patch_std = x.std(dim=(3, 5), unbiased=False).mean(1).flatten(1)  # [B, N]
+    image_std = images.float().flatten(2).std(dim=2, unbiased=False).mean(1, keepdim=True)  # [B, 1]
+    total = torch.zeros_like(patch_std).scatter_add_(1, regions, patch_std)
+    count = torch.zeros_like(patch_std).scatter_add_(1, regions, torch.ones_like(patch_std))
+    region_std = (total / count.clamp_min(1.0)).gather(1, regions)
+    return region_std <= threshold * image_std
+
+
 def random_subset(b: int, n: int, count: int, device, generator: torch.Generator | None) -> torch.Tensor:
     """[B, N] bool with exactly `count` True per row, every subset equally likely."""
     u = torch.rand(b, n, device=device, generator=generator)
@@ -102,6 +128,8 @@ class SemanticMasking(MaskingStrategy):
         pos_weight: float = 0.25,
         iters: int = 5,
         compactness: float = 10.0,
+        flat_last: bool = False,
+        flat_threshold: float = 0.1,
     ):
         super().__init__(mask_ratio)
         if int(num_regions) != num_regions or int(num_regions) < 1:
@@ -120,6 +148,8 @@ class SemanticMasking(MaskingStrategy):
         self.compactness = float(compactness)
         if self.compactness <= 0:
             raise ConfigError(f"masking.compactness must be > 0, got {compactness}")
+        self.flat_last = bool(flat_last)
+        self.flat_threshold = check_range("masking.flat_threshold", flat_threshold, 0.0, 1.0, closed=True)
 
     def params(self) -> dict[str, Any]:
         p = {**super().params(), "num_regions": self.num_regions, "random_fraction": self.random_fraction,
@@ -128,6 +158,8 @@ class SemanticMasking(MaskingStrategy):
             p.update(pos_weight=self.pos_weight, iters=self.iters)
         elif self.segmenter == "slic":
             p.update(compactness=self.compactness)
+        if self.flat_last:
+            p.update(flat_last=True, flat_threshold=self.flat_threshold)
         return p
 
     def describe(self) -> str:
@@ -176,7 +208,8 @@ class SemanticMasking(MaskingStrategy):
         regions = self.regions(images, grid_size, generator, batch)
         n_random = int(round(self.random_fraction * num_keep(n, self.mask_ratio)))
         random_part = random_subset(b, n, n_random, images.device, generator)
-        semantic = region_ranks(regions, generator).float() + seed_distance(regions, grid_size, generator)
+        last = flat_regions(images, regions, grid_size, self.flat_threshold) if self.flat_last else None
+        semantic = region_ranks(regions, generator, last).float() + seed_distance(regions, grid_size, generator)
         scores = torch.where(random_part, torch.full_like(semantic, -1.0), semantic)
         return SemanticPlan(regions=regions, random_part=random_part, scores=scores)
 

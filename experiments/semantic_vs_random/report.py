@@ -1,0 +1,278 @@
+"""RESULTS.md of the replication study, from the results.json / artifacts.json / runner.json files run.py left in the
+study directory; nothing here is typed in by hand. Each preset (and its ablation) owns one marked section of the
+file, so a cpu run, a gpu run and the ablation can land in the same RESULTS.md and a hand-written reading stays.
+
+    python experiments/semantic_vs_random/run.py --preset cpu --report-only     # rewrite from what is there
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+FLOOR = "random_init"  # run.py's floor cell: a randomly initialised encoder, probed and analysed
+# (column, task, metric key, scale): the table of the main study.
+MAIN_COLUMNS = [
+    ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
+    ("fine-tune top-1 %", "finetune", "test/top1", 100.0),
+    ("mIoU %", "segment", "test/mIoU", 100.0),
+    ("shallow sink ratio", "analyze", "attn/shallow_sink_ratio", 1.0),
+    ("shallow artifact fraction", "analyze", "attn/shallow_artifact_fraction", 1.0),
+    ("shallow high-norm fraction", "analyze", "attn/shallow_high_norm_fraction", 1.0),
+    ("fine-tuned: shallow sink ratio", "finetune", "attn/shallow_sink_ratio", 1.0),
+    ("fine-tuned: shallow artifact fraction", "finetune", "attn/shallow_artifact_fraction", 1.0),
+    ("fine-tuned: shallow high-norm fraction", "finetune", "attn/shallow_high_norm_fraction", 1.0),
+]
+ABLATION_COLUMNS = [
+    ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
+    ("shallow sink ratio", "analyze", "attn/shallow_sink_ratio", 1.0),
+    ("shallow artifact fraction", "analyze", "attn/shallow_artifact_fraction", 1.0),
+    ("shallow high-norm fraction", "analyze", "attn/shallow_high_norm_fraction", 1.0),
+    ("online probe %", "pretrain", "val/online_probe_acc", 100.0),
+]
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+def read_task(run_dir: Path) -> dict:
+    """{"status": ok|failed|missing, "metrics", "error", "wall_s", "command"} of one task's run directory."""
+    out: dict = {"status": "missing", "metrics": {}, "error": None, "wall_s": None, "command": None}
+    runner = run_dir / "runner.json"
+    if runner.is_file():
+        rec = json.loads(runner.read_text())
+        out.update(error=rec.get("error"), wall_s=rec.get("wall_s"), command=rec.get("command"))
+        if rec.get("error"):
+            out["status"] = "failed"
+    results = run_dir / "results.json"
+    if results.is_file():
+        out.update(status="ok", error=None, metrics=json.loads(results.read_text()).get("metrics", {}))
+    return out
+
+
+def metric(task: dict, key: str) -> float | None:
+    """A metric of an ok task; test/... falls back to val/... (a run without a test split reports val only)."""
+    if task["status"] != "ok":
+        return None
+    for k in (key, key.replace("test/", "val/", 1)):
+        v = task["metrics"].get(k)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+# --- aggregation ------------------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def decimals(value: float, scale: float) -> int:
+    """Percentages with 1 decimal; ratios with 2, fractions below 1 with 3 (the mean decides, the std follows)."""
+    return 1 if scale != 1.0 else (2 if abs(value) >= 1 else 3)
+
+
+def summarise(tasks: list[dict], key: str, scale: float) -> str:
+    """The table entry of one metric over the seeds of a strategy: `mean ± std`, with failures named."""
+    values = [v for v in (metric(t, key) for t in tasks) if v is not None]
+    failed = sum(t["status"] == "failed" for t in tasks)
+    if not values:
+        return "failed" if failed else "—"
+    m, s = mean_std(values)
+    d = decimals(m, scale)
+    text = f"{m * scale:.{d}f}" + ("" if s is None else f" ± {s * scale:.{d}f}")
+    return text + (f" ({failed} of {len(tasks)} failed)" if failed else "")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sink_by_block(run_dir: Path, source: str) -> list[float] | None:
+    """sink_ratio per block: analyze's artifacts.json, or the fine-tuning run's attn/block_NN/sink_ratio."""
+    if source == "analyze":
+        path = run_dir / "artifacts.json"
+        if not path.is_file():
+            return None
+        return [b["sink_ratio"] for b in json.loads(path.read_text())["blocks"]]
+    task = read_task(run_dir)
+    keys = sorted(k for k in task["metrics"] if k.startswith("attn/block_") and k.endswith("/sink_ratio"))
+    return [task["metrics"][k] for k in keys] or None
+
+
+# --- figures ----------------------------------------------------------------------------------------------------
+def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path | None:
+    """curves[strategy][source] = per-seed lists of sink_ratio by block -> mean ± std lines, one colour a strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not any(r for by_source in curves.values() for runs in by_source.values() for r in runs):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for i, (name, by_source) in enumerate(curves.items()):
+        for source, style in (("analyze", "-"), ("finetune", "--")):
+            runs = [r for r in by_source.get(source, []) if r]
+            if not runs or len({len(r) for r in runs}) != 1:
+                continue
+            a = np.array(runs)
+            x = np.arange(1, a.shape[1] + 1)
+            label = name if source == "analyze" else f"{name}, fine-tuned"
+            ax.errorbar(x, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, fmt=style, marker="o",
+                        color=f"C{i}", label=label, capsize=3)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("block")
+    ax.set_ylabel("sink ratio (1 = even attention)")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+def hardware_lines(out: Path) -> list[str]:
+    sessions = out / "sessions.jsonl"
+    if not sessions.is_file():
+        return ["- hardware: no session record (sessions.jsonl) yet"]
+    rows = [json.loads(ln) for ln in sessions.read_text().splitlines() if ln.strip()]
+    lines = []
+    for hw in {json.dumps(r["hardware"], sort_keys=True) for r in rows}:
+        h = json.loads(hw)
+        lines.append(f"- hardware: {h['cpu']}, {h['cores']} cores, torch {h['torch']}, Python {h['python']}, "
+                     f"GPU: {h['gpu'] or 'none'}")
+    lines.append(f"- runner sessions: {len(rows)} (" + "; ".join(
+        f"{r['finished']}: `{' '.join(r['argv'])}`, {r['tasks_run']} tasks in {r['wall_s']:.0f} s" for r in rows) + ")")
+    return lines
+
+
+def timing_table(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...]) -> tuple[str, float]:
+    rows, total = [], 0.0
+    for name, seeds in cells.items():
+        row = [name]
+        for task in tasks:
+            walls = [s[task]["wall_s"] for s in seeds if s[task]["status"] == "ok" and s[task]["wall_s"]]
+            total += sum(walls)
+            row.append(f"{statistics.fmean(walls):.0f}" if walls else "—")
+        rows.append(row)
+    return markdown_table(["wall s (mean per run)", *tasks], rows), total
+
+
+def commands_block(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...]) -> str:
+    cmds = [s[t]["command"] for seeds in cells.values() for s in seeds for t in tasks if s[t]["command"]]
+    if not cmds:
+        return ""
+    return "<details><summary>exact commands (" + str(len(cmds)) + ")</summary>\n\n```\n" + "\n".join(cmds) + \
+        "\n```\n</details>"
+
+
+def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str]], tasks) -> list[str]:
+    return [f"- {labels[name][i]} {t}: {s[t]['error']}" for name, seeds in cells.items()
+            for i, s in enumerate(seeds) for t in tasks if s[t]["status"] == "failed"]
+
+
+def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str) -> str:
+    tasks = ("pretrain", "linprobe", "finetune", "segment", "analyze")
+    cells = {s: [{t: read_task(out / s / f"seed{k}" / t) for t in tasks} for k in seeds] for s in strategies}
+    labels = {s: [f"{s}/seed{k}" for k in seeds] for s in strategies}
+    rows = [[s, str(sum(c["pretrain"]["status"] == "ok" for c in cells[s])),
+             *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in MAIN_COLUMNS)]
+            for s in strategies]
+    floor = {t: read_task(out / FLOOR / f"seed{seeds[0]}" / t) for t in tasks}  # only linprobe and analyze run
+    if any(t["status"] != "missing" for t in floor.values()):
+        rows.append([f"{FLOOR} (floor, no pretraining)", "—",
+                     *(summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
+                       for _, task, key, scale in MAIN_COLUMNS)])
+        cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
+    parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
+             f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
+             "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder and by the fine-tuning "
+             "run's attention callback at its end.", "",
+             markdown_table(["strategy", "seeds", *(c[0] for c in MAIN_COLUMNS)], rows), ""]
+    curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
+                  for src in ("analyze", "finetune")} for s in strategies}
+    plot = plot_sink_vs_block(curves, figures / "sink_vs_block.png")
+    if plot:
+        parts += ["Sink ratio by block (mean ± std over seeds; dashed: after fine-tuning):", "",
+                  f"![sink ratio vs block]({(rel / plot.name).as_posix()})", ""]
+    for s in strategies:
+        src = out / s / f"seed{seeds[0]}" / "analyze" / "attention_blocks.png"
+        if src.is_file():
+            dst = figures / f"attention_{s}.png"
+            shutil.copyfile(src, dst)
+            parts += [f"Attention maps, `{s}` (seed {seeds[0]}, the same first validation images for every "
+                      f"strategy):", "", f"![attention {s}]({(rel / dst.name).as_posix()})", ""]
+    table, total = timing_table(cells, tasks)
+    parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
+              f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
+    fails = failures(cells, labels, tasks)
+    if fails:
+        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
+    parts += [commands_block(cells, tasks)]
+    return "\n".join(parts)
+
+
+def ablation_section(out: Path, preset: str, variants, seed: int, about: str) -> str:
+    tasks = ("pretrain", "linprobe", "analyze")
+    cells = {name: [{t: read_task(out / "ablation" / name / t) for t in tasks}] for name, _, _ in variants}
+    labels = {name: [f"ablation/{name}"] for name, _, _ in variants}
+    rows = []
+    for name, factor, overrides in variants:
+        label = f"**{name} (default)**" if factor == "default" else name
+        rows.append([label, factor, " ".join(f"`{o}`" for o in overrides),
+                     *(summarise([cells[name][0][task]], key, scale)
+                       for _, task, key, scale in ABLATION_COLUMNS)])
+    parts = [f"## Ablation (preset `{preset}`, seed {seed})", "",
+             f"One factor at a time around conf/masking/semantic.yaml, equal epochs; `random` and `block` are "
+             f"controls. Setting: {about}.", "",
+             markdown_table(["variant", "factor", "overrides", *(c[0] for c in ABLATION_COLUMNS)], rows), ""]
+    default = next(name for name, factor, _ in variants if factor == "default")
+
+    def value(name, task, key):
+        return metric(cells[name][0][task], key)
+
+    d_sink, d_probe = value(default, "analyze", "attn/shallow_sink_ratio"), value(default, "linprobe", "test/top1")
+    if d_sink is not None and d_probe is not None:
+        better = [name for name, factor, _ in variants if factor not in ("default", "control")
+                  and (v := value(name, "analyze", "attn/shallow_sink_ratio")) is not None and v < d_sink
+                  and (p := value(name, "linprobe", "test/top1")) is not None and p >= d_probe]
+        parts += ["Variants with a lower shallow sink ratio than the default and no lower linear-probe top-1 "
+                  f"(one seed, so a candidate, not a verdict): {', '.join(better) if better else 'none'}.", ""]
+    table, total = timing_table(cells, tasks)
+    parts += ["Wall time (runner, seconds):", "", table, "",
+              f"- total wall time of the finished tasks: {total:.0f} s ({total / 60:.1f} min)",
+              *hardware_lines(out), ""]
+    fails = failures(cells, labels, tasks)
+    if fails:
+        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
+    parts += [commands_block(cells, tasks)]
+    return "\n".join(parts)
+
+
+def replace_section(text: str, key: str, body: str) -> str:
+    begin, end = f"<!-- BEGIN {key} (written by run.py) -->", f"<!-- END {key} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        return text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str) -> Path:
+    """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/."""
+    key = f"{preset}-ablation" if ablation else preset
+    figures = path.parent / "figures" / key
+    figures.mkdir(parents=True, exist_ok=True)
+    rel = Path("figures") / key
+    body = (ablation_section(out, preset, variants, seeds[0], about) if ablation
+            else main_section(out, figures, rel, preset, strategies, seeds, about))
+    text = path.read_text() if path.is_file() else (
+        "# Replication study: semantic vs random masking\n\n"
+        "Written by `experiments/semantic_vs_random/run.py` from the runs' results.json files; each preset's "
+        "section is replaced when that preset is rerun, text outside the marked sections is kept.\n")
+    path.write_text(replace_section(text, key, body))
+    return path

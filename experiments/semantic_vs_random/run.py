@@ -1,0 +1,334 @@
+"""Replication study (issue 8): semantic vs random vs block masking, everything else identical.
+
+For each strategy x seed ("cell"): pretrain, then linear probe, fine-tune (with its attention metrics), segmentation
+(fashion_mnist_seg) and artifact metrics of the pretrained encoder (semmae-analyze). Each task is a subprocess
+`python -m semmae.<task> ... hydra.run.dir=<out>/<strategy>/seed<k>/<task>`; it leaves results.json there (its
+numbers) and runner.json (the runner's record: command, wall time, exit code, the one-line error of a failure).
+A task whose results.json exists is not rerun, so an interrupted study resumes where it stopped; a failed task is
+recorded and the other cells go on (the tasks that need its checkpoint are recorded as skipped).
+`--ablation` runs the one-factor-at-a-time ablation of the semantic spec instead (one seed; pretrain, linear probe,
+analyze). At the end, report.py writes RESULTS.md from the results.json files.
+
+    python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~40 min on 2 cores
+    python experiments/semantic_vs_random/run.py --preset cpu --ablation     # ablation, ~25 min on 2 cores
+    python experiments/semantic_vs_random/run.py --preset gpu                # one GPU, longer schedules, ViT-T
+    python experiments/semantic_vs_random/run.py --preset paper --data-root /data/imagenet \
+        --seg-root /data/ADEChallengeData2016 --set train:trainer.devices=8 --dry-run
+    python experiments/semantic_vs_random/run.py --preset smoke --data-root DIR --out /tmp/study   # seconds per task
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
+ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
+TRAINING = ("pretrain", "linprobe", "finetune", "segment")
+FLOOR = "random_init"  # the floor every probe is read against (DESIGN.md section 4): the same tasks, no pretraining
+FLOOR_TASKS = ("linprobe", "analyze")
+STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"]}
+
+# One factor at a time around conf/masking/semantic.yaml (K = 8, r = 0.25, color_kmeans, flat regions in random
+# order), plus random and block as controls. (name = its directory, factor, overrides of the pretraining run)
+ABLATION = [
+    ("semantic", "default", ["masking=semantic"]),
+    ("num_regions_4", "num_regions", ["masking=semantic", "masking.num_regions=4"]),
+    ("num_regions_16", "num_regions", ["masking=semantic", "masking.num_regions=16"]),
+    ("num_regions_32", "num_regions", ["masking=semantic", "masking.num_regions=32"]),
+    ("random_fraction_0", "random_fraction", ["masking=semantic", "masking.random_fraction=0.0"]),
+    ("random_fraction_0.5", "random_fraction", ["masking=semantic", "masking.random_fraction=0.5"]),
+    ("segmenter_slic", "segmenter", ["masking=semantic", "masking.segmenter=slic"]),
+    ("segmenter_given", "segmenter", ["masking=semantic", "masking.segmenter=given", "dataset.segments=foreground"]),
+    ("flat_last", "flat regions", ["masking=semantic", "masking.flat_last=true"]),
+    ("flat_last_threshold_0.3", "flat regions",
+     ["masking=semantic", "masking.flat_last=true", "masking.flat_threshold=0.3"]),
+    ("random", "control", ["masking=random"]),
+    ("block", "control", ["masking=block"]),
+]
+
+
+@dataclass
+class Preset:
+    """Overrides per task; "train" goes to every task that trains (all but analyze, which has no trainer or
+    logger group). Data roots are filled in from the command line."""
+
+    about: str
+    tasks: dict[str, list[str]]
+    data: str | None = None  # classification data root to default to (Fashion-MNIST's Debian package)
+    needs_roots: bool = False
+    ablation: dict[str, list[str]] = field(default_factory=dict)  # extra overrides of the ablation runs
+
+    def overrides(self, task: str, ablation: bool = False) -> list[str]:
+        extra = self.ablation.get(task, []) if ablation else []
+        common = self.tasks.get("train", []) if task in TRAINING else []
+        merged = {o.split("=", 1)[0]: o for o in [*common, *self.tasks.get(task, []), *extra]}  # later ones win
+        return list(merged.values())
+
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
+        "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
+
+PRESETS = {
+    "smoke": Preset(
+        about="seconds per task: a 3-block width-32 ViT on a few hundred images (the test's preset)",
+        tasks={
+            "train": ["logger=none", "trainer.max_epochs=1"],
+            "pretrain": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128", "dataset.batch_size=64"],
+            "linprobe": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128"],  # TINY: the floor's encoder
+            "finetune": ["dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
+                         "callbacks.attention_maps.num_images=32"],
+            "segment": ["dataset.train_subset=64", "dataset.val_subset=32", "dataset.batch_size=32",
+                        "dataset.eval_batch_size=32"],
+            "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
+        },
+    ),
+    "cpu": Preset(
+        about="2 CPU cores: vit_micro, pretrain 2 epochs on 15,000 images; probe on cached features of 10,000 + "
+              "5,000; fine-tune 1 epoch on 8,000 (batch 64); segmentation 1 epoch on 2,000 (~4 min per cell); the ablation "
+              "pretrains on 12,000 and probes on 8,000 + 4,000",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv", "trainer=cpu"],
+            "pretrain": ["dataset.train_subset=15000", "dataset.val_subset=2000", "trainer.max_epochs=2"],
+            "linprobe": ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"],
+            # 125 steps at the default run's per-step lr (blr 1e-3 at batch 128 = lr 5e-4): 31 steps of batch 128
+            # on 4,000 images left the head near chance (14% top-1 in a timed trial)
+            "finetune": ["dataset.train_subset=8000", "dataset.val_subset=2000", "dataset.batch_size=64",
+                         "model.optim.blr=2.0e-3", "trainer.max_epochs=1"],
+            "segment": ["dataset.train_subset=2000", "dataset.val_subset=1000", "trainer.max_epochs=1"],
+            "analyze": ["num_images=1000"],
+        },
+        # 12 variants in ~25 min: a little less data than the main study, the same for every variant
+        ablation={"pretrain": ["dataset.train_subset=12000"],
+                  "linprobe": ["dataset.train_subset=8000", "dataset.val_subset=4000"]},
+    ),
+    "gpu": Preset(
+        about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
+              "images; probe on all cached features; fine-tune 10 epochs; segmentation 5 epochs on 20,000",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv"],
+            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=null",
+                         "trainer.max_epochs=100"],
+            "linprobe": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
+                         "dataset.train_subset=null", "dataset.val_subset=null", "trainer.max_epochs=30"],
+            "finetune": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
+                         "dataset.train_subset=null", "dataset.val_subset=null", "dataset.batch_size=256",
+                         "trainer.max_epochs=10", "model.optim.warmup_epochs=1"],
+            "segment": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
+                        "dataset.train_subset=20000", "dataset.val_subset=null", "dataset.batch_size=128",
+                        "trainer.max_epochs=5"],
+            "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
+        },
+        # The issue's ablation on a GPU: ViT-T for about a minute per variant is enough to show the sinks.
+        ablation={"pretrain": ["trainer.max_epochs=30"]},
+    ),
+    "paper": Preset(
+        about="the paper's scale: ViT-B/16 MAE recipes on ImageNet-1K (conf/experiment/mae_vit_base_in1k_*) and "
+              "UperNet on ADE20K (ade20k_vit_base_upernet); needs --data-root (ImageNet) and --seg-root (ADE20K), "
+              "multi-GPU settings via --set (e.g. train:trainer.devices=8 pretrain:trainer.num_nodes=4)",
+        needs_roots=True,
+        tasks={
+            "train": ["logger=wandb"],
+            "pretrain": ["experiment=mae_vit_base_in1k_pretrain"],
+            "linprobe": ["experiment=mae_vit_base_in1k_linprobe"],
+            "finetune": ["experiment=mae_vit_base_in1k_finetune"],
+            "segment": ["experiment=ade20k_vit_base_upernet"],
+            "analyze": ["dataset=imagenet", "backbone=vit_base", "num_images=1000", "batch_size=100"],
+        },
+    ),
+}
+
+
+@dataclass
+class Job:
+    cell: str  # e.g. random/seed0 or ablation/num_regions=4
+    task: str
+    argv: list[str]
+    run_dir: Path
+    needs: Path | None  # the pretraining run whose checkpoint it reads
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "results.json").is_file()
+
+
+def data_overrides(preset: Preset, task: str, data_root: str | None, seg_root: str | None) -> list[str]:
+    """dataset.root of a task: --data-root (or the preset's default); segmentation reads --seg-root, else the same."""
+    root = data_root or preset.data
+    if task == "segment":
+        root = seg_root or root
+    return [f"dataset.root={root}"] if root else []
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Every task of the study (or the ablation) in run order: cell by cell, pretraining first."""
+    preset = PRESETS[args.preset]
+    out = Path(args.out)
+    if args.ablation:
+        seeds = args.seeds[:1]
+        cells = [(f"ablation/{name}", masking, seeds[0]) for name, _, masking in ABLATION]
+        tasks = ABLATION_TASKS
+    else:
+        cells = [(f"{s}/seed{k}", STRATEGIES[s], k) for s in args.strategies for k in args.seeds]
+        tasks = TASKS
+        if args.floor:
+            cells.append((f"{FLOOR}/seed{args.seeds[0]}", None, args.seeds[0]))
+    extra = {}
+    for item in args.set:
+        task, _, override = item.partition(":")
+        extra.setdefault(task, []).append(override)
+    jobs = []
+    for cell, masking, seed in cells:
+        floor = masking is None
+        ckpt = out / cell / "pretrain" / "checkpoints" / "last.ckpt"
+        for task in FLOOR_TASKS if floor else tasks:
+            run_dir = out / cell / task
+            if floor:  # a randomly initialised encoder of the preset's backbone
+                inputs = ["ckpt=random", f"names=[{FLOOR}]"] if task == "analyze" else ["ckpt=null"]
+            elif task == "pretrain":
+                inputs = masking
+            elif task == "analyze":  # names label the figures: the strategy, or the ablation variant
+                inputs = [f"ckpt={ckpt}", f"names=[{cell.split('/')[1] if args.ablation else cell.split('/')[0]}]"]
+            else:
+                inputs = [f"ckpt={ckpt}"]
+            user = [*extra.get("all", []), *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, [])]
+            argv = [sys.executable, "-m", f"semmae.{task}", *preset.overrides(task, args.ablation),
+                    *data_overrides(preset, task, args.data_root, args.seg_root), *inputs, f"seed={seed}", *user,
+                    f"hydra.run.dir={run_dir}"]
+            jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" or floor else ckpt.parents[1]))
+    return jobs
+
+
+def one_line_error(stderr: str) -> str:
+    """The CLI's `semmae-<task>: error: ...` line if there is one, else the last non-empty line (a traceback's)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("semmae-") and ": error: " in ln:
+            return ln
+    return lines[-1] if lines else "no output"
+
+
+def execute(job: Job, env: dict[str, str]) -> dict:
+    """Run one task; record command, wall time, exit code and (on failure) the error line in runner.json."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"cell": job.cell, "task": job.task, "command": shlex.join(job.argv)}
+    if job.needs is not None and not (job.needs / "results.json").is_file():
+        # a crashed pretraining run may have left an early last.ckpt: only a finished one counts
+        record.update(returncode=None, wall_s=0.0,
+                      error=f"skipped: the cell's pretraining ({job.needs}) did not finish")
+    else:
+        t0 = time.perf_counter()
+        with open(job.run_dir / "runner.log", "w") as log:
+            proc = subprocess.run(job.argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
+            log.write(proc.stderr)
+        record.update(returncode=proc.returncode, wall_s=round(time.perf_counter() - t0, 1))
+        if proc.returncode != 0 or not job.done:
+            record["error"] = one_line_error(proc.stderr) if proc.returncode != 0 else "exited 0 without results.json"
+    (job.run_dir / "runner.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="\n".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
+    p.add_argument("--out", help="study directory (default experiments/semantic_vs_random/runs/<preset>)")
+    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--ablation", action="store_true", help="the ablation of the semantic spec (first seed only)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row")
+    p.add_argument("--data-root", help="dataset.root of pretraining / probe / fine-tune / analyze "
+                   "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)")
+    p.add_argument("--seg-root", help="dataset.root of segmentation (default: --data-root; paper: ADE20K)")
+    p.add_argument("--set", action="append", default=[], metavar="TASK:OVERRIDE",
+                   help="an extra Hydra override for one task (pretrain, linprobe, ...), train (all but analyze)\n"
+                   "or all, "
+                   "e.g. train:trainer.devices=8")
+    p.add_argument("--results", help="RESULTS.md to write (default: next to run.py for cpu/gpu/paper in their default "
+                   "--out, else <out>/RESULTS.md); each preset and the ablation own a marked section in it")
+    p.add_argument("--dry-run", action="store_true", help="print the commands (those already done marked) and stop")
+    p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from what is there; run nothing")
+    args = p.parse_args(argv)
+    default_out = HERE / "runs" / args.preset
+    if args.out is None:
+        args.out = str(default_out)
+    if args.results is None:
+        own = args.preset != "smoke" and Path(args.out).resolve() == default_out
+        args.results = str(HERE / "RESULTS.md") if own else str(Path(args.out) / "RESULTS.md")
+    for item in args.set:
+        task, sep, _ = item.partition(":")
+        if not sep or task not in ("all", "train", *TASKS):
+            p.error(f"--set {item!r}: expected TASK:OVERRIDE with TASK one of all, train, {', '.join(TASKS)}")
+    if PRESETS[args.preset].needs_roots and not args.dry_run and not (args.data_root and args.seg_root):
+        p.error(f"--preset {args.preset} needs --data-root (ImageNet-1K) and --seg-root (ADE20K)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    jobs = plan(args)
+    if args.dry_run:
+        for job in jobs:
+            print(("# done: " if job.done else "") + shlex.join(job.argv))
+        return 0
+    out = Path(args.out)
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+        env.setdefault("WANDB_MODE", "offline")
+        todo = [j for j in jobs if not j.done]
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} tasks already done; running {len(todo)} into {out}", flush=True)
+        t0 = time.perf_counter()
+        for i, job in enumerate(todo, 1):
+            rec = execute(job, env)
+            status = "ok" if "error" not in rec else "FAILED: " + rec["error"]
+            print(f"[{i}/{len(todo)}] {job.cell} {job.task}: {rec['wall_s']:.0f} s {status}", flush=True)
+        invocation = argv if argv is not None else sys.argv[1:]
+        session = {"argv": ["python", str(Path(__file__).relative_to(REPO)), *invocation],
+                   "preset": args.preset, "tasks_run": len(todo), "wall_s": round(time.perf_counter() - t0, 1),
+                   "hardware": hardware(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with open(out / "sessions.jsonl", "a") as f:
+            f.write(json.dumps(session) + "\n")
+    sys.path.insert(0, str(HERE))
+    import report  # next to this file
+
+    path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
+                        strategies=args.strategies, seeds=args.seeds, variants=ABLATION,
+                        about=PRESETS[args.preset].about)
+    print(f"wrote {path}")
+    failed = [j for j in jobs if not j.done]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
