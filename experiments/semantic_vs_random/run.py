@@ -182,10 +182,11 @@ def plan(args: argparse.Namespace) -> list[Job]:
         cells = [(f"ablation/{name}", masking, seeds[0]) for name, _, masking in ABLATION]
         tasks = ABLATION_TASKS
     else:
-        cells = [(f"{s}/seed{k}", STRATEGIES[s], k) for s in args.strategies for k in args.seeds]
+        cells = [(f"{s}/seed{k}", STRATEGIES[s], k) for k in args.seeds for s in args.strategies]  # seed-major: a
+        # study cut short still compares every strategy
         tasks = TASKS
         if args.floor:
-            cells.append((f"{FLOOR}/seed{args.seeds[0]}", None, args.seeds[0]))
+            cells.insert(0, (f"{FLOOR}/seed{args.seeds[0]}", None, args.seeds[0]))
     extra = {}
     for item in args.set:
         task, _, override = item.partition(":")
