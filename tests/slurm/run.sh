@@ -14,6 +14,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac  # the jobs run in other directories: a relative path would not resolve
 START=$(date +%s)
 log() { printf '[slurm-test %4ds] %s\n' $(( $(date +%s) - START )) "$*"; }
 die() { log "FAIL: $*"; exit 1; }
