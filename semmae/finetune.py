@@ -4,33 +4,23 @@ report."""
 
 from __future__ import annotations
 
-import time
-
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
-from semmae.utils.run import check_ckpt_path, configure_torch, instantiate_group, resolved_config
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    start = time.time()
-    configure_torch()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    start = begin_run(cfg)
     source = resolve_ckpt(cfg)
     resume = check_ckpt_path(cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     augmentation = instantiate(cfg.augment).apply(datamodule)
     model = instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    config = resolved_config(cfg)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer, loggers, _ = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start,

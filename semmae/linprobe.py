@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
@@ -14,24 +13,17 @@ from semmae.cli import hydra_entry
 from semmae.data.datamodule import ImageDataModule
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
 from semmae.tasks.feature_cache import FeatureDataModule
-from semmae.utils.run import check_ckpt_path, configure_torch, instantiate_group, resolved_config
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    start = time.time()
-    configure_torch()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    start = begin_run(cfg)
     source = resolve_ckpt(cfg)
     resume = check_ckpt_path(cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    config = resolved_config(cfg)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer, loggers, _ = build_trainer(cfg)
 
     cache = model.feature_cache
     if cache == "auto":

@@ -7,18 +7,16 @@ import os
 import time
 from typing import Any
 
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
 from semmae.utils.ddp import rerun_this_job
 from semmae.utils.run import (
+    begin_run,
+    build_trainer,
     check_ckpt_path,
-    configure_torch,
-    instantiate_group,
     print_summary,
-    resolved_config,
     scalar_metrics,
     wandb_run_dir,
     write_results,
@@ -27,21 +25,14 @@ from semmae.utils.slurm import resume_checkpoint
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    start = time.time()
-    configure_torch()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    start = begin_run(cfg)
     ckpt_path = resume_checkpoint(cfg.paths.output_dir, check_ckpt_path(cfg.get("ckpt_path")))  # requeued SLURM job
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
     for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
         datamodule.provide(key, producer, needed_by=model.masking.describe())
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    config = resolved_config(cfg)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer, loggers, config = build_trainer(cfg)
     with rerun_this_job():  # DDP ranks > 0 in a multirun job
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 

@@ -8,7 +8,6 @@ import os
 import time
 from typing import Any
 
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -17,11 +16,10 @@ from semmae.errors import ConfigError
 from semmae.tasks.evaluation import resolve_ckpt
 from semmae.tasks.seg_metrics import iou_table
 from semmae.utils.run import (
+    begin_run,
+    build_trainer,
     check_ckpt_path,
-    configure_torch,
-    instantiate_group,
     print_summary,
-    resolved_config,
     scalar_metrics,
     wandb_run_dir,
     write_results,
@@ -39,9 +37,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    start = time.time()
-    configure_torch()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    start = begin_run(cfg)
     source = resolve_ckpt(cfg)
     ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.dataset)
@@ -50,12 +46,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           "dataset=fashion_mnist_seg or dataset=ade20k")
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    config = resolved_config(cfg)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer, loggers, config = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
     trainer.test(model, datamodule=datamodule, verbose=False)

@@ -1,11 +1,12 @@
-"""What every task entry point does the same way: build callbacks and loggers from config, check paths,
-and report the run (console lines + results.json in the run directory)."""
+"""What every task entry point does the same way: seed, build callbacks, loggers and the trainer from config,
+check paths, and report the run (console lines + results.json in the run directory)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,28 @@ def configure_torch() -> None:
     """TF32 matmuls on Ampere+ GPUs (bf16 autocast covers the rest); nothing changes on CPU."""
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+
+
+def begin_run(cfg: DictConfig) -> float:
+    """The start of every training entry point: torch settings and seeds; -> the start time (for wall_time_s)."""
+    import lightning as L
+
+    start = time.time()
+    configure_torch()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return start
+
+
+def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
+    logger as hyperparameters; -> (trainer, loggers, resolved config)."""
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    config = resolved_config(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    return trainer, loggers, config
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
