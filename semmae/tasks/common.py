@@ -4,9 +4,11 @@ cosine lr schedule, top-1 / top-5 accuracy metrics, and the un-padded part of an
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -52,3 +54,29 @@ def valid_part(batch: Mapping[str, Any], *tensors: torch.Tensor) -> tuple[torch.
     if valid is None or bool(valid.all()):
         return tensors
     return tuple(t[valid] for t in tensors)
+
+
+class ClassifierEvaluation(ABC):
+    """Validation and test steps of a classification LightningModule: cross-entropy and top-1 / top-5 over the
+    un-padded samples, reduced at epoch end. The module provides eval_logits(batch) and the attributes val_loss,
+    test_loss (MeanMetric) and val_metrics, test_metrics (accuracy_metrics)."""
+
+    @abstractmethod
+    def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Logits [B, classes] of an evaluation batch."""
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
+        logits, labels = valid_part(batch, self.eval_logits(batch), batch["label"])
+        losses = self.val_loss if stage == "val" else self.test_loss
+        losses.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
+        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for name, metric in metrics.items():
+            metric.update(logits, labels)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")

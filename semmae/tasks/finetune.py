@@ -19,7 +19,12 @@ from semmae.models.checkpoints import head_layout
 from semmae.models.encoder import ViTEncoder
 from semmae.optim import scaled_lr
 from semmae.optim.layer_decay import layer_decay_groups, with_lr
-from semmae.tasks.common import accuracy_metrics, effective_batch, valid_part, warmup_cosine_scheduler
+from semmae.tasks.common import (
+    ClassifierEvaluation,
+    accuracy_metrics,
+    effective_batch,
+    warmup_cosine_scheduler,
+)
 from semmae.tasks.pretrain import plain
 
 
@@ -35,7 +40,7 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mi
                  label_smoothing=cfg.get("label_smoothing", 0.1), num_classes=num_classes)
 
 
-class FinetuneTask(L.LightningModule):
+class FinetuneTask(ClassifierEvaluation, L.LightningModule):
     def __init__(
         self,
         encoder: ViTEncoder,
@@ -85,21 +90,8 @@ class FinetuneTask(L.LightningModule):
             self.log("train/lr", peak, on_step=True, on_epoch=False)
         return loss
 
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        logits, labels = valid_part(batch, self(batch["image"]), batch["label"])
-        losses = self.val_loss if stage == "val" else self.test_loss
-        losses.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
-        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        for name, metric in metrics.items():
-            metric.update(logits, labels)
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(batch["image"])
 
     def configure_optimizers(self):
         cfg = self.optim_cfg

@@ -19,14 +19,19 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.heads import POOLS, ProbeHead, pool_tokens
 from semmae.optim import scaled_lr
 from semmae.optim.lars import LARS
-from semmae.tasks.common import accuracy_metrics, effective_batch, valid_part, warmup_cosine_scheduler
+from semmae.tasks.common import (
+    ClassifierEvaluation,
+    accuracy_metrics,
+    effective_batch,
+    warmup_cosine_scheduler,
+)
 from semmae.tasks.pretrain import cpu_has_native_bf16, plain
 
 # The frozen encoder stays in eval mode on purpose (no drop path); Lightning would warn about it at every fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
-class LinearProbeTask(L.LightningModule):
+class LinearProbeTask(ClassifierEvaluation, L.LightningModule):
     def __init__(
         self,
         encoder: ViTEncoder,
@@ -91,21 +96,8 @@ class LinearProbeTask(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        logits, labels = valid_part(batch, self.head(self.features(batch)), batch["label"])
-        losses = self.val_loss if stage == "val" else self.test_loss
-        losses.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
-        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        for name, metric in metrics.items():
-            metric.update(logits, labels)
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.head(self.features(batch))
 
     # --- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
