@@ -4,7 +4,6 @@ hidden patches; AdamW with the lr scaling rule, per-step warmup + cosine; an onl
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,8 +18,10 @@ from semmae.errors import ConfigError
 from semmae.masking.base import Mask, MaskingStrategy
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
 from semmae.optim import scaled_lr, warmup_cosine, weight_decay_groups
+from semmae.tasks.common import effective_batch, steps_per_epoch
 from semmae.tasks.online_probe import OnlineProbe
 from semmae.tasks.seeding import StepGenerator
+
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
@@ -147,15 +148,7 @@ class PretrainTask(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------------------------
     def effective_batch(self) -> int:
-        trainer = self.trainer
-        return self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-
-    def steps_per_epoch(self) -> int:
-        """Optimiser steps per epoch (after limit_train_batches and gradient accumulation)."""
-        batches = self.trainer.num_training_batches
-        if batches == float("inf"):
-            return max(1, int(self.trainer.estimated_stepping_batches))
-        return max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        return effective_batch(self.trainer, self.batch_size)
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
@@ -167,7 +160,7 @@ class PretrainTask(L.LightningModule):
             weight_decay_groups(self.mae, cfg["weight_decay"]), lr=lr, betas=tuple(cfg["betas"]), fused=bool(fused)
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(cfg["warmup_epochs"] * self.steps_per_epoch()))
+        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch(self.trainer)))
         min_ratio = cfg["min_lr"] / lr if lr > 0 else 0.0
         sched = LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
         self.hparams["lr"] = lr

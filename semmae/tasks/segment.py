@@ -20,6 +20,7 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.segmenter import Segmenter, slide_inference
 from semmae.models.upernet import resize
 from semmae.optim import warmup_cosine, warmup_poly
+from semmae.tasks.common import steps_per_epoch
 from semmae.tasks.pretrain import plain
 from semmae.tasks.seg_metrics import segmentation_scores
 
@@ -141,13 +142,6 @@ class SegmentTask(L.LightningModule):
         return [str(i) for i in range(self.num_classes)]
 
     # --- optimisation -----------------------------------------------------------------------------------------
-    def steps_per_epoch(self) -> int:
-        """Optimiser steps per epoch (after limit_train_batches and gradient accumulation)."""
-        batches = self.trainer.num_training_batches
-        if batches == float("inf"):
-            return max(1, int(self.trainer.estimated_stepping_batches))
-        return max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
-
     def configure_optimizers(self):
         cfg = self.optim_cfg
         lr = float(cfg["lr"])
@@ -162,7 +156,7 @@ class SegmentTask(L.LightningModule):
         if cfg["warmup_steps"] is not None:
             warmup = int(cfg["warmup_steps"])
         else:
-            warmup = int(round(cfg["warmup_epochs"] * self.steps_per_epoch()))
+            warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch(self.trainer)))
         min_ratio = cfg["min_lr"] / lr if lr > 0 else 0.0
         if cfg["schedule"] == "poly":
             power = float(cfg["power"])
