@@ -34,29 +34,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_pretrain import Timer  # noqa: E402  (experiments/ is on the path when run as a script)
+
 SETTINGS = {"224/16": (224, 16, 3), "32/4": (32, 4, 1)}
 STRATEGIES = ("random", "block", "grid", "semantic", "colored_noise", "semantic[given]")
-
-
-class Timer:
-    """Wall time on CPU, CUDA events on GPU (no host sync until stop)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def start(self):
-        if self.cuda:
-            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.begin.record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def stop(self) -> float:
-        if self.cuda:
-            self.end.record()
-            self.end.synchronize()
-            return self.begin.elapsed_time(self.end) / 1000.0
-        return time.perf_counter() - self.t0
 
 
 def timed_ms(fn, device, warmup: int, windows: int, per_window: int) -> float:
