@@ -7,6 +7,7 @@ file, so a cpu run, a gpu run and the ablation can land in the same RESULTS.md a
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -14,6 +15,7 @@ import statistics
 from pathlib import Path
 
 FLOOR = "random_init"  # run.py's floor cell: a randomly initialised encoder, probed and analysed
+TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 # (column, task, metric key, scale): the table of the main study.
 MAIN_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
@@ -103,6 +105,26 @@ def sink_by_block(run_dir: Path, source: str) -> list[float] | None:
     return [task["metrics"][k] for k in keys] or None
 
 
+def sink_over_training(run_dir: Path, key: str = "attn/shallow_sink_ratio") -> dict[int, float]:
+    """{epoch: value} of a pretraining run's attention callback (callbacks=[default,attention_maps]), from its CSV
+    log; every csv/version_* of a resumed run counts, the later one winning a step. Empty without the callback."""
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return {}
+    info = json.loads(results.read_text())
+    if not info.get("epochs") or not info.get("global_step"):
+        return {}
+    steps_per_epoch = info["global_step"] / info["epochs"]
+    by_step: dict[int, float] = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get(key) and row.get("step"):
+                    by_step[int(row["step"])] = float(row[key])
+    # the callback logs at the end of an epoch's validation, at the step reached by then
+    return {round(step / steps_per_epoch): v for step, v in sorted(by_step.items())}
+
+
 # --- figures ----------------------------------------------------------------------------------------------------
 def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path | None:
     """curves[strategy][source] = per-seed lists of sink_ratio by block -> mean ± std lines, one colour a strategy."""
@@ -133,6 +155,45 @@ def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Pa
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sink_over_training(curves: dict[str, list[dict[int, float]]], path: Path) -> Path | None:
+    """curves[strategy] = per-seed {epoch: shallow sink ratio} -> mean line (± std where seeds agree on epochs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not any(c for runs in curves.values() for c in runs):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for i, (name, runs) in enumerate(curves.items()):
+        epochs = sorted(set.intersection(*(set(c) for c in runs if c))) if any(runs) else []
+        if not epochs:
+            continue
+        a = np.array([[c[e] for e in epochs] for c in runs if c])
+        ax.errorbar(epochs, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, marker="o", color=f"C{i}",
+                    label=name, capsize=3)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("shallow sink ratio (1 = even attention)")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:
+    """Shallow sink ratio per strategy (rows) and pretraining epoch (columns), mean over the seeds that have it."""
+    epochs = sorted({e for runs in curves.values() for c in runs for e in c})
+    rows = []
+    for name, runs in curves.items():
+        if any(runs):
+            rows.append([name, *(f"{statistics.fmean(vals):.2f}" if (vals := [c[e] for c in runs if e in c])
+                                 else "—" for e in epochs)])
+    return markdown_table(["shallow sink ratio after epoch", *map(str, epochs)], rows)
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -176,24 +237,25 @@ def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str
             for i, s in enumerate(seeds) for t in tasks if s[t]["status"] == "failed"]
 
 
-def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str) -> str:
-    tasks = ("pretrain", "linprobe", "finetune", "segment", "analyze")
+def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str,
+                 tasks: tuple[str, ...] = TASKS) -> str:
+    columns = [c for c in MAIN_COLUMNS if c[1] in tasks]  # a preset that skips a task has no column for it
     cells = {s: [{t: read_task(out / s / f"seed{k}" / t) for t in tasks} for k in seeds] for s in strategies}
     labels = {s: [f"{s}/seed{k}" for k in seeds] for s in strategies}
     rows = [[s, str(sum(c["pretrain"]["status"] == "ok" for c in cells[s])),
-             *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in MAIN_COLUMNS)]
+             *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in columns)]
             for s in strategies]
     floor = {t: read_task(out / FLOOR / f"seed{seeds[0]}" / t) for t in tasks}  # only linprobe and analyze run
     if any(t["status"] != "missing" for t in floor.values()):
         rows.append([f"{FLOOR} (floor, no pretraining)", "—",
                      *(summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
-                       for _, task, key, scale in MAIN_COLUMNS)])
+                       for _, task, key, scale in columns)])
         cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
     parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
              "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder and by the fine-tuning "
              "run's attention callback at its end.", "",
-             markdown_table(["strategy", "seeds", *(c[0] for c in MAIN_COLUMNS)], rows), ""]
+             markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows), ""]
     curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
                   for src in ("analyze", "finetune")} for s in strategies}
     plot = plot_sink_vs_block(curves, figures / "sink_vs_block.png")
@@ -207,6 +269,12 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
             shutil.copyfile(src, dst)
             parts += [f"Attention maps, `{s}` (seed {seeds[0]}, the same first validation images for every "
                       f"strategy):", "", f"![attention {s}]({(rel / dst.name).as_posix()})", ""]
+    during = {s: [sink_over_training(out / s / f"seed{k}" / "pretrain") for k in seeds] for s in strategies}
+    plot = plot_sink_over_training(during, figures / "sink_over_training.png")
+    if plot:
+        parts += ["Shallow sink ratio during pretraining (the attention callback on the first validation images, "
+                  "after every epoch):", "", over_training_table(during), "",
+                  f"![sink ratio over training]({(rel / plot.name).as_posix()})", ""]
     table, total = timing_table(cells, tasks)
     parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
               f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
@@ -262,14 +330,15 @@ def replace_section(text: str, key: str, body: str) -> str:
     return text.rstrip() + "\n\n" + block + "\n"
 
 
-def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str) -> Path:
+def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str,
+          tasks: tuple[str, ...] = TASKS) -> Path:
     """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/."""
     key = f"{preset}-ablation" if ablation else preset
     figures = path.parent / "figures" / key
     figures.mkdir(parents=True, exist_ok=True)
     rel = Path("figures") / key
     body = (ablation_section(out, preset, variants, seeds[0], about) if ablation
-            else main_section(out, figures, rel, preset, strategies, seeds, about))
+            else main_section(out, figures, rel, preset, strategies, seeds, about, tasks))
     text = path.read_text() if path.is_file() else (
         "# Replication study: semantic vs random masking\n\n"
         "Written by `experiments/semantic_vs_random/run.py` from the runs' results.json files; each preset's "

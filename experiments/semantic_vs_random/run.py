@@ -11,6 +11,7 @@ analyze). At the end, report.py writes RESULTS.md from the results.json files.
 
     python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~40 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu --ablation     # ablation, ~25 min on 2 cores
+    python experiments/semantic_vs_random/run.py --preset cpu-long           # the longer-run check, ~1.5 h on 2 cores
     python experiments/semantic_vs_random/run.py --preset gpu                # one GPU, longer schedules, ViT-T
     python experiments/semantic_vs_random/run.py --preset paper --data-root /data/imagenet \
         --seg-root /data/ADEChallengeData2016 --set train:trainer.devices=8 --dry-run
@@ -37,7 +38,9 @@ ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
 TRAINING = ("pretrain", "linprobe", "finetune", "segment")
 FLOOR = "random_init"  # the floor every probe is read against (DESIGN.md section 4): the same tasks, no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
-STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"]}
+STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"],
+              # the ablation's flat-region variant, as a strategy of its own for the longer run
+              "semantic_flat_last": ["masking=semantic", "masking.flat_last=true"]}
 
 # One factor at a time around conf/masking/semantic.yaml (K = 8, r = 0.25, color_kmeans, flat regions in random
 # order), plus random and block as controls. (name = its directory, factor, overrides of the pretraining run)
@@ -68,6 +71,10 @@ class Preset:
     data: str | None = None  # classification data root to default to (Fashion-MNIST's Debian package)
     needs_roots: bool = False
     ablation: dict[str, list[str]] = field(default_factory=dict)  # extra overrides of the ablation runs
+    run_tasks: tuple[str, ...] = TASKS  # the tasks of each cell of the main study
+    strategies: tuple[str, ...] = ("random", "semantic", "block")  # the defaults of --strategies, --seeds, --floor
+    seeds: tuple[int, ...] = (0, 1, 2)
+    floor: bool = True
 
     def overrides(self, task: str, ablation: bool = False) -> list[str]:
         extra = self.ablation.get(task, []) if ablation else []
@@ -113,6 +120,26 @@ PRESETS = {
         # 12 variants in ~25 min: a little less data than the main study, the same for every variant
         ablation={"pretrain": ["dataset.train_subset=12000"],
                   "linprobe": ["dataset.train_subset=8000", "dataset.val_subset=4000"]},
+    ),
+    "cpu-long": Preset(
+        about="the longer-run check on 2 CPU cores: vit_micro pretrained 10 epochs on all 60,000 images without the "
+              "online probe (~20 min per strategy), the attention callback measuring the sinks on 256 validation "
+              "images after every epoch; then the cpu preset's linear probe (10,000 + 5,000) and semmae-analyze "
+              "(1,000 images); one seed, no fine-tuning or segmentation, no floor row (the cpu preset's floor has "
+              "the same probe and analysis)",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv", "trainer=cpu"],
+            "pretrain": ["dataset.train_subset=null", "dataset.val_subset=2000", "trainer.max_epochs=10",
+                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                         "callbacks.attention_maps.num_images=256"],
+            "linprobe": ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"],
+            "analyze": ["num_images=1000"],
+        },
+        run_tasks=ABLATION_TASKS,
+        strategies=("random", "semantic", "semantic_flat_last", "block"),
+        seeds=(0,),
+        floor=False,
     ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
@@ -184,7 +211,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
     else:
         cells = [(f"{s}/seed{k}", STRATEGIES[s], k) for k in args.seeds for s in args.strategies]  # seed-major: a
         # study cut short still compares every strategy
-        tasks = TASKS
+        tasks = preset.run_tasks
         if args.floor:
             cells.insert(0, (f"{FLOOR}/seed{args.seeds[0]}", None, args.seeds[0]))
     extra = {}
@@ -262,11 +289,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="\n".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
     p.add_argument("--out", help="study directory (default experiments/semantic_vs_random/runs/<preset>)")
-    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES),
+                   help="default: the preset's (random semantic block; cpu-long adds semantic_flat_last)")
+    p.add_argument("--seeds", nargs="+", type=int, help="default: the preset's (0 1 2; cpu-long: 0)")
     p.add_argument("--ablation", action="store_true", help="the ablation of the semantic spec (first seed only)")
-    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
-                   help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction,
+                   help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row "
+                   "(default: on, except for cpu-long)")
     p.add_argument("--data-root", help="dataset.root of pretraining / probe / fine-tune / analyze "
                    "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)")
     p.add_argument("--seg-root", help="dataset.root of segmentation (default: --data-root; paper: ADE20K)")
@@ -279,6 +308,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the commands (those already done marked) and stop")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from what is there; run nothing")
     args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.strategies = args.strategies or list(preset.strategies)
+    args.seeds = args.seeds or list(preset.seeds)
+    args.floor = preset.floor if args.floor is None else args.floor
     default_out = HERE / "runs" / args.preset
     if args.out is None:
         args.out = str(default_out)
@@ -325,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
                         strategies=args.strategies, seeds=args.seeds, variants=ABLATION,
-                        about=PRESETS[args.preset].about)
+                        about=PRESETS[args.preset].about, tasks=PRESETS[args.preset].run_tasks)
     print(f"wrote {path}")
     failed = [j for j in jobs if not j.done]
     return 1 if failed else 0

@@ -33,6 +33,7 @@ report = load("report")
     ("smoke", ["--data-root", "/data/fmnist"]),
     ("cpu", []),
     ("cpu", ["--ablation"]),
+    ("cpu-long", []),
     ("gpu", []),
     ("gpu", ["--ablation"]),
     ("paper", ["--data-root", "/data/imagenet", "--seg-root", "/data/ade", "--set", "train:trainer.devices=8"]),
@@ -40,9 +41,11 @@ report = load("report")
 def test_every_command_composes(tmp_path, preset, extra):
     args = run.parse_args(["--preset", preset, "--seeds", "1", "--out", str(tmp_path / "study"), *extra])
     jobs = run.plan(args)
-    tasks = run.ABLATION_TASKS if "--ablation" in extra else run.TASKS
-    cells = len(run.ABLATION) if "--ablation" in extra else len(run.STRATEGIES)
-    floor = [] if "--ablation" in extra else list(run.FLOOR_TASKS)
+    tasks = run.ABLATION_TASKS if "--ablation" in extra or preset == "cpu-long" else run.TASKS
+    strategies = ["random", "semantic", "block"] + (["semantic_flat_last"] if preset == "cpu-long" else [])
+    assert sorted(args.strategies) == sorted(strategies)
+    cells = len(run.ABLATION) if "--ablation" in extra else len(strategies)
+    floor = [] if "--ablation" in extra or preset == "cpu-long" else list(run.FLOOR_TASKS)
     assert [j.task for j in jobs] == floor + list(tasks) * cells  # the floor first: a study cut short still has it
     if "--ablation" in extra:  # the variants differ in pretraining only: compose those and one cell's other tasks
         jobs = [j for j in jobs if j.task == "pretrain" or j.cell == jobs[0].cell]
@@ -61,8 +64,14 @@ def test_every_command_composes(tmp_path, preset, extra):
             masking = OmegaConf.to_container(cfg.masking)
             name = job.cell.split("/")[-1]
             if "--ablation" not in extra:  # the strategy wins over an experiment preset's masking
+                strategy = job.cell.split("/")[0]
                 assert masking["_target_"].endswith({"random": "RandomMasking", "semantic": "SemanticMasking",
-                                                     "block": "BlockMasking"}[job.cell.split("/")[0]])
+                                                     "semantic_flat_last": "SemanticMasking",
+                                                     "block": "BlockMasking"}[strategy])
+                assert masking.get("flat_last", False) is (strategy == "semantic_flat_last")
+                if preset == "cpu-long":  # the longer run: all images, sinks measured every epoch
+                    assert cfg.dataset.train_subset is None and cfg.trainer.max_epochs == 10
+                    assert cfg.callbacks.attention_maps.every_n_epochs == 1
             elif name == "flat_last_threshold_0.3":
                 assert masking["flat_last"] is True and masking["flat_threshold"] == 0.3
             elif name == "semantic" and preset == "cpu":  # the ablation's own data size replaces the study's
@@ -127,6 +136,28 @@ def test_aggregation_is_mean_and_std_over_seeds_and_shows_failures(tmp_path):
     report.write(path, out, "cpu", ablation=False, strategies=["random", "semantic"], seeds=[0, 1, 2],
                  variants=run.ABLATION, about="test")
     assert path.read_text().count("<!-- BEGIN cpu ") == 1
+
+
+def test_sink_over_training_reads_the_pretraining_csv_by_epoch(tmp_path):
+    out = tmp_path / "study"
+    for name, values in (("random", [1.5, 2.5, 3.5]), ("semantic", [1.4, 1.9, 2.2])):
+        run_dir = out / name / "seed0" / "pretrain"
+        fake_task(run_dir, {})
+        (run_dir / "results.json").write_text(json.dumps({"metrics": {}, "epochs": 3, "global_step": 30}))
+        for version, rows in ((0, [(9, values[0]), (19, 9.9)]), (1, [(19, values[1]), (29, values[2])])):
+            csv_dir = run_dir / "csv" / f"version_{version}"  # version_1: a resumed run that redid epoch 2
+            csv_dir.mkdir(parents=True)
+            lines = ["step,train/loss,attn/shallow_sink_ratio", f"{rows[0][0] - 1},0.5,"]  # a training row first
+            lines += [f"{step},,{v}" for step, v in rows]
+            (csv_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    assert report.sink_over_training(out / "random" / "seed0" / "pretrain") == {1: 1.5, 2: 2.5, 3: 3.5}
+    path = report.write(tmp_path / "RESULTS.md", out, "cpu-long", ablation=False, strategies=["random", "semantic"],
+                        seeds=[0], variants=run.ABLATION, about="test", tasks=run.ABLATION_TASKS)
+    text = path.read_text()
+    assert "| random | 1.50 | 2.50 | 3.50 |" in text and "| semantic | 1.40 | 1.90 | 2.20 |" in text
+    assert (tmp_path / "figures" / "cpu-long" / "sink_over_training.png").is_file()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| strategy |"))
+    assert "linear probe" in header and "fine-tune" not in header and "mIoU" not in header  # tasks it ran only
 
 
 def test_ablation_table_marks_the_default_and_names_candidates(tmp_path):
