@@ -3,24 +3,12 @@ Seed -> datamodule -> model -> callbacks -> loggers -> trainer -> fit -> report.
 
 from __future__ import annotations
 
-import os
-import time
-from typing import Any
-
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
 from semmae.utils.ddp import rerun_this_job
-from semmae.utils.run import (
-    begin_run,
-    build_trainer,
-    check_ckpt_path,
-    print_summary,
-    scalar_metrics,
-    wandb_run_dir,
-    write_results,
-)
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, finish_run, last_checkpoint, scalar_metrics
 from semmae.utils.slurm import resume_checkpoint
 
 
@@ -32,33 +20,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
         datamodule.provide(key, producer, needed_by=model.masking.describe())
-    trainer, loggers, config = build_trainer(cfg)
+    trainer, loggers, _ = build_trainer(cfg)
     with rerun_this_job():  # DDP ranks > 0 in a multirun job
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = scalar_metrics(trainer.callback_metrics)
-    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-    ckpt = ckpt if ckpt and os.path.isfile(ckpt) else ""
-    wandb_dir = wandb_run_dir(loggers)
-    payload: dict[str, Any] = {
-        "task": "pretrain",
-        "metrics": metrics,
-        "checkpoint": ckpt or None,
-        "wandb_run": wandb_dir,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "wall_time_s": round(time.time() - start, 1),
-        "config": config,
-    }
-    write_results(cfg.paths.output_dir, payload)
+    ckpt = last_checkpoint(trainer)
     acc = metrics.get("val/online_probe_acc")
-    print_summary({
+    finish_run("pretrain", cfg, trainer, loggers, start, metrics, fields={"checkpoint": ckpt}, summary={
         "checkpoint": ckpt or "(none written)",
-        "W&B offline run": wandb_dir or "(no W&B logger)",
         "online probe accuracy": f"{100 * acc:.2f}%" if acc is not None else "(probe disabled)",
         "val reconstruction loss": f"{metrics['val/loss']:.4f}" if "val/loss" in metrics else "-",
-        "wall time": f"{payload['wall_time_s']:.0f} s",
-        "run directory": cfg.paths.output_dir,
     })
     return metrics
 

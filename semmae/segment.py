@@ -4,10 +4,6 @@ test (mIoU, pixel accuracy, per-class IoU on the validation split) -> results.js
 
 from __future__ import annotations
 
-import os
-import time
-from typing import Any
-
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -15,15 +11,7 @@ from semmae.cli import hydra_entry
 from semmae.errors import ConfigError
 from semmae.tasks.evaluation import resolve_ckpt
 from semmae.tasks.seg_metrics import iou_table
-from semmae.utils.run import (
-    begin_run,
-    build_trainer,
-    check_ckpt_path,
-    print_summary,
-    scalar_metrics,
-    wandb_run_dir,
-    write_results,
-)
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, finish_run, last_checkpoint, scalar_metrics
 
 
 def format_table(rows: list[dict]) -> str:
@@ -46,7 +34,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           "dataset=fashion_mnist_seg or dataset=ade20k")
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    trainer, loggers, config = build_trainer(cfg)
+    trainer, loggers, _ = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
     trainer.test(model, datamodule=datamodule, verbose=False)
@@ -54,35 +42,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {**fit_metrics, **scalar_metrics(trainer.callback_metrics)}
     scores = model.scores.get("test")
     table = iou_table(scores, model.class_names()) if scores is not None else []
-    ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-    ckpt = ckpt if ckpt and os.path.isfile(ckpt) else ""
-    wandb_dir = wandb_run_dir(loggers)
-    payload: dict[str, Any] = {
-        "task": "segment",
-        "encoder": source or "random initialisation",
-        "metrics": {k: v for k, v in metrics.items() if "/IoU/" not in k},
-        "per_class": table,
-        "checkpoint": ckpt or None,
-        "wandb_run": wandb_dir,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "wall_time_s": round(time.time() - start, 1),
-        "config": config,
-    }
-    write_results(cfg.paths.output_dir, payload)
+    ckpt = last_checkpoint(trainer)
     if table and trainer.is_global_zero:
         print("\nPer-class IoU (test = validation split):\n" + format_table(table))
     miou = metrics.get("test/mIoU")
-    print_summary({
-        "encoder": source or "random initialisation (ckpt=null)",
-        "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",
-        "pixel accuracy": f"{100 * metrics['test/aAcc']:.2f}%" if "test/aAcc" in metrics else "-",
-        "mean class accuracy": f"{100 * metrics['test/mAcc']:.2f}%" if "test/mAcc" in metrics else "-",
-        "checkpoint": ckpt or "(none written)",
-        "W&B offline run": wandb_dir or "(no W&B logger)",
-        "wall time": f"{payload['wall_time_s']:.0f} s",
-        "run directory": cfg.paths.output_dir,
-    })
+    finish_run("segment", cfg, trainer, loggers, start, {k: v for k, v in metrics.items() if "/IoU/" not in k},
+               fields={"encoder": source or "random initialisation", "per_class": table, "checkpoint": ckpt},
+               summary={
+                   "encoder": source or "random initialisation (ckpt=null)",
+                   "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",
+                   "pixel accuracy": f"{100 * metrics['test/aAcc']:.2f}%" if "test/aAcc" in metrics else "-",
+                   "mean class accuracy": f"{100 * metrics['test/mAcc']:.2f}%" if "test/mAcc" in metrics else "-",
+                   "checkpoint": ckpt or "(none written)",
+               })
     return metrics
 
 

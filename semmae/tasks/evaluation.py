@@ -4,14 +4,13 @@ test the best checkpoint, and report (console lines + results.json)."""
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from semmae.models.checkpoints import resolve_source
-from semmae.utils.run import print_summary, resolved_config, scalar_metrics, wandb_run_dir, write_results
+from semmae.utils.run import finish_run, scalar_metrics
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -37,28 +36,14 @@ def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightn
 def report(task: str, cfg: DictConfig, trainer: L.Trainer, loggers: list, source: str | None, best: str,
            test_metrics: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> dict[str, float]:
     metrics = dict(test_metrics)
-    wandb_dir = wandb_run_dir(loggers)
-    payload: dict[str, Any] = {
-        "task": task,
-        "metrics": metrics,
-        "encoder_checkpoint": source or "random initialisation",
-        "best_checkpoint": best or None,
-        "wandb_run": wandb_dir,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "wall_time_s": round(time.time() - start, 1),
-        **(extra or {}),
-        "config": resolved_config(cfg),
-    }
-    write_results(cfg.paths.output_dir, payload)
     top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
-    print_summary({
-        "encoder": source or "random initialisation (ckpt=null)",
-        "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
-        "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
-        "best checkpoint": best or "(none written)",
-        "W&B offline run": wandb_dir or "(no W&B logger)",
-        "wall time": f"{payload['wall_time_s']:.0f} s",
-        "run directory": cfg.paths.output_dir,
-    })
+    finish_run(task, cfg, trainer, loggers, start, metrics,
+               fields={"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
+                       **(extra or {})},
+               summary={
+                   "encoder": source or "random initialisation (ckpt=null)",
+                   "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
+                   "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
+                   "best checkpoint": best or "(none written)",
+               })
     return metrics

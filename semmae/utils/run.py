@@ -103,3 +103,32 @@ def print_summary(lines: dict[str, Any]) -> None:
     print()
     for key, value in lines.items():
         print(f"{key:<{width}} : {value}")
+
+
+def last_checkpoint(trainer: Any) -> str | None:
+    """The last checkpoint the run wrote (ModelCheckpoint's last_model_path), or None if there is none on disk."""
+    path = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    return path if path and os.path.isfile(path) else None
+
+
+def finish_run(task: str, cfg: DictConfig, trainer: Any, loggers: list[Any], start: float,
+               metrics: dict[str, float], fields: dict[str, Any] | None = None,
+               summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ending every entry point shares: results.json (the task, its metrics and fields, the W&B run, epochs,
+    steps, wall time and the resolved config) and the console summary (the task's lines, then the W&B run, wall
+    time and run directory). -> the payload written."""
+    wandb_dir = wandb_run_dir(loggers)
+    payload: dict[str, Any] = {
+        "task": task,
+        "metrics": metrics,
+        **(fields or {}),
+        "wandb_run": wandb_dir,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(time.time() - start, 1),
+        "config": resolved_config(cfg),
+    }
+    write_results(cfg.paths.output_dir, payload)
+    print_summary({**(summary or {}), "W&B offline run": wandb_dir or "(no W&B logger)",
+                   "wall time": f"{payload['wall_time_s']:.0f} s", "run directory": cfg.paths.output_dir})
+    return payload
