@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from semmae.data.datamodule import auto_num_workers
+from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
 from semmae.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
@@ -231,24 +231,16 @@ class ADE20KDataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             pairs = list_pairs(self.root, split)
-            n = self.subsets[split]
-            if n is not None and n < len(pairs):
-                g = torch.Generator().manual_seed(self.seed + 17)
-                pairs = [pairs[i] for i in sorted(torch.randperm(len(pairs), generator=g)[: int(n)].tolist())]
+            indices = subset_indices(len(pairs), self.subsets[split], self.seed)
+            if indices is not None:
+                pairs = [pairs[i] for i in indices]
             self.datasets[split] = ADE20KDataset(pairs, train=split == "train", **self.options)
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
         train = split == "train"
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if train else 1,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory),
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self.datasets[split], self.batch_size if train else 1, train, self.num_workers,
+                            self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -5,7 +5,6 @@ augmentation after transfer, no workers) or per-image torchvision transforms in 
 from __future__ import annotations
 
 import logging
-import os
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -16,15 +15,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from semmae.data.augment import BatchEvalTransform, BatchTrainAugment, expand_channels
+from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def auto_num_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus - 1))
 
 
 class ArrayDataset(Dataset):
@@ -154,10 +149,10 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _subset(self, images, labels, n):
-        if n is None or n >= len(labels):
+        indices = subset_indices(len(labels), n, self.seed)
+        if indices is None:
             return images, labels
-        g = torch.Generator().manual_seed(self.seed + 17)
-        idx = torch.randperm(len(labels), generator=g)[: int(n)].sort().values
+        idx = torch.tensor(indices)
         return images[idx], labels[idx]
 
     def setup(self, stage: str | None = None) -> None:
@@ -178,9 +173,6 @@ class ImageDataModule(L.LightningDataModule, ABC):
         trainer = self.trainer
         return trainer.current_epoch if trainer is not None else 0
 
-    def _pin(self) -> bool:
-        return torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
-
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
         images, labels = self.data[split]
@@ -189,18 +181,10 @@ class ImageDataModule(L.LightningDataModule, ABC):
             ds = ResidentBatches(images, labels, bs, train=train, seed=self.seed)
             ds.epoch_fn = self._epoch
             return DataLoader(ds, batch_size=None, num_workers=0)
-        transform = self._worker_transform(train)
-        workers = self.num_workers
-        return DataLoader(
-            ArrayDataset(images, labels, transform, self.channels, self._worker_transform(False) if train else None,
-                         maps=self.maps.get(split), hooks=self.sample_hooks),
-            batch_size=bs,
-            shuffle=train,
-            drop_last=train,
-            num_workers=workers,
-            pin_memory=self._pin(),
-            persistent_workers=workers > 0,
-        )
+        dataset = ArrayDataset(images, labels, self._worker_transform(train), self.channels,
+                               self._worker_transform(False) if train else None, maps=self.maps.get(split),
+                               hooks=self.sample_hooks)
+        return split_loader(dataset, bs, train, self.num_workers, self.pin_memory)
 
     def _worker_transform(self, train: bool):
         """torchvision transforms on one uint8 [C, H, W] image, same recipe as the batched path."""

@@ -16,7 +16,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from semmae.data import jpeg_decode
-from semmae.data.datamodule import auto_num_workers
+from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
 from semmae.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,11 +112,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         ds = jpeg_decode.EncodedImageFolder(path) if self.on_device() else ImageFolder(str(path))
         if self.num_classes is None:
             self.num_classes = len(ds.classes)
-        n = self.train_subset if train else self.val_subset
-        indices = None
-        if n is not None and n < len(ds):
-            g = torch.Generator().manual_seed(self.seed + 17)
-            indices = torch.randperm(len(ds), generator=g)[: int(n)].tolist()
+        indices = subset_indices(len(ds), self.train_subset if train else self.val_subset, self.seed)
         if isinstance(ds, jpeg_decode.EncodedImageFolder):
             ds.indices = indices
             return ds
@@ -133,17 +129,9 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
-        workers = self.num_workers
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory),
-            persistent_workers=workers > 0,
-            collate_fn=jpeg_decode.collate_encoded if self.on_device() else None,
-        )
+        return split_loader(self.datasets[split], self.batch_size if train else self.eval_batch_size, train,
+                            self.num_workers, self.pin_memory,
+                            collate_fn=jpeg_decode.collate_encoded if self.on_device() else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -1,0 +1,44 @@
+"""What the datamodules' loaders share: the fixed random subset of a split (`dataset.train_subset` /
+`val_subset`) and the DataLoader of a split (shuffled, dropping the last partial batch when training; workers kept
+between epochs; pinned memory on CUDA by default)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def auto_num_workers() -> int:
+    """dataset.num_workers=auto: one worker per CPU this process may use, less one for the main process, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus - 1))
+
+
+def subset_indices(total: int, n: int | None, seed: int) -> list[int] | None:
+    """Sorted indices of a fixed random subset of n of total items, the same for a seed; None means all of them."""
+    if n is None or n >= total:
+        return None
+    g = torch.Generator().manual_seed(seed + 17)
+    return torch.randperm(total, generator=g)[: int(n)].sort().values.tolist()
+
+
+def pin_memory(setting: bool | str) -> bool:
+    """dataset.pin_memory: auto = on when CUDA is available."""
+    return torch.cuda.is_available() if setting == "auto" else bool(setting)
+
+
+def split_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, pin: bool | str,
+                 collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=pin_memory(pin),
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+    )
