@@ -80,7 +80,7 @@ sweep: setup ## Masking sweep (masking x mask_ratio, 6 short CPU runs, ~12 min),
 	$(BIN)/python -m semmae.pretrain -m experiment=mask_sweep_cpu hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
 	$(BIN)/python -m semmae.report $$dir || status=$$?; exit $$status
 
-replicate: setup ## Replication study, semantic vs random vs block x 3 seeds, --preset cpu (ARGS='--preset gpu', '--ablation', '--dry-run')
+replicate: setup ## Replication study, semantic vs random vs block x 3 seeds, --preset cpu (ARGS='--preset cpu-long', '--preset gpu', '--ablation', '--dry-run')
 	$(BIN)/python experiments/semantic_vs_random/run.py $(ARGS)
 
 test: setup ## Run the test suite (without tests marked slow)
