@@ -126,63 +126,55 @@ def sink_over_training(run_dir: Path, key: str = "attn/shallow_sink_ratio") -> d
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
-def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path | None:
-    """curves[strategy][source] = per-seed lists of sink_ratio by block -> mean ± std lines, one colour a strategy."""
+def plot_series(series: list[tuple[str, list[float], list[list[float]], str, int]], xlabel: str, ylabel: str,
+                path: Path) -> Path | None:
+    """One mean ± std (over the runs) line a series (label, x, runs of y over x, line style, colour index), against
+    the even-attention level 1; None when there is nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if not any(r for by_source in curves.values() for runs in by_source.values() for r in runs):
+    if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for label, x, runs, style, colour in series:
+        a = np.array(runs)
+        ax.errorbar(x, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, fmt=style, marker="o",
+                    color=f"C{colour}", label=label, capsize=3)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sink_vs_block(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path | None:
+    """curves[strategy][source] = per-seed lists of sink_ratio by block -> mean ± std lines, one colour a strategy."""
+    series = []
     for i, (name, by_source) in enumerate(curves.items()):
         for source, style in (("analyze", "-"), ("finetune", "--")):
             runs = [r for r in by_source.get(source, []) if r]
-            if not runs or len({len(r) for r in runs}) != 1:
-                continue
-            a = np.array(runs)
-            x = np.arange(1, a.shape[1] + 1)
-            label = name if source == "analyze" else f"{name}, fine-tuned"
-            ax.errorbar(x, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, fmt=style, marker="o",
-                        color=f"C{i}", label=label, capsize=3)
-    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("block")
-    ax.set_ylabel("sink ratio (1 = even attention)")
-    ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+            if runs and len({len(r) for r in runs}) == 1:
+                label = name if source == "analyze" else f"{name}, fine-tuned"
+                series.append((label, list(range(1, len(runs[0]) + 1)), runs, style, i))
+    return plot_series(series, "block", "sink ratio (1 = even attention)", path)
 
 
 def plot_sink_over_training(curves: dict[str, list[dict[int, float]]], path: Path) -> Path | None:
-    """curves[strategy] = per-seed {epoch: shallow sink ratio} -> mean line (± std where seeds agree on epochs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    if not any(c for runs in curves.values() for c in runs):
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    """curves[strategy] = per-seed {epoch: shallow sink ratio} -> mean line (± std over the seeds, on the epochs
+    they all have)."""
+    series = []
     for i, (name, runs) in enumerate(curves.items()):
-        epochs = sorted(set.intersection(*(set(c) for c in runs if c))) if any(runs) else []
-        if not epochs:
-            continue
-        a = np.array([[c[e] for e in epochs] for c in runs if c])
-        ax.errorbar(epochs, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, marker="o", color=f"C{i}",
-                    label=name, capsize=3)
-    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("pretraining epoch")
-    ax.set_ylabel("shallow sink ratio (1 = even attention)")
-    ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        runs = [c for c in runs if c]
+        epochs = sorted(set.intersection(*(set(c) for c in runs))) if runs else []
+        if epochs:
+            series.append((name, epochs, [[c[e] for e in epochs] for c in runs], "-", i))
+    return plot_series(series, "pretraining epoch", "shallow sink ratio (1 = even attention)", path)
 
 
 def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:
