@@ -245,14 +245,15 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
         cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
     parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
-             "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder and by the fine-tuning "
-             "run's attention callback at its end.", "",
+             "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder"
+             + (" and by the fine-tuning run's attention callback at its end." if "finetune" in tasks else "."), "",
              markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows), ""]
     curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
                   for src in ("analyze", "finetune")} for s in strategies}
     plot = plot_sink_vs_block(curves, figures / "sink_vs_block.png")
     if plot:
-        parts += ["Sink ratio by block (mean ± std over seeds; dashed: after fine-tuning):", "",
+        parts += ["Sink ratio by block (mean ± std over seeds" + ("; dashed: after fine-tuning):" if "finetune" in tasks
+                                                                  else "):"), "",
                   f"![sink ratio vs block]({(rel / plot.name).as_posix()})", ""]
     for s in strategies:
         src = out / s / f"seed{seeds[0]}" / "analyze" / "attention_blocks.png"
