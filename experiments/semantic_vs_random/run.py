@@ -125,8 +125,8 @@ PRESETS = {
         about="the longer-run check on 2 CPU cores: vit_micro pretrained 10 epochs on all 60,000 images without the "
               "online probe (~20 min per strategy), the attention callback measuring the sinks on 256 validation "
               "images after every epoch; then the cpu preset's linear probe (10,000 + 5,000) and semmae-analyze "
-              "(1,000 images); one seed, no fine-tuning or segmentation, no floor row (the cpu preset's floor has "
-              "the same probe and analysis)",
+              "(1,000 images); seed 0 unless --seeds says more, no fine-tuning or segmentation, no floor row (the "
+              "cpu preset's floor has the same probe and analysis)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
