@@ -20,7 +20,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     augmentation = instantiate(cfg.augment).apply(datamodule)
     model = instantiate(cfg.model)
-    trainer, loggers, _ = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start,

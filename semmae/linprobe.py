@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    trainer, loggers, _ = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg)
 
     cache = model.feature_cache
     if cache == "auto":

@@ -8,7 +8,14 @@ from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
 from semmae.utils.ddp import rerun_this_job
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, finish_run, last_checkpoint, scalar_metrics
+from semmae.utils.run import (
+    begin_run,
+    build_trainer,
+    check_ckpt_path,
+    checkpoint_on_disk,
+    finish_run,
+    scalar_metrics,
+)
 from semmae.utils.slurm import resume_checkpoint
 
 
@@ -20,12 +27,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
         datamodule.provide(key, producer, needed_by=model.masking.describe())
-    trainer, loggers, _ = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg)
     with rerun_this_job():  # DDP ranks > 0 in a multirun job
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = scalar_metrics(trainer.callback_metrics)
-    ckpt = last_checkpoint(trainer)
+    ckpt = checkpoint_on_disk(trainer)
     acc = metrics.get("val/online_probe_acc")
     finish_run("pretrain", cfg, trainer, loggers, start, metrics, fields={"checkpoint": ckpt}, summary={
         "checkpoint": ckpt or "(none written)",

@@ -11,7 +11,14 @@ from semmae.cli import hydra_entry
 from semmae.errors import ConfigError
 from semmae.tasks.evaluation import resolve_ckpt
 from semmae.tasks.seg_metrics import iou_table
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, finish_run, last_checkpoint, scalar_metrics
+from semmae.utils.run import (
+    begin_run,
+    build_trainer,
+    check_ckpt_path,
+    checkpoint_on_disk,
+    finish_run,
+    scalar_metrics,
+)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -34,7 +41,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           "dataset=fashion_mnist_seg or dataset=ade20k")
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    trainer, loggers, _ = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
     trainer.test(model, datamodule=datamodule, verbose=False)
@@ -42,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {**fit_metrics, **scalar_metrics(trainer.callback_metrics)}
     scores = model.scores.get("test")
     table = iou_table(scores, model.class_names()) if scores is not None else []
-    ckpt = last_checkpoint(trainer)
+    ckpt = checkpoint_on_disk(trainer)
     if table and trainer.is_global_zero:
         print("\nPer-class IoU (test = validation split):\n" + format_table(table))
     miou = metrics.get("test/mIoU")

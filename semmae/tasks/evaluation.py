@@ -3,14 +3,13 @@ test the best checkpoint, and report (console lines + results.json)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from semmae.models.checkpoints import resolve_source
-from semmae.utils.run import finish_run, scalar_metrics
+from semmae.utils.run import checkpoint_on_disk, finish_run, scalar_metrics
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -27,8 +26,7 @@ def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightn
     Returns fit's last metrics (train/val, attention metrics) updated with the test metrics; trainer.test resets
     trainer.callback_metrics, so fit's are read first."""
     fit_metrics = scalar_metrics(trainer.callback_metrics)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best = best if best and os.path.isfile(best) else ""
+    best = checkpoint_on_disk(trainer, "best") or ""
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     return {**fit_metrics, **scalar_metrics(results[0] if results else {})}, best
 

@@ -34,16 +34,16 @@ def begin_run(cfg: DictConfig) -> float:
     return start
 
 
-def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any], dict[str, Any]]:
+def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
-    logger as hyperparameters; -> (trainer, loggers, resolved config)."""
+    logger as hyperparameters; -> (trainer, loggers)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     config = resolved_config(cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
-    return trainer, loggers, config
+    return trainer, loggers
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -105,9 +105,9 @@ def print_summary(lines: dict[str, Any]) -> None:
         print(f"{key:<{width}} : {value}")
 
 
-def last_checkpoint(trainer: Any) -> str | None:
-    """The last checkpoint the run wrote (ModelCheckpoint's last_model_path), or None if there is none on disk."""
-    path = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+def checkpoint_on_disk(trainer: Any, which: str = "last") -> str | None:
+    """The last (or best, by ModelCheckpoint's monitor) checkpoint the run wrote, or None if there is none on disk."""
+    path = getattr(trainer.checkpoint_callback, f"{which}_model_path", "") if trainer.checkpoint_callback else ""
     return path if path and os.path.isfile(path) else None
 
 
