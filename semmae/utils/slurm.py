@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,11 @@ MISSING_EXTRA = (
     "pip install 'semmae[slurm]' (or pip install hydra-submitit-launcher)"
 )
 
+NO_SLURM = (
+    "hydra/launcher=slurm submits the sweep's jobs to SLURM, but {commands} not found on PATH here: run the sweep "
+    "from a SLURM login node, or drop hydra/launcher=slurm to run the jobs on this machine"
+)
+
 
 # --- resolvers for conf/hydra/launcher/slurm.yaml ---------------------------------------------------------------
 def slurm_launcher_target() -> str:
@@ -25,6 +31,9 @@ def slurm_launcher_target() -> str:
     extra; a sweep that uses it without the extra stops with one line that says how to install it."""
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         raise ConfigError(MISSING_EXTRA)
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise ConfigError(NO_SLURM.format(commands=" and ".join(missing)))
     return SUBMITIT_LAUNCHER
 
 

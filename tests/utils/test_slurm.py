@@ -22,7 +22,15 @@ def launcher_cfg(compose_cfg, *overrides):
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
 
-def test_launcher_follows_the_trainer_and_the_environment(compose_cfg, monkeypatch):
+@pytest.fixture
+def slurm_on_path(monkeypatch):
+    """As on a login node: sbatch and srun found (the launcher's target checks for them, nothing here runs them)."""
+    real_which = slurm.shutil.which
+    monkeypatch.setattr(slurm.shutil, "which",
+                        lambda cmd, *a, **k: f"/usr/bin/{cmd}" if cmd in ("sbatch", "srun") else real_which(cmd, *a, **k))
+
+
+def test_launcher_follows_the_trainer_and_the_environment(compose_cfg, monkeypatch, slurm_on_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     monkeypatch.setenv("SLURM_PARTITION", "gpu-long")
     monkeypatch.setenv("SLURM_ACCOUNT", "proj42")
@@ -39,7 +47,7 @@ def test_launcher_follows_the_trainer_and_the_environment(compose_cfg, monkeypat
     assert (one["nodes"], one["tasks_per_node"], one["gpus_per_node"], one["partition"]) == (1, 1, 1, None)
 
 
-def test_launcher_config_is_what_submitit_accepts(compose_cfg, tmp_path, monkeypatch):
+def test_launcher_config_is_what_submitit_accepts(compose_cfg, tmp_path, monkeypatch, slurm_on_path):
     """Every key is one the plugin knows, and submitit turns them into the sbatch lines a DDP job needs."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import submitit
@@ -50,7 +58,9 @@ def test_launcher_config_is_what_submitit_accepts(compose_cfg, tmp_path, monkeyp
     assert set(params) == set(OmegaConf.structured(SlurmQueueConf).keys())
     OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), params)  # types check too
 
-    # the parameter split the plugin does before it calls submitit
+    # the parameter split the plugin does before it calls submitit. Writing the sbatch text needs no cluster:
+    # submitit's srun detection is the only part that does, so it is answered here (make test-slurm runs the real one)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"])
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
@@ -71,6 +81,22 @@ hydra_plugins.__path__ = [p for p in hydra_plugins.__path__ if not os.path.isdir
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_slurm_sweep_without_slurm_stops_with_one_line(tmp_path):
+    """On a machine without sbatch/srun (a laptop, CI before make test-slurm), hydra/launcher=slurm says so."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", "-m", "hydra/launcher=slurm", "logger=none",
+                           "masking.mask_ratio=0.5,0.75"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "sbatch and srun not found on PATH" in lines[0] and "login node" in lines[0], lines[0]
+    assert not list(tmp_path.rglob("results.json"))
 
 
 def test_without_the_extra_the_config_composes_and_a_sweep_stops_with_one_line(tmp_path):
