@@ -3,8 +3,8 @@ PretrainTask driven by a real Lightning Trainer, on CPU or GPU, in one process.
 
 For each variant (masking strategy x eager/compiled x synthetic/real data) it warms up, then times repeated windows
 of steps (CUDA events on GPU) and reports the median: img/s, ms/step, model TFLOP/s from the analytic FLOPs
-(DESIGN.md section 7), MFU against a bf16 matmul peak measured in the same run, peak memory, and each strategy's
-step time as a ratio to `random` under the same settings. Writes the table as JSON.
+(docs/speed.md#flops-per-training-image), MFU against a bf16 matmul peak measured in the same run, peak memory,
+and each strategy's step time as a ratio to `random` under the same settings. Writes the table as JSON.
 
     python experiments/bench_pretrain.py --device cuda --backbone vit_base --batch 256 --masking random,semantic
     python experiments/bench_pretrain.py --device cpu            # the default vit_micro / Fashion-MNIST setting
@@ -42,7 +42,7 @@ def compose(overrides: list[str]):
 
 
 def block_flops(tokens: int, dim: int) -> float:
-    """Forward FLOPs of one transformer block on `tokens` tokens of width `dim` (DESIGN.md section 7)."""
+    """Forward FLOPs of one transformer block on `tokens` tokens of width `dim` (docs/speed.md)."""
     return tokens * (24 * dim * dim + 4 * tokens * dim)
 
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
+import shlex
 import shutil
 import statistics
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
+STUDY = "$STUDY"  # stands for the study directory (run.py --out) in commands when it lies outside the repository
 FLOOR = "random_init"  # run.py's floor cell: a randomly initialised encoder, probed and analysed
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 # (column, task, metric key, scale): the table of the main study.
@@ -62,6 +67,44 @@ def metric(task: dict, key: str) -> float | None:
         if isinstance(v, (int, float)) and math.isfinite(v):
             return float(v)
     return None
+
+
+# --- portable text: no absolute path of the machine the study ran on ---------------------------------------------
+def _path_swaps(out: Path | None, repo: Path = REPO) -> list[tuple[str, str]]:
+    """(absolute prefix, replacement) pairs: a study directory outside the repository becomes $STUDY, the repository
+    itself the empty prefix (paths relative to its root); the longest prefix first, so the closest one wins."""
+    repo_abs = {str(repo), str(repo.resolve())}
+    swaps = [(r, "") for r in repo_abs]
+    if out is not None:
+        for study in {os.path.abspath(out), str(Path(out).resolve())}:
+            if not any(study == r or study.startswith(r + os.sep) for r in repo_abs):
+                swaps.append((study, STUDY))
+    return sorted(swaps, key=lambda swap: len(swap[0]), reverse=True)
+
+
+def portable_text(text: str, out: Path | None = None, repo: Path = REPO) -> str:
+    """text with every absolute path under the repository written relative to its root (the root itself as `.`) and
+    every path under a study directory outside it as $STUDY/...: what a reader of a clone can use."""
+    for prefix, name in _path_swaps(out, repo):
+        pattern = re.compile(r"(?:^|(?<=[\s=\[,:(\"']))" + re.escape(prefix) + r"(?:(/)|(?=[\s\],)\"']|$))")
+        text = pattern.sub(lambda m: (name + "/" if name else "") if m.group(1) else (name or "."), text)
+    return text
+
+
+def portable_command(command: str, out: Path | None = None, repo: Path = REPO) -> str:
+    """A recorded command (runner.json, sessions.jsonl) as typed at the repository root of a clone: the interpreter
+    as `python` and paths as portable_text writes them; $STUDY stays unquoted so that the shell expands it."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:  # not a shell command line: leave its words alone, only its paths
+        return portable_text(command, out, repo)
+    if argv and Path(argv[0]).name.startswith("python"):
+        argv[0] = "python"
+    words = []
+    for token in (portable_text(a, out, repo) for a in argv):
+        parts = token.split(STUDY)
+        words.append(STUDY.join(shlex.quote(p) if p else "" for p in parts) if len(parts) > 1 else shlex.quote(token))
+    return " ".join(words)
 
 
 # --- aggregation ------------------------------------------------------------------------------------------------
@@ -200,7 +243,8 @@ def hardware_lines(out: Path) -> list[str]:
         lines.append(f"- hardware: {h['cpu']}, {h['cores']} cores, torch {h['torch']}, Python {h['python']}, "
                      f"GPU: {h['gpu'] or 'none'}")
     lines.append(f"- runner sessions: {len(rows)} (" + "; ".join(
-        f"{r['finished']}: `{' '.join(r['argv'])}`, {r['tasks_run']} tasks in {r['wall_s']:.0f} s" for r in rows) + ")")
+        f"{r['finished']}: `{portable_command(shlex.join(r['argv']), out)}`, {r['tasks_run']} tasks in "
+        f"{r['wall_s']:.0f} s" for r in rows) + ")")
     return lines
 
 
@@ -216,16 +260,21 @@ def timing_table(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...]
     return markdown_table(["wall s (mean per run)", *tasks], rows), total
 
 
-def commands_block(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...]) -> str:
-    cmds = [s[t]["command"] for seeds in cells.values() for s in seeds for t in tasks if s[t]["command"]]
+def commands_block(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...], out: Path | None = None) -> str:
+    """The tasks' exact commands, as run from the repository root (portable_command: no path of this machine)."""
+    cmds = [portable_command(s[t]["command"], out) for seeds in cells.values() for s in seeds for t in tasks
+            if s[t]["command"]]
     if not cmds:
         return ""
-    return "<details><summary>exact commands (" + str(len(cmds)) + ")</summary>\n\n```\n" + "\n".join(cmds) + \
+    where = "from the repository root" + ("; $STUDY is the study directory, run.py's --out"
+                                          if any(STUDY in c for c in cmds) else "")
+    return f"<details><summary>exact commands ({len(cmds)}, run {where})</summary>\n\n```\n" + "\n".join(cmds) + \
         "\n```\n</details>"
 
 
-def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str]], tasks) -> list[str]:
-    return [f"- {labels[name][i]} {t}: {s[t]['error']}" for name, seeds in cells.items()
+def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str]], tasks,
+             out: Path | None = None) -> list[str]:
+    return [f"- {labels[name][i]} {t}: {portable_text(s[t]['error'], out)}" for name, seeds in cells.items()
             for i, s in enumerate(seeds) for t in tasks if s[t]["status"] == "failed"]
 
 
@@ -245,7 +294,7 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
         cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
     parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
-             "(DESIGN.md section 5), measured by semmae-analyze on the pretrained encoder"
+             "(docs/artifacts.md#shallow-blocks), measured by semmae-analyze on the pretrained encoder"
              + (" and by the fine-tuning run's attention callback at its end." if "finetune" in tasks else "."), "",
              markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows), ""]
     curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
@@ -271,10 +320,10 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
     table, total = timing_table(cells, tasks)
     parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
               f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
-    fails = failures(cells, labels, tasks)
+    fails = failures(cells, labels, tasks, out)
     if fails:
         parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
-    parts += [commands_block(cells, tasks)]
+    parts += [commands_block(cells, tasks, out)]
     return "\n".join(parts)
 
 
@@ -308,10 +357,10 @@ def ablation_section(out: Path, preset: str, variants, seed: int, about: str) ->
     parts += ["Wall time (runner, seconds):", "", table, "",
               f"- total wall time of the finished tasks: {total:.0f} s ({total / 60:.1f} min)",
               *hardware_lines(out), ""]
-    fails = failures(cells, labels, tasks)
+    fails = failures(cells, labels, tasks, out)
     if fails:
         parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
-    parts += [commands_block(cells, tasks)]
+    parts += [commands_block(cells, tasks, out)]
     return "\n".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""Attention analysis: capture every block's attention on full images, measure artifacts (DESIGN.md section 5),
+"""Attention analysis: capture every block's attention on full images, measure artifacts (docs/artifacts.md),
 draw them. Reads a model, never trains one."""
 
 from semmae.analysis.artifacts import ArtifactReport, ArtifactSettings, block_key, measure

@@ -1,5 +1,5 @@
-"""Measuring attention artifacts of an encoder over a stream of image batches: per-block metrics (DESIGN.md
-section 5), the model-level shallow_* means, and the per-image maps the figures show.
+"""Measuring attention artifacts of an encoder over a stream of image batches: per-block metrics
+(docs/artifacts.md#metrics), the model-level shallow_* means, and the per-image maps the figures show.
 
 Block indices in every name and key are 1-based (block 1 is the first block after the patch embedding) and
 zero-padded to two digits: `attn/block_03/sink_ratio` is the third block's sink ratio."""
@@ -29,11 +29,11 @@ class ArtifactSettings:
 
     def __post_init__(self):
         if not self.tau > 0:
-            raise ConfigError(f"tau={self.tau}: the artifact threshold must be > 0 (DESIGN default 4)")
+            raise ConfigError(f"tau={self.tau}: the artifact threshold must be > 0 (default 4)")
         if not self.k >= 0:
-            raise ConfigError(f"k={self.k}: the MAD multiplier must be >= 0 (DESIGN default 5)")
+            raise ConfigError(f"k={self.k}: the MAD multiplier must be >= 0 (default 5)")
         if not 0 < self.flat_fraction <= 1:
-            raise ConfigError(f"flat_fraction={self.flat_fraction}: must be in (0, 1] (DESIGN default 0.25)")
+            raise ConfigError(f"flat_fraction={self.flat_fraction}: must be in (0, 1] (default 0.25)")
         if self.shallow_blocks is not None and not isinstance(self.shallow_blocks, int):
             object.__setattr__(self, "shallow_blocks", tuple(int(i) for i in self.shallow_blocks))
 

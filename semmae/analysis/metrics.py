@@ -1,4 +1,4 @@
-"""Artifact metrics of DESIGN.md section 5, as pure functions: tensors in, tensors out (one value per image where
+"""Artifact metrics of docs/artifacts.md, as pure functions: tensors in, tensors out (one value per image where
 the metric is per image; the caller averages over images).
 
 Notation: A [B, H, T, T] attention probabilities of one block on full images (query rows, key columns), with

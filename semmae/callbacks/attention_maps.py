@@ -3,7 +3,7 @@ segmentation): every `every_n_epochs` validation epochs and once more at the end
 validation images (the first ones the module sees in validation, i.e. already normalised):
 
 - figures/attention_blocks_epochNNN.png: rows = images, columns = blocks, each cell the image overlaid with
-  that block's received-attention map r' (DESIGN.md section 5); figures/cls_attention_epochNNN.png: the
+  that block's received-attention map r' (docs/artifacts.md#notation); figures/cls_attention_epochNNN.png: the
   same for the CLS query's attention to the patches; "final" instead of epochNNN when fit ends between two
   scheduled analyses;
 - scalars attn/block_03/sink_ratio, ... (blocks numbered from 1, zero-padded) and attn/shallow_<metric>, sent

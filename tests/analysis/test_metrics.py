@@ -1,4 +1,4 @@
-"""Artifact metrics (DESIGN.md section 5) on constructed attention and tokens, where the answer is known."""
+"""Artifact metrics (docs/artifacts.md#metrics) on constructed attention and tokens, where the answer is known."""
 
 import math
 

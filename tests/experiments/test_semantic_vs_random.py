@@ -216,3 +216,35 @@ def test_a_failed_pretraining_is_recorded_and_the_study_goes_on(tmp_path, fmnist
             assert skipped["error"].startswith("skipped: the cell's pretraining") and skipped["returncode"] is None
     row = next(ln for ln in (out / "RESULTS.md").read_text().splitlines() if ln.startswith("| broken |"))
     assert [c.strip() for c in row.strip("|").split("|")][1:] == ["0", *["failed"] * len(report.MAIN_COLUMNS)]
+
+
+def test_results_hold_no_absolute_path_of_the_machine(tmp_path, monkeypatch):
+    """RESULTS.md is read in clones: its commands name the interpreter as `python`, paths inside the repository
+    relative to its root and a study directory outside it as $STUDY, never this machine's absolute paths."""
+    real_run = run.subprocess.run
+
+    def fake_run(argv, **kwargs):  # a task that writes its results.json at once (or fails, for semantic's pretrain)
+        if argv[1:2] != ["-m"]:  # not a task (platform asks uname): the real thing
+            return real_run(argv, **kwargs)
+        run_dir = Path(argv[-1].split("=", 1)[1])
+        if argv[2] == "semmae.pretrain" and "masking=semantic" in argv:
+            return run.subprocess.CompletedProcess(argv, 1, None, "semmae-pretrain: error: boom\n")
+        (run_dir / "results.json").write_text(json.dumps({"metrics": {"test/top1": 0.5}}))
+        return run.subprocess.CompletedProcess(argv, 0, None, "")
+
+    monkeypatch.setattr(run.subprocess, "run", fake_run)
+    out = tmp_path / "study"
+    code = run.main(["--preset", "smoke", "--strategies", "random", "semantic", "--seeds", "0", "--out", str(out),
+                     "--data-root", "/data/fmnist"])
+    assert code == 1  # semantic's tasks failed or were skipped
+    text = (out / "RESULTS.md").read_text()
+    for absolute in (str(run.REPO) + "/", str(tmp_path), "/tmp/"):
+        assert absolute not in text, [ln for ln in text.splitlines() if absolute in ln][:3]
+    assert "\npython -m semmae.pretrain " in text and "hydra.run.dir=$STUDY/random/seed0/pretrain" in text
+    assert "--out $STUDY --data-root /data/fmnist" in text  # the runner session as typed; the data root as given
+    assert "skipped: the cell's pretraining ($STUDY/semantic/seed0/pretrain) did not finish" in text
+    inside = run.REPO / "experiments" / "semantic_vs_random" / "runs" / "cpu" / "random" / "seed0"
+    command = f"{run.REPO}/.venv/bin/python -m semmae.linprobe ckpt={inside}/pretrain/last.ckpt 'names=[random]'"
+    assert report.portable_command(command, inside.parents[1]) == (
+        "python -m semmae.linprobe ckpt=experiments/semantic_vs_random/runs/cpu/random/seed0/pretrain/last.ckpt "
+        "'names=[random]'")
