@@ -4,6 +4,21 @@
 class SemmaeError(Exception):
     """Base class: a problem with the user's input (config, paths, data), not a bug."""
 
+    exit_code = 2
+
+    def __init__(self, message: str = ""):
+        super().__init__(_worker_original(str(message), type(self)))
+
+
+def _worker_original(message: str, cls: type) -> str:
+    """A SemmaeError raised in a DataLoader worker is rebuilt in the main process as cls("Caught <cls> in DataLoader
+    worker process N.\nOriginal Traceback ...\n<module>.<cls>: <message>"): keep its own one-line message."""
+    if not message.startswith(f"Caught {cls.__name__} in DataLoader worker") or "\nOriginal Traceback" not in message:
+        return message
+    prefix = f"{cls.__module__}.{cls.__qualname__}: "
+    last = message.rstrip().splitlines()[-1]
+    return last[len(prefix):] if last.startswith(prefix) else message
+
 
 class ConfigError(SemmaeError, ValueError):
     """An invalid configuration value; the message names the key and the fix."""
@@ -15,6 +30,12 @@ class DataError(SemmaeError, FileNotFoundError):
 
 class CheckpointError(SemmaeError, ValueError):
     """A checkpoint that cannot be read or does not match the model."""
+
+
+class DivergedError(SemmaeError, ArithmeticError):
+    """Training produced a non-finite loss: the run stops (exit code 3) and keeps its last finite checkpoint."""
+
+    exit_code = 3
 
 
 def find_semmae_error(exc: BaseException) -> SemmaeError | None:

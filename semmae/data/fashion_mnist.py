@@ -10,6 +10,7 @@ components per image (the background splits between legs, sleeves and straps).""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,11 @@ HOW_TO_GET = (
     "install the Debian package (apt-get install dataset-fashion-mnist), or set dataset.root=DIR "
     "to a folder with the four IDX files, or allow dataset.download=true with internet access"
 )
+SUBDIRS = ("", "FashionMNIST/raw", "raw")  # where under a folder the IDX files are looked for
 
 
 def _find(directory: Path, stem: str) -> Path | None:
-    for sub in ("", "FashionMNIST/raw", "raw"):
+    for sub in SUBDIRS:
         for name in (stem + ".gz", stem):
             p = directory / sub / name
             if p.is_file():
@@ -44,14 +46,20 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def locate(root: str | None, download: bool) -> Path:
-    """The directory holding the four IDX files, in order: root, the Debian package, a torchvision download."""
+    """The directory holding the four IDX files, in order: root, the Debian package, a torchvision download (into
+    root when it is given and exists: a root that does not exist is an error, nothing is created)."""
     stems = [s for pair in FILES.values() for s in pair]
     if root is not None:
         root_p = Path(root).expanduser()
         if all(_find(root_p, s) for s in stems):
             return root_p
+        looked = ", ".join(str(root_p / sub) for sub in SUBDIRS)
+        if not root_p.is_dir():
+            raise DataError(f"Fashion-MNIST not found: dataset.root={root} is not a folder (looked in {looked}): "
+                            f"create it to download into it, or {HOW_TO_GET}")
         if not download:
-            raise DataError(f"Fashion-MNIST IDX files not found under dataset.root={root}: {HOW_TO_GET}")
+            raise DataError(f"Fashion-MNIST IDX files not found under dataset.root={root} (looked in {looked}): "
+                            f"{HOW_TO_GET}")
         return _download(root_p)
     if all(_find(DEBIAN_DIR, s) for s in stems):
         return DEBIAN_DIR
@@ -60,13 +68,26 @@ def locate(root: str | None, download: bool) -> Path:
     return _download(Path.home() / ".cache" / "semmae" / "fashion-mnist")
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of path that does not exist yet (what a download would create), or None."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
 def _download(target: Path) -> Path:
     from torchvision.datasets import FashionMNIST
 
+    created = _first_missing(target / "FashionMNIST")
     try:
         FashionMNIST(str(target), train=True, download=True)
         FashionMNIST(str(target), train=False, download=True)
     except Exception as exc:  # offline, DNS, HTTP errors: all mean "could not get the data"
+        if created is not None:  # leave no empty or half-downloaded folders behind
+            shutil.rmtree(created, ignore_errors=True)
         raise DataError(f"Fashion-MNIST not found and the download failed ({type(exc).__name__}): {HOW_TO_GET}") from exc
     return target
 
@@ -114,6 +135,7 @@ class FashionMNISTDataModule(ImageDataModule):
         if segments is not None and segments not in SEGMENTS:
             raise ConfigError(f"dataset.segments must be null or one of {', '.join(SEGMENTS)}, got {segments!r}")
         self.segments = segments
+        self._read: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # prepare_data's arrays, until setup
 
     def map_keys(self) -> tuple[str, ...]:
         return ("segments",) if self.segments else ()
@@ -127,10 +149,16 @@ class FashionMNISTDataModule(ImageDataModule):
         return super().how_to_provide(key)
 
     def prepare_data(self) -> None:
-        locate(self.root, self.download)  # fails early, with the fix, if the data cannot be found or fetched
+        """Find and read the IDX files now, so that missing or broken data fails (with the fix) before training
+        starts; setup takes the arrays from here instead of reading them again."""
+        if self.data:
+            return
+        for train in (True, False):
+            if train not in self._read:
+                self._read[train] = load_fashion_mnist(self.root, train, self.download)
 
     def load_arrays(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = load_fashion_mnist(self.root, train, self.download)
+        images, labels = self._read.pop(train, None) or load_fashion_mnist(self.root, train, self.download)
         pad = self.canvas - images.shape[-1]
         if pad > 0:  # centre the 28x28 garment on a black canvas
             images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))

@@ -1,7 +1,8 @@
 """ImageFolder data that keeps a GPU fed: DataLoader workers only read the JPEG bytes; the batch is decoded on the
 training device (nvJPEG through torchvision.io.decode_jpeg on CUDA, libjpeg on CPU) and cropped, resized
 (antialiased), flipped and normalised there. Crop boxes are drawn on the CPU for the whole batch at once, so the
-device never waits on the host for them."""
+device never waits on the host for them. A batch that fails to decode is decoded image by image to name the bad
+file (semmae.data.image_files: stop, or skip it with dataset.skip_corrupt=true)."""
 
 from __future__ import annotations
 
@@ -12,36 +13,43 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.datasets import ImageFolder
+from torchvision.io import ImageReadMode, decode_jpeg
 
+from semmae.data import image_files
 from semmae.data.augment import normalize, sample_crop_boxes
+from semmae.errors import DataError
 
 # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they work and need no extra dependency.
 warnings.filterwarnings("ignore", message=r".*TorchCodec.*", category=UserWarning)
 
 
 class EncodedImageFolder(Dataset):
-    """root/<class>/<image>.jpg -> {"jpeg": raw bytes (uint8 [L]), "label", "index"}; no decoding in the worker."""
+    """root/<class>/<image>.jpg -> {"jpeg": raw bytes (uint8 [L]), "label", "index", "path"}; no decoding in the
+    worker. An unreadable file is {"corrupt": path} with skip_corrupt (collate_encoded drops it), else a DataError."""
 
-    def __init__(self, root: str | Path, indices: list[int] | None = None):
-        classes, class_to_idx = find_classes(str(root))
-        self.classes = classes
-        self.samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-        self.indices = indices
+    def __init__(self, root: str | Path | ImageFolder, indices: list[int] | None = None, skip_corrupt: bool = False):
+        folder = root if isinstance(root, ImageFolder) else image_files.image_folder(Path(root))
+        self.classes, self.samples = folder.classes, folder.samples
+        self.indices, self.skip_corrupt = indices, skip_corrupt
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, label = self.samples[self.indices[i] if self.indices is not None else i]
-        return {"jpeg": read_file(path), "label": label, "index": i}
+        data = image_files.read_bytes(path, self.skip_corrupt)
+        if data is None:
+            return {"corrupt": path}
+        return {"jpeg": data, "label": label, "index": i, "path": path}
 
 
 def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Variable-length byte strings stay a list; labels and indices become tensors."""
+    """Variable-length byte strings and paths stay lists; labels and indices become tensors."""
+    items = image_files.readable(items)
     return {
         "jpeg": [it["jpeg"] for it in items],
+        "path": [it["path"] for it in items],
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }
@@ -50,6 +58,34 @@ def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
 def decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """-> RGB uint8 [3, H, W] images on `device` (the byte tensors stay on the CPU, as decode_jpeg requires)."""
     return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+
+
+def _reason(exc: RuntimeError) -> str:
+    """torchvision's "decode_jpeg, <source file>:<line>, <what>" -> what."""
+    what = str(exc).strip().splitlines()[0].rsplit(", ", 1)[-1] if str(exc).strip() else type(exc).__name__
+    if "Not a JPEG" in what:
+        what += "; dataset.decode=device reads JPEG files only, dataset.decode=workers reads any image"
+    return what
+
+
+def decode_checked(jpegs: list[torch.Tensor], paths: list[str], device: torch.device,
+                   skip_corrupt: bool = False) -> tuple[list[torch.Tensor], list[int]]:
+    """decode(), and when the batch fails, each image alone to name the bad file -> (images, their positions)."""
+    try:
+        return decode(jpegs, device), list(range(len(jpegs)))
+    except RuntimeError:
+        pass
+    images, keep = [], []
+    for i, (jpeg, path) in enumerate(zip(jpegs, paths)):
+        try:
+            images.append(decode([jpeg], device)[0])
+        except RuntimeError as exc:
+            image_files.corrupt(path, _reason(exc), skip_corrupt)
+            continue
+        keep.append(i)
+    if not images:
+        raise DataError(f"every image of a batch is corrupt, e.g. {paths[0]}: check the dataset")
+    return images, keep
 
 
 def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -86,13 +122,16 @@ def eval_views(images: list[torch.Tensor], size: int, crop_fraction: float = 0.8
 
 
 def device_batch(batch: dict[str, Any], device: torch.device, size: int, train: bool, mean, std, scale,
-                 generator: torch.Generator | None = None) -> dict[str, Any]:
+                 generator: torch.Generator | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
     """Decode and transform an encoded batch on `device`: training batches get "image" (augmented) and
     "image_plain" (evaluation view), evaluation batches get "image"."""
-    decoded = decode(batch["jpeg"], device)
+    decoded, keep = decode_checked(batch["jpeg"], batch["path"], device, skip_corrupt)
     mean_t = torch.tensor(mean, device=device)
     std_t = torch.tensor(std, device=device)
-    out = {k: v for k, v in batch.items() if k != "jpeg"}
+    out = {k: v for k, v in batch.items() if k not in ("jpeg", "path")}
+    if len(keep) < len(batch["jpeg"]):  # skipped images leave the batch with their labels and indices
+        rows = torch.tensor(keep, device=device)
+        out = {k: v[rows] for k, v in out.items()}
     plain = normalize(eval_views(decoded, size), mean_t, std_t)
     if train:
         out["image"] = normalize(train_views(decoded, size, scale, generator=generator), mean_t, std_t)

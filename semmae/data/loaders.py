@@ -1,6 +1,7 @@
 """What the datamodules' loaders share: the fixed random subset of a split (`dataset.train_subset` /
 `val_subset`) and the DataLoader of a split (shuffled, dropping the last partial batch when training; workers kept
-between epochs; pinned memory on CUDA by default)."""
+between epochs; pinned memory on CUDA by default; a worker that sends no batch for timeout_s ends the run with an
+error instead of a hang)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def pin_memory(setting: bool | str) -> bool:
 
 
 def split_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, pin: bool | str,
-                 collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+                 collate_fn: Callable[[list[Any]], Any] | None = None, timeout_s: float = 600.0) -> DataLoader:
+    """timeout_s: how long to wait for a worker's batch before raising (0: forever); no workers, no timeout."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -41,4 +43,5 @@ def split_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
         pin_memory=pin_memory(pin),
         persistent_workers=num_workers > 0,
         collate_fn=collate_fn,
+        timeout=timeout_s if num_workers > 0 else 0,
     )

@@ -83,3 +83,35 @@ def test_worker_path_matches_resident_shapes(fmnist_root):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (16, 1, 32, 32) and batch["image"].dtype == torch.float32
     assert dm.augment_batch(batch, train=True) is batch  # already transformed in the worker
+
+
+@pytest.mark.parametrize("cut", ["truncated", "not_gzip"])
+def test_broken_gz_names_the_file(tmp_path, cut):
+    root = write_fashion_mnist(tmp_path / "fm", n_train=50, n_test=20)
+    bad = root / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:200] if cut == "truncated" else b"not a gzip file at all")
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(str(root), train=True, download=False)
+    assert str(bad) in str(info.value) and "truncated or corrupt" in str(info.value)
+
+
+def test_missing_root_creates_nothing_and_says_where_it_looked(tmp_path):
+    root = tmp_path / "nonexistent"
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(str(root), train=True, download=True)
+    assert not root.exists()
+    assert str(root / "FashionMNIST" / "raw") in str(info.value) and "dataset-fashion-mnist" in str(info.value)
+
+
+def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, train, download):
+        (tmp_path / "root" / "FashionMNIST" / "raw").mkdir(parents=True)  # as torchvision does before fetching
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DataError, match="download failed"):
+        fashion_mnist.locate(str(tmp_path / "root"), download=True)
+    assert list((tmp_path / "root").iterdir()) == []

@@ -34,3 +34,36 @@ def test_imagefolder_errors(tmp_path):
         ImageFolderDataModule(root=None)
     with pytest.raises(DataError, match="not found"):
         ImageFolderDataModule(root=str(tmp_path / "missing")).prepare_data()
+
+
+def truncate(path, keep=0.5):
+    """Cut a real JPEG file short, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_empty_class_folder_is_named(tmp_path, decode):
+    write_tree(tmp_path)
+    (tmp_path / "train" / "bird").mkdir()
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, num_workers=0, decode=decode)
+    with pytest.raises(DataError) as info:
+        dm.setup()
+    assert str(tmp_path / "train" / "bird") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_split_without_class_folders_is_named(tmp_path):
+    write_tree(tmp_path)
+    for c in ("cat", "dog"):
+        for f in (tmp_path / "val" / c).iterdir():
+            f.unlink()
+        (tmp_path / "val" / c).rmdir()
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, num_workers=0)
+    with pytest.raises(DataError, match="no class folders in .*val"):
+        dm.setup()
+
+
+def test_negative_loader_timeout_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="loader_timeout_s"):
+        ImageFolderDataModule(root=str(tmp_path), loader_timeout_s=-1)

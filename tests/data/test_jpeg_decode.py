@@ -1,11 +1,12 @@
 """The decode-on-device ImageFolder path, exercised on the CPU (the same code runs nvJPEG on a GPU)."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from semmae.data import jpeg_decode
+from semmae.data import image_files, jpeg_decode
 from semmae.data.imagefolder import ImageFolderDataModule
 from tests.data.test_imagefolder import write_tree
 
@@ -62,3 +63,27 @@ def test_auto_decodes_in_workers_without_gpu(tmp_path):
     write_tree(tmp_path)
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=2, num_workers=0)
     assert not dm.on_device()
+
+
+@pytest.mark.timeout(60)  # the regression was a hang: fail instead of waiting forever
+def test_device_decode_with_workers_runs_to_completion(tmp_path):
+    write_tree(tmp_path, per_class=5)
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4, num_workers=2, decode="device",
+                               loader_timeout_s=30)
+    dm.setup()
+    for epoch in range(2):  # persistent workers serve the second epoch too
+        for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader())):
+            sizes = []
+            for raw in loader:
+                out = dm.augment_batch(dm.transfer_batch_to_device(raw, torch.device("cpu"), 0), train=split == "train")
+                assert out["image"].shape[1:] == (3, 32, 32) and "jpeg" not in out and "path" not in out
+                sizes.append(len(out["label"]))
+            assert sum(sizes) == (8 if split == "train" else 10)
+
+
+def test_read_bytes_is_ordinary_memory(tmp_path):
+    write_tree(tmp_path, per_class=1)
+    path = next((tmp_path / "train").rglob("*.JPEG"))
+    data = image_files.read_bytes(str(path), skip=False)
+    assert not data.untyped_storage().is_shared()  # a file-mapped storage cannot be sent from a worker
+    assert bytes(data.numpy()) == path.read_bytes()
