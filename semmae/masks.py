@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from semmae.cli import hydra_entry
 from semmae.errors import ConfigError
 from semmae.masking import MaskingStrategy, SemanticMasking
-from semmae.masking.base import keep_lowest, num_keep
+from semmae.masking.base import keep_lowest
 from semmae.masking.components import count_components
 from semmae.tasks.seeding import StepGenerator
 from semmae.utils.figures import denormalize, plt, save_figure, to_hwc
@@ -67,7 +67,7 @@ def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str
         images = part["image"]
         if isinstance(strategy, SemanticMasking):
             plan = strategy.plan(images, grid, gens(images.device, STREAM, 0, 0, i), part)
-            masks.append(keep_lowest(plan.scores, num_keep(grid[0] * grid[1], strategy.mask_ratio)).mask)
+            masks.append(keep_lowest(plan.scores, strategy.n_keep(grid[0] * grid[1])).mask)
             regions.append(plan.regions)
         else:
             masks.append(strategy(images, grid, gens(images.device, STREAM, 0, 0, i), part).mask)

@@ -32,6 +32,7 @@ class ResidentBatches(IterableDataset):
         self.images, self.labels = images, labels
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.epoch_fn = lambda: 0  # the owner sets this to read the trainer's epoch, so resumed runs line up
+        self.start_fn = lambda: 0  # training batches of the epoch already trained on: a mid-epoch resume skips them
 
     def __len__(self) -> int:
         _, world = dist_rank_world()
@@ -63,7 +64,8 @@ class ResidentBatches(IterableDataset):
         idx, valid = self._indices()
         device = self.images.device
         idx_dev = idx.to(device)
-        for start in range(0, len(idx), self.batch_size):
+        first = int(self.start_fn()) * self.batch_size if self.train else 0
+        for start in range(first, len(idx), self.batch_size):
             sel = idx_dev[start : start + self.batch_size]
             yield {
                 "image": self.images.index_select(0, sel),

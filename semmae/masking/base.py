@@ -1,5 +1,6 @@
-"""The one masking interface (DESIGN.md section 3): a strategy returns a score per patch, [B, N], lower = more
-likely visible; keep_lowest keeps the n_keep lowest. Every strategy thus gives exactly n_keep visible patches."""
+"""The one masking interface (docs/masking.md#the-interface): a strategy returns a score per patch, [B, N],
+lower = more likely visible; keep_lowest keeps the n_keep lowest. Every strategy thus gives exactly n_keep visible
+patches."""
 
 from __future__ import annotations
 
@@ -33,14 +34,35 @@ def keep_lowest(scores: torch.Tensor, n_keep: int) -> Mask:
     return Mask(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 
-def num_keep(num_patches: int, mask_ratio: float) -> int:
-    """n_keep = round(N * (1 - mask_ratio)), at least one visible patch."""
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+VISIBLE_COUNTS = {"official": int, "round": round}  # masking.visible_count: how N * (1 - mask_ratio) becomes n_keep
+
+
+def num_keep(num_patches: int, mask_ratio: float, visible_count: str = "official") -> int:
+    """Visible patches of N at mask_ratio. official: int(N * (1 - mask_ratio)), MAE's len_keep, float rounding
+    included (196 at 0.9 -> 19; 10 x (1 - 0.9) = 0.9999999999999998 -> 0); round: round(N * (1 - mask_ratio))
+    (196 at 0.9 -> 20). None visible, or none masked (a loss of exactly 0), is a ConfigError naming the key."""
+    n = int(VISIBLE_COUNTS[visible_count](num_patches * (1.0 - mask_ratio)))
+    if not 0 < n < num_patches:
+        what = "no patch is visible" if n < 1 else "nothing is masked and the loss is 0"
+        raise ConfigError(
+            f"masking.mask_ratio={mask_ratio:g} keeps {n} of {num_patches} patches visible "
+            f"({visible_count}: {VISIBLE_COUNTS[visible_count].__name__}({num_patches} x (1 - {mask_ratio:g}))), so "
+            f"{what}: choose a ratio that keeps 1 to {num_patches - 1}"
+        )
+    return n
+
+
+def to_float(key: str, value: Any) -> float:
+    """value as float, else a ConfigError naming key (e.g. masking.mask_ratio=abc)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
 
 
 def check_range(key: str, value: float, low: float, high: float, closed: bool) -> float:
     """value as float if it lies in [low, high] (closed) or (low, high) (open), else a ConfigError naming key."""
-    value = float(value)
+    value = to_float(key, value)
     ok = low <= value <= high if closed else low < value < high
     if not ok:
         interval = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
@@ -56,11 +78,19 @@ class MaskingStrategy(ABC):
 
     name = "base"
 
-    def __init__(self, mask_ratio: float = 0.75):
-        mask_ratio = float(mask_ratio)
-        if not 0.0 < mask_ratio < 1.0:
-            raise ConfigError(f"masking.mask_ratio must be in (0, 1), got {mask_ratio}")
-        self.mask_ratio = mask_ratio
+    def __init__(self, mask_ratio: float = 0.75, visible_count: str = "official"):
+        self.mask_ratio = check_range("masking.mask_ratio", mask_ratio, 0.0, 1.0, closed=False)
+        if visible_count not in VISIBLE_COUNTS:
+            raise ConfigError(f"masking.visible_count must be official or round, got {visible_count!r}")
+        self.visible_count = visible_count
+
+    def n_keep(self, num_patches: int) -> int:
+        """Visible patches per image on N patches (num_keep with this strategy's rule)."""
+        return num_keep(num_patches, self.mask_ratio, self.visible_count)
+
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """ConfigError if the strategy cannot mask this patch grid; called when the model is built."""
+        self.n_keep(grid_size[0] * grid_size[1])
 
     @abstractmethod
     def scores(
@@ -80,7 +110,7 @@ class MaskingStrategy(ABC):
         batch: Mapping[str, Any] | None = None,
     ) -> Mask:
         scores = self.scores(images, grid_size, generator, batch)
-        return keep_lowest(scores, num_keep(grid_size[0] * grid_size[1], self.mask_ratio))
+        return keep_lowest(scores, self.n_keep(grid_size[0] * grid_size[1]))
 
     def data_needs(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
         """Extra batch entries the strategy reads, {key: producer}. A producer is a picklable callable that the data
@@ -94,7 +124,7 @@ class MaskingStrategy(ABC):
 
     def params(self) -> dict[str, Any]:
         """The strategy's parameters, as shown in repr() (and so in the run's hyperparameters)."""
-        return {"mask_ratio": self.mask_ratio}
+        return {"mask_ratio": self.mask_ratio, "visible_count": self.visible_count}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

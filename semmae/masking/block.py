@@ -21,15 +21,15 @@ import math
 import torch
 
 from semmae.errors import ConfigError
-from semmae.masking.base import MaskingStrategy, num_keep
+from semmae.masking.base import MaskingStrategy
 
 
 class BlockMasking(MaskingStrategy):
     name = "block"
 
     def __init__(self, mask_ratio: float = 0.75, min_patches: int = 16, min_aspect: float = 0.3,
-                 num_candidates: int = 32):
-        super().__init__(mask_ratio)
+                 num_candidates: int = 32, visible_count: str = "official"):
+        super().__init__(mask_ratio, visible_count)
         if int(min_patches) != min_patches or int(min_patches) < 1:
             raise ConfigError(f"masking.min_patches must be an integer >= 1, got {min_patches}")
         self.min_patches = int(min_patches)
@@ -48,7 +48,7 @@ class BlockMasking(MaskingStrategy):
         h, w = grid_size
         n = h * w
         b, dev, m = images.shape[0], images.device, self.num_candidates
-        n_hide = n - num_keep(n, self.mask_ratio)
+        n_hide = n - self.n_keep(n)
         lo = float(min(self.min_patches, n_hide))
         u = torch.rand(b, m, 5, device=dev, generator=generator)
         area = lo + (n_hide - lo) * u[..., 0]

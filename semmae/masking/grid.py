@@ -19,8 +19,8 @@ from semmae.masking.base import MaskingStrategy
 class GridMasking(MaskingStrategy):
     name = "grid"
 
-    def __init__(self, mask_ratio: float = 0.75):
-        super().__init__(mask_ratio)
+    def __init__(self, mask_ratio: float = 0.75, visible_count: str = "official"):
+        super().__init__(mask_ratio, visible_count)
         cell = round(1.0 / math.sqrt(1.0 - self.mask_ratio))
         if cell < 2 or abs(1.0 - 1.0 / cell**2 - self.mask_ratio) > 1e-3:
             raise ConfigError(

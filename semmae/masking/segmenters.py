@@ -1,4 +1,4 @@
-"""Over-segmenting the patch grid for semantic masking (DESIGN.md section 4, step 1).
+"""Over-segmenting the patch grid for semantic masking (docs/masking.md#step-1-regions).
 
 - `color_kmeans_clusters`: batched k-means on per-patch colour descriptors plus position, on the training device.
 - `patch_labels`: a segment map at pixel or patch resolution -> one label per patch (the majority label).

@@ -1,5 +1,5 @@
-"""Semantic masking (DESIGN.md section 4): visible patches come in whole, contiguous regions of like content, while
-which regions are visible stays random.
+"""Semantic masking (docs/masking.md#semantic-masking): visible patches come in whole, contiguous regions of like
+content, while which regions are visible stays random.
 
 1. Over-segment the patch grid into regions: clusters from a segmenter, each split into its 4-connected components
    (semmae.masking.components), so every region is contiguous. Segmenters:
@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 
 from semmae.errors import ConfigError, DataError
-from semmae.masking.base import MaskingStrategy, check_range, num_keep
+from semmae.masking.base import MaskingStrategy, check_range
 from semmae.masking.components import grid_components
 from semmae.masking.segmenters import SlicSegments, color_kmeans_clusters, patch_labels
 
@@ -130,8 +130,9 @@ class SemanticMasking(MaskingStrategy):
         compactness: float = 10.0,
         flat_last: bool = False,
         flat_threshold: float = 0.1,
+        visible_count: str = "official",
     ):
-        super().__init__(mask_ratio)
+        super().__init__(mask_ratio, visible_count)
         if int(num_regions) != num_regions or int(num_regions) < 1:
             raise ConfigError(f"masking.num_regions must be an integer >= 1, got {num_regions}")
         self.num_regions = int(num_regions)
@@ -172,12 +173,20 @@ class SemanticMasking(MaskingStrategy):
             return {"segments": None}
         return {}
 
+    def check(self, grid_size: tuple[int, int]) -> None:
+        super().check(grid_size)
+        n = grid_size[0] * grid_size[1]
+        if self.segmenter != "given" and self.num_regions > n:
+            raise ConfigError(f"masking.num_regions={self.num_regions} is more than the {n} patches of the "
+                              f"{grid_size[0]}x{grid_size[1]} patch grid: choose at most {n}")
+
     # --- step 1 -----------------------------------------------------------------------------------------------
     def regions(
         self, images: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
         batch: Mapping[str, Any] | None = None,
     ) -> torch.Tensor:
         """[B, N] region id per patch (the smallest patch index of its contiguous region)."""
+        self.check(grid_size)
         if self.segmenter == "color_kmeans":
             clusters = color_kmeans_clusters(images, grid_size, self.num_regions, self.iters, self.pos_weight,
                                              generator)
@@ -206,7 +215,7 @@ class SemanticMasking(MaskingStrategy):
         b = images.shape[0]
         n = grid_size[0] * grid_size[1]
         regions = self.regions(images, grid_size, generator, batch)
-        n_random = int(round(self.random_fraction * num_keep(n, self.mask_ratio)))
+        n_random = int(round(self.random_fraction * self.n_keep(n)))
         random_part = random_subset(b, n, n_random, images.device, generator)
         last = flat_regions(images, regions, grid_size, self.flat_threshold) if self.flat_last else None
         semantic = region_ranks(regions, generator, last).float() + seed_distance(regions, grid_size, generator)

@@ -1,5 +1,6 @@
-"""Weight-decay parameter groups: no decay on 1-D parameters (norms, biases) nor on the tokens a model names in
-its no_weight_decay() (position embeddings, CLS and mask tokens). Delegates to timm's helper."""
+"""Weight-decay parameter groups (timm's helper): no decay on 1-D parameters and biases, nor, unless decay_tokens, on
+the tokens a model names in its no_weight_decay() (CLS and mask tokens; the sin-cos position embeddings are frozen).
+MAE's pretraining (main_pretrain.py, timm's old add_weight_decay) decays the tokens: decay_tokens=True is that rule."""
 
 from __future__ import annotations
 
@@ -7,6 +8,6 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+def weight_decay_groups(model: nn.Module, weight_decay: float, decay_tokens: bool = False) -> list[dict]:
+    skip = set() if decay_tokens or not hasattr(model, "no_weight_decay") else model.no_weight_decay()
     return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)

@@ -1,27 +1,75 @@
 """The linear probe's feature cache: the frozen encoder's features of the un-augmented images of the train and
 validation splits, computed once and then served in batches from memory, so the head trains on them for every
 epoch at no further encoder cost (the fast path on CPU). Without augmentation, as MAE's probe uses only light
-augmentation; turn it off (model.feature_cache=false) to train on augmented images instead."""
+augmentation; turn it off (model.feature_cache=false) to train on augmented images instead. A run that reads only
+part of a split (debug=fast_dev_run, trainer.limit_*_batches, trainer.max_steps) encodes only that part."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import math
+from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from semmae.data.datamodule import ImageDataModule
 from semmae.data.imagefolder import DictDataset, ImageFolderDataModule
+from semmae.data.loaders import subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
 
-def plain_batches(datamodule: L.LightningDataModule, split: str, device: torch.device) -> Iterator[tuple]:
-    """(images, labels) of a split in order, with the evaluation transform (no augmentation), on device."""
+def batches_read(limit: int | float | None, length: int) -> int:
+    """Lightning's limit_*_batches: None = all, an int = that many (at most all), a float = that share."""
+    if limit is None:
+        return length
+    return min(length, limit) if isinstance(limit, int) else int(length * limit)
+
+
+def images_read(limits: Mapping[str, Any] | None, total: int, batch_size: int, train: bool) -> int:
+    """How many of a split's images a run under the trainer's limits reads (LinearProbeTask.cache_limits: the
+    trainer's fast_dev_run, limit_{train,val,test}_batches, max_steps x accumulate_grad_batches, devices x num_nodes),
+    at most total. The training split loses its incomplete batch, the validation split (also the test set) keeps it."""
+    limits = dict(limits or {})
+    devices, nodes = limits.get("devices", 1), limits.get("num_nodes", 1)
+    if type(devices) is not int or type(nodes) is not int or min(devices, nodes) < 1 or limits.get("overfit_batches"):
+        return total  # devices=auto, a device list, overfit_batches: read as Lightning decides
+    world = devices * nodes
+    per_rank = total // world if train else math.ceil(total / world)
+    length = per_rank // batch_size if train else math.ceil(per_rank / batch_size)
+    fast = limits.get("fast_dev_run")
+    if fast:
+        n = min(length, int(fast))
+    elif train:
+        n = batches_read(limits.get("limit_train_batches"), length)
+        max_steps = limits.get("max_steps")
+        if max_steps is not None and max_steps >= 0:  # -1: no limit
+            n = min(n, max_steps * limits.get("accumulate_grad_batches", 1))
+    else:
+        n = max(batches_read(limits.get(key), length) for key in ("limit_val_batches", "limit_test_batches"))
+    return total if n >= length else max(1, n) * batch_size * world  # every batch: every image (over the epochs)
+
+
+def split_size(datamodule: L.LightningDataModule, split: str) -> int | None:
+    datamodule.setup("fit")
+    if isinstance(datamodule, ImageDataModule):
+        return len(datamodule.data[split][1])
+    if isinstance(datamodule, ImageFolderDataModule):
+        return len(datamodule.datasets[split])
+    return None
+
+
+def plain_batches(datamodule: L.LightningDataModule, split: str, device: torch.device,
+                  indices: list[int] | None = None) -> Iterator[tuple]:
+    """(images, labels) of a split in order (only those at indices, if given), with the evaluation transform (no
+    augmentation), on device."""
     datamodule.setup("fit")
     if isinstance(datamodule, ImageDataModule):
         images, labels = datamodule.data[split]
+        if indices is not None:
+            idx = torch.tensor(indices)
+            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
         step = datamodule.eval_batch_size
         for start in range(0, len(labels), step):
             batch = images[start : start + step].to(device, non_blocking=True)
@@ -29,6 +77,7 @@ def plain_batches(datamodule: L.LightningDataModule, split: str, device: torch.d
     elif isinstance(datamodule, ImageFolderDataModule):
         base = datamodule.datasets[split]
         ds = DictDataset(base.base, base.indices, datamodule.transform(False))
+        ds = ds if indices is None else Subset(ds, indices)
         loader = DataLoader(ds, batch_size=datamodule.eval_batch_size, shuffle=False,
                             num_workers=datamodule.num_workers)
         for batch in loader:
@@ -39,10 +88,11 @@ def plain_batches(datamodule: L.LightningDataModule, split: str, device: torch.d
 
 
 def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], datamodule: L.LightningDataModule,
-                     split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                     split: str, device: torch.device,
+                     indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (features [N, D] float32, labels [N]) on device."""
     feats, labels = [], []
-    for images, y in plain_batches(datamodule, split, device):
+    for images, y in plain_batches(datamodule, split, device, indices):
         feats.append(encode(images))
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
@@ -71,8 +121,19 @@ class FeatureDataModule(L.LightningDataModule):
 
     @classmethod
     def from_images(cls, datamodule: L.LightningDataModule, encode: Callable[[torch.Tensor], torch.Tensor],
-                    device: torch.device, seed: int = 0) -> "FeatureDataModule":
-        splits = {split: extract_features(encode, datamodule, split, device) for split in ("train", "val")}
+                    device: torch.device, seed: int = 0,
+                    limits: Mapping[str, Any] | None = None) -> "FeatureDataModule":
+        """Encodes what the run reads (images_read): all of a split, or under limits (by default the cache_limits of
+        the task whose encode this is) the first images of the validation split, which is read in order, and a fixed
+        random subset of the training split, reshuffled every epoch."""
+        if limits is None:
+            limits = getattr(getattr(encode, "__self__", None), "cache_limits", None)
+        splits = {}
+        for split, train, batch in (("train", True, datamodule.batch_size), ("val", False, datamodule.eval_batch_size)):
+            total = split_size(datamodule, split)
+            n = total if total is None else images_read(limits, total, batch, train)
+            indices = None if n == total else subset_indices(total, n, seed) if train else list(range(n))
+            splits[split] = extract_features(encode, datamodule, split, device, indices)
         return cls(splits["train"], splits["val"], datamodule.batch_size, datamodule.eval_batch_size, seed,
                    name=f"{getattr(datamodule, 'name', type(datamodule).__name__)} (cached features)")
 

@@ -2,7 +2,7 @@
 region, and so stay hidden in the semantic part while there is content left to show; off, they are shown too."""
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from semmae.masking import SemanticMasking
@@ -37,6 +37,7 @@ def test_flat_regions_are_the_uniform_ones():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ratio=st.floats(0.1, 0.95), r=st.floats(0.0, 1.0), size=st.integers(2, 10), seed=st.integers(0, 2**31))
 def test_flat_regions_are_shown_only_after_all_content(ratio, r, size, seed):
+    assume(0 < int(size * size * (1 - ratio)) < size * size)  # else a ConfigError
     g = torch.Generator().manual_seed(seed)
     images, obj, segments = object_on_background(8, size, 2, g)
     strategy = SemanticMasking(ratio, random_fraction=r, segmenter="given", flat_last=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from hydra.utils import instantiate
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from semmae.config import config_dir
@@ -22,19 +22,19 @@ from tests.masking.helpers import smooth_images
 GRID_RATIOS = (0.75, 1 - 1 / 9, 1 - 1 / 16)
 
 
-def build(name: str, ratio: float):
+def build(name: str, ratio: float, rule: str = "official"):
     return {
-        "random": lambda: RandomMasking(ratio),
-        "block": lambda: BlockMasking(ratio),
-        "grid": lambda: GridMasking(ratio),
-        "semantic": lambda: SemanticMasking(ratio),
-        "semantic_r1": lambda: SemanticMasking(ratio, random_fraction=1.0),
-        "semantic_k1": lambda: SemanticMasking(ratio, num_regions=1, random_fraction=0.0),
-        "semantic_given": lambda: SemanticMasking(ratio, segmenter="given"),
-        "colored_noise": lambda: ColoredNoiseMasking(ratio),
-        "red_noise": lambda: ColoredNoiseMasking(ratio, color="red", frequency=0.1),
-        "blue_noise": lambda: ColoredNoiseMasking(ratio, color="blue"),
-        "purple_noise": lambda: ColoredNoiseMasking(ratio, color="purple"),
+        "random": lambda: RandomMasking(ratio, visible_count=rule),
+        "block": lambda: BlockMasking(ratio, visible_count=rule),
+        "grid": lambda: GridMasking(ratio, visible_count=rule),
+        "semantic": lambda: SemanticMasking(ratio, visible_count=rule),
+        "semantic_r1": lambda: SemanticMasking(ratio, random_fraction=1.0, visible_count=rule),
+        "semantic_k1": lambda: SemanticMasking(ratio, num_regions=1, random_fraction=0.0, visible_count=rule),
+        "semantic_given": lambda: SemanticMasking(ratio, segmenter="given", visible_count=rule),
+        "colored_noise": lambda: ColoredNoiseMasking(ratio, visible_count=rule),
+        "red_noise": lambda: ColoredNoiseMasking(ratio, color="red", frequency=0.1, visible_count=rule),
+        "blue_noise": lambda: ColoredNoiseMasking(ratio, color="blue", visible_count=rule),
+        "purple_noise": lambda: ColoredNoiseMasking(ratio, color="purple", visible_count=rule),
     }[name]()
 
 
@@ -54,17 +54,21 @@ def cases(draw):
     name = draw(st.sampled_from(NAMES))
     ratio = draw(st.sampled_from(GRID_RATIOS)) if name == "grid" else draw(st.floats(0.05, 0.95))
     grid = (draw(st.integers(1, 14)), draw(st.integers(2, 14)))
-    return name, ratio, grid, draw(st.integers(1, 6)), draw(st.sampled_from([1, 3])), draw(st.integers(0, 2**31))
+    rule = draw(st.sampled_from(["official", "round"]))
+    return name, ratio, rule, grid, draw(st.integers(1, 6)), draw(st.sampled_from([1, 3])), draw(st.integers(0, 2**31))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_mask_invariants(case):
-    name, ratio, grid, b, channels, seed = case
-    strategy = build(name, ratio)
+    name, ratio, rule, grid, b, channels, seed = case
+    strategy = build(name, ratio, rule)
     images, batch = inputs(b, grid, 2, channels, seed)
     n = grid[0] * grid[1]
-    n_keep = num_keep(n, ratio)
+    exact = n * (1 - ratio)
+    assume(0 < (int(exact) if rule == "official" else round(exact)) < n)  # 0 or N visible: a ConfigError
+    assume(getattr(strategy, "segmenter", "given") == "given" or strategy.num_regions <= n)  # else a ConfigError
+    n_keep = num_keep(n, ratio, rule)
     gen = StepGenerator(seed)
     m = strategy(images, grid, gen(images.device, 0, 0, 0, 0), batch)
     assert m.ids_keep.shape == (b, n_keep) and m.ids_restore.shape == (b, n) and m.mask.shape == (b, n)
