@@ -1,4 +1,4 @@
-"""`semmae-analyze` (also `python -m semmae.analyze`): attention maps and artifact metrics (DESIGN.md section 5)
+"""`semmae-analyze` (also `python -m semmae.analyze`): attention maps and artifact metrics (docs/artifacts.md)
 of one or more encoders on the first `num_images` full validation images of the `dataset` group.
 
 One encoder -> in the run directory: attention_blocks.png, cls_attention.png, artifacts.json, artifacts.md,
@@ -105,7 +105,7 @@ def build_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
     if source == RANDOM:
         return random_encoder(cfg)
     overrides = OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else {}
-    return load_encoder(source, **overrides)
+    return load_encoder(source, trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
 
 
 def pick_device(name: str) -> torch.device:

@@ -4,7 +4,6 @@ value, missing data) becomes one line on stderr and exit code 2; a failed job re
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import traceback
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from semmae.errors import find_semmae_error
+from semmae.utils.atomic import atomic_write_json
 
 USER_ERRORS = (
     "hydra.errors.ConfigCompositionException",
@@ -59,7 +59,8 @@ def one_line(exc: BaseException) -> str:
 
 def report_and_exit(prog: str, exc: BaseException) -> None:
     print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-    sys.exit(2)
+    err = find_semmae_error(exc)
+    sys.exit(err.exit_code if err is not None else 2)
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -87,10 +88,9 @@ def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
 
             hydra_cfg = HydraConfig.get()
             try:
-                (Path(hydra_cfg.runtime.output_dir) / "failed.json").write_text(
-                    json.dumps({"error": one_line(exc), "type": type(exc).__name__,
-                                "traceback": traceback.format_exc()}, indent=2)
-                )
+                atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "failed.json",
+                                  {"error": one_line(exc), "type": type(exc).__name__,
+                                   "traceback": traceback.format_exc()})
             except OSError:
                 pass
             if hydra_cfg.mode == RunMode.RUN and is_user_error(exc) and os.environ.get("SEMMAE_TRACEBACK") != "1":

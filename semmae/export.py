@@ -22,7 +22,8 @@ def run(cfg: DictConfig) -> dict[str, str]:
     if source is None:
         raise ConfigError("semmae-export needs ckpt=PATH (or latest, or timm:MODEL_NAME with ckpt_file=...)")
     overrides = {k: v for k, v in (cfg.get("encoder") or {}).items() if v is not None}
-    encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir, **overrides)
+    encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
+                           trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "encoder.pth"
     export_encoder(encoder, out, source)
     line = timm_load_line(encoder, out)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -20,8 +20,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     augmentation = instantiate(cfg.augment).apply(datamodule)
     model = instantiate(cfg.model)
+    check_resume(cfg, model, resume)
     trainer, loggers = build_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start,
                   {"augmentation": augmentation})

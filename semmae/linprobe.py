@@ -13,7 +13,7 @@ from semmae.cli import hydra_entry
 from semmae.data.datamodule import ImageDataModule
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
 from semmae.tasks.feature_cache import FeatureDataModule
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -23,6 +23,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
+    check_resume(cfg, model, resume)
     trainer, loggers = build_trainer(cfg)
 
     cache = model.feature_cache
@@ -37,7 +38,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         extract_s = round(time.time() - t0, 1)
         rank_zero_info(f"Feature cache: {len(datamodule.splits['train'][1])} + {len(datamodule.splits['val'][1])} "
                        f"images encoded in {extract_s:.0f} s")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return report("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,
                   {"feature_cache": bool(cache), "feature_extraction_s": extract_s})

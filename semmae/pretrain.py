@@ -12,8 +12,10 @@ from semmae.utils.run import (
     begin_run,
     build_trainer,
     check_ckpt_path,
+    check_resume,
     checkpoint_on_disk,
     finish_run,
+    fit,
     scalar_metrics,
 )
 from semmae.utils.slurm import resume_checkpoint
@@ -25,11 +27,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
+    check_resume(cfg, model, ckpt_path)
     for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
         datamodule.provide(key, producer, needed_by=model.masking.describe())
     trainer, loggers = build_trainer(cfg)
     with rerun_this_job():  # DDP ranks > 0 in a multirun job
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit(trainer, model, datamodule, cfg, ckpt_path)
 
     metrics = scalar_metrics(trainer.callback_metrics)
     ckpt = checkpoint_on_disk(trainer)

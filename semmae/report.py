@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from semmae.errors import DataError
+from semmae.utils.atomic import atomic_write_text
 
 # Metrics every pretraining run reports, in table order; artifact metrics (attn/*) follow when present.
 MAIN_METRICS = ("val/online_probe_acc", "val/loss", "train/loss_epoch")
@@ -165,10 +167,11 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def write_csv(path: Path, header: list[str], table: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in table)
+    atomic_write_text(path, text.getvalue())
 
 
 def markdown(header: list[str], table: list[dict[str, Any]], title: str) -> str:
@@ -236,7 +239,7 @@ def report(multirun_dir: str | Path) -> dict[str, Path]:
     header, table = rows(jobs)
     out = {"csv": root / "sweep.csv", "md": root / "sweep.md", "png": root / "sweep.png"}
     write_csv(out["csv"], header, table)
-    out["md"].write_text(markdown(header, table, root.name))
+    atomic_write_text(out["md"], markdown(header, table, root.name))
     plot(out["png"], jobs, root.name)
     return out
 

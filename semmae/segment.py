@@ -15,8 +15,10 @@ from semmae.utils.run import (
     begin_run,
     build_trainer,
     check_ckpt_path,
+    check_resume,
     checkpoint_on_disk,
     finish_run,
+    fit,
     scalar_metrics,
 )
 
@@ -41,8 +43,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           "dataset=fashion_mnist_seg or dataset=ade20k")
     datamodule.prepare_data()
     model = instantiate(cfg.model)
+    check_resume(cfg, model, ckpt_path)
     trainer, loggers = build_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit(trainer, model, datamodule, cfg, ckpt_path)
     fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
     trainer.test(model, datamodule=datamodule, verbose=False)
 

@@ -35,6 +35,10 @@ def assert_one_line_error(proc, *needles):
         (["backbone.img_size=30"], ["not divisible by patch size", "backbone.img_size"]),
         (["dataset.root=/definitely/missing", "dataset.download=false"], ["dataset-fashion-mnist", "dataset.root"]),
         (["ckpt_path=/no/such.ckpt"], ["ckpt_path", "does not exist"]),
+        (["model.optim.blr=-1"], ["model.optim.blr=-1", "> 0"]),
+        (["backbone.patch_size=0"], ["backbone.patch_size=0", ">= 1"]),
+        (["+model.optim.blrr=1"], ["model.optim.blrr is not a setting", "did you mean model.optim.blr"]),
+        (["model.probe.lr=abc"], ["model.probe.lr must be a number"]),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):

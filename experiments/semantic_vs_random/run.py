@@ -31,12 +31,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from semmae.utils.run_dir import previous_run
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
 TRAINING = ("pretrain", "linprobe", "finetune", "segment")
-FLOOR = "random_init"  # the floor every probe is read against (DESIGN.md section 4): the same tasks, no pretraining
+FLOOR = "random_init"  # the floor every probe is read against (docs/masking.md#comparing-strategies): no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
 STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"],
               # the ablation's flat-region variant, as a strategy of its own for the longer run
@@ -252,7 +254,10 @@ def one_line_error(stderr: str) -> str:
 def execute(job: Job, env: dict[str, str]) -> dict:
     """Run one task; record command, wall time, exit code and (on failure) the error line in runner.json."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"cell": job.cell, "task": job.task, "command": shlex.join(job.argv)}
+    argv = job.argv
+    if previous_run(job.run_dir):  # an attempt that crashed before its results.json: the task starts over
+        argv = [*argv, "overwrite=true"]
+    record = {"cell": job.cell, "task": job.task, "command": shlex.join(argv)}
     if job.needs is not None and not (job.needs / "results.json").is_file():
         # a crashed pretraining run may have left an early last.ckpt: only a finished one counts
         record.update(returncode=None, wall_s=0.0,
@@ -260,7 +265,7 @@ def execute(job: Job, env: dict[str, str]) -> dict:
     else:
         t0 = time.perf_counter()
         with open(job.run_dir / "runner.log", "w") as log:
-            proc = subprocess.run(job.argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
             log.write(proc.stderr)
         record.update(returncode=proc.returncode, wall_s=round(time.perf_counter() - t0, 1))
         if proc.returncode != 0 or not job.done:

@@ -3,12 +3,10 @@ side by side."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from semmae.analysis.artifacts import ArtifactReport
+from semmae.utils.atomic import atomic_write_json, atomic_write_text
 from semmae.analysis.metrics import METRICS
 
 
@@ -34,7 +32,7 @@ def settings_line(report: ArtifactReport) -> str:
 
 
 def artifacts_markdown(report: ArtifactReport, title: str) -> str:
-    """Rows = blocks (1-based) plus the shallow mean, columns = the metrics of DESIGN.md section 5."""
+    """Rows = blocks (1-based) plus the shallow mean, columns = the metrics of docs/artifacts.md#metrics."""
     lines = [f"# Attention artifacts: {title}", "", settings_line(report), ""]
     lines.append("| block | " + " | ".join(METRICS) + " |")
     lines.append("|---:|" + "---:|" * len(METRICS))
@@ -68,15 +66,5 @@ def comparison_markdown(reports: Mapping[str, ArtifactReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Atomic write (temp file + rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str | Path, payload: Any) -> Path:
-    return write_text(path, json.dumps(payload, indent=2))
+write_text = atomic_write_text
+write_json = atomic_write_json

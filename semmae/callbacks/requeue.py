@@ -134,10 +134,7 @@ class RequeueOnSignal(L.Callback):
         dirpath = Path(ckpt_cb.dirpath) if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.dirpath else \
             Path(trainer.default_root_dir) / "checkpoints"
         path = dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        tmp = path.with_name(path.name + ".part")
-        trainer.save_checkpoint(tmp, weights_only=False)  # ends with a barrier: the file is complete on every rank's return
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        trainer.save_checkpoint(path, weights_only=False)  # atomic (AtomicCheckpointIO); ends with a barrier
         return path
 
 

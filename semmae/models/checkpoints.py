@@ -3,6 +3,8 @@
   source                                   what it holds
   semmae pretraining checkpoint (.ckpt)    ckpt["semmae"] (kind "pretrain", geometry), weights under mae.encoder.*
   semmae fine-tune / linprobe (.ckpt)      kind "finetune" / "linprobe", weights under encoder.*
+  semmae segmentation (.ckpt)              kind "segment", weights under segmenter.encoder.*
+                                           (every task records its encoder's key prefix: one rule reads them all)
   exported encoder (semmae-export)         {"model": timm state dict, "semmae": {"kind": "encoder", geometry}}
                                            (.pth; or .safetensors with the same record in the file's metadata)
   official MAE checkpoint (.pth)           {"model": MAE state dict, ...}; decoder_* and mask_token are dropped
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from torch import nn
 
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.encoder import ViTEncoder
+from semmae.utils.atomic import atomic_write
+from semmae.utils.safe_load import load_file
 
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")  # fixed by the weights
@@ -39,6 +42,9 @@ HEAD_KEYS = ("num_classes", "global_pool", "fc_norm")
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H, the widths MAE and timm publish
 DROP_PREFIXES = ("decoder", "mask_token")  # MAE decoder_* / our decoder.*, and the mask token
 NEW_HEAD_PREFIXES = ("head.", "fc_norm.")  # may be missing from a checkpoint: a new task head is initialised
+# Where the encoder's weights sit in a task's state dict: every task records it (checkpoint["semmae"]
+# ["encoder_prefix"]); files written before it did are read by their kind.
+LEGACY_PREFIXES = {"encoder": "", "pretrain": "mae.encoder.", "segment": "segmenter.encoder."}
 ANCHOR = "patch_embed.proj.weight"  # every ViT state dict has it; its prefix is the encoder's prefix
 SOURCES_HELP = ("ckpt= takes a checkpoint file (semmae .ckpt, exported encoder, official MAE .pth, ViT state dict), "
                 "'latest' (newest pretraining run), 'timm:MODEL_NAME' with ckpt_file=WEIGHTS, or null (random init)")
@@ -54,22 +60,23 @@ class EncoderWeights:
 
 
 # --- reading files ----------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load (or safetensors) of a file -> dict; CheckpointError if it is missing or unreadable.
-    A .safetensors file gives its tensors, or {"model": tensors, "semmae": record} when it carries a semmae record."""
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """A checkpoint file -> its contents; CheckpointError if it is missing, unreadable or unsafe. torch files load
+    with weights_only (safe_load: nothing in them runs) unless the user trusts the file; a .safetensors file gives
+    its tensors, or {"model": tensors, "semmae": record} when it carries a semmae record."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_file(path, trust=trust)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+        from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-                meta = fh.metadata() or {}
-            return {"model": tensors, "semmae": json.loads(meta["semmae"])} if "semmae" in meta else tensors
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated file, not a torch file, ...
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            meta = fh.metadata() or {}
+        return {"model": tensors, "semmae": json.loads(meta["semmae"])} if "semmae" in meta else tensors
+    except Exception as exc:  # truncated file, not a safetensors file, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -145,7 +152,7 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
     if isinstance(meta, dict):
         kind = meta.get("kind", "pretrain")
         state = ckpt.get("model") if kind == "encoder" else ckpt.get("state_dict")
-        prefix = {"encoder": "", "pretrain": "mae.encoder."}.get(kind, "encoder.")
+        prefix = meta.get("encoder_prefix", LEGACY_PREFIXES.get(kind, "encoder."))
         if not isinstance(state, dict):
             raise CheckpointError(f"{origin} is a semmae {kind} checkpoint without weights")
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -210,7 +217,7 @@ def timm_architecture(name: str) -> dict[str, Any]:
     )
 
 
-def read_weights(source: str, weights_file: str | Path | None = None) -> EncoderWeights:
+def read_weights(source: str, weights_file: str | Path | None = None, trust: bool = False) -> EncoderWeights:
     """A resolved source (a file path or timm:NAME) -> EncoderWeights."""
     if source.startswith("timm:"):
         name = source[len("timm:"):]
@@ -221,7 +228,7 @@ def read_weights(source: str, weights_file: str | Path | None = None) -> Encoder
             )
         config = timm_architecture(name)
         origin = f"timm:{name} ({weights_file})"
-        ckpt = read_checkpoint(weights_file)
+        ckpt = read_checkpoint(weights_file, trust=trust)
         if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
             ckpt = ckpt["model"]
         elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
@@ -229,7 +236,7 @@ def read_weights(source: str, weights_file: str | Path | None = None) -> Encoder
         return EncoderWeights(config, strip_to_encoder(ckpt, origin), "timm", origin)
     if weights_file is not None:
         raise CheckpointError(f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got ckpt={source})")
-    return weights_from_checkpoint(read_checkpoint(source), source)
+    return weights_from_checkpoint(read_checkpoint(source, trust=trust), source)
 
 
 # --- the one filter and the load ----------------------------------------------------------------------------------
@@ -294,19 +301,25 @@ def check_overrides(weights: EncoderWeights, overrides: Mapping[str, Any]) -> No
     if "num_heads" not in weights.config and "num_heads" not in overrides:
         raise CheckpointError(
             f"{weights.origin}: the number of attention heads of a width-{weights.config['embed_dim']} encoder is not "
-            "in its weights; pass num_heads=N (on the command line: +model.encoder.num_heads=N)"
+            "in its weights; choose the backbone=... of that width, or pass +model.encoder.num_heads=N"
         )
 
 
 def load_encoder(source: str | Path, weights_file: str | Path | None = None, root: str | Path = ".",
-                 **overrides: Any) -> ViTEncoder:
+                 trust: bool = False, backbone: Mapping[str, Any] | None = None, **overrides: Any) -> ViTEncoder:
     """Build a ViTEncoder with the source's geometry and load its weights. overrides go to ViTEncoder: e.g.
     img_size (the position embedding is resampled), in_chans (the patch projection is folded), drop_path_rate,
-    global_pool, fc_norm, num_classes, fused_attn. source: see the module docstring; root anchors 'latest'."""
+    global_pool, fc_norm, num_classes, fused_attn. source: see the module docstring; root anchors 'latest'; trust
+    unpickles the file in full (the user's explicit trust_checkpoint=true), else only tensors and plain values.
+    backbone (the task's backbone group) supplies the number of heads, which the weights do not record, when its
+    width is the checkpoint's."""
     resolved = resolve_source(source, root)
     if resolved is None:
         raise CheckpointError(f"load_encoder needs a source; {SOURCES_HELP}")
-    weights = read_weights(resolved, weights_file)
+    weights = read_weights(resolved, weights_file, trust=trust)
+    if ("num_heads" in weights.guessed and "num_heads" not in overrides and backbone is not None
+            and backbone.get("num_heads") and backbone.get("embed_dim") == weights.config["embed_dim"]):
+        overrides = {**overrides, "num_heads": int(backbone["num_heads"])}
     check_overrides(weights, overrides)
     encoder = ViTEncoder(**{**weights.config, **overrides})
     return load_state(encoder, weights.state, weights.origin)
@@ -326,7 +339,7 @@ def random_encoder(backbone: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
 
 
 def build_encoder(source: str | None, weights_file: str | None = None, backbone: Mapping[str, Any] | None = None,
-                  root: str = ".", **overrides: Any) -> ViTEncoder:
+                  root: str = ".", trust: bool = False, **overrides: Any) -> ViTEncoder:
     """The encoder a task config asks for: ckpt=null -> random_encoder(backbone), else load_encoder(source).
     encoder.source names where its weights came from (the resolved path, timm:NAME, or None for random init)."""
     if source is None:
@@ -338,7 +351,7 @@ def build_encoder(source: str | None, weights_file: str | None = None, backbone:
         encoder.source = None
         return encoder
     resolved = resolve_source(source, root)
-    encoder = load_encoder(resolved, weights_file=weights_file, root=root, **overrides)
+    encoder = load_encoder(resolved, weights_file=weights_file, root=root, trust=trust, backbone=backbone, **overrides)
     encoder.source = resolved
     if backbone is not None:
         differ = [f"{k} {backbone[k]} vs {encoder.config[k]}" for k in ("embed_dim", "depth", "patch_size")
@@ -379,12 +392,8 @@ def export_encoder(encoder: ViTEncoder, path: str | Path, source: str | None = N
     record = {"kind": "encoder", "model": dict(encoder.config), "head": head_layout(encoder), "source": source,
               "timm_kwargs": timm_kwargs(encoder)}
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(tmp), metadata={"semmae": json.dumps(record)})
-    else:
-        torch.save({"model": state, "semmae": record}, tmp)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda fh: fh.write(save(state, metadata={"semmae": json.dumps(record)})))
+    return atomic_write(path, lambda fh: torch.save({"model": state, "semmae": record}, fh))

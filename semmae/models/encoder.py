@@ -92,6 +92,12 @@ class ViTEncoder(VisionTransformer):
 
 
 def validate_geometry(img_size: int, patch_size: int, embed_dim: int, num_heads: int) -> None:
+    for key, value in (("backbone.img_size", img_size), ("backbone.patch_size", patch_size),
+                       ("backbone.embed_dim", embed_dim), ("backbone.num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
+    if patch_size > img_size:
+        raise ConfigError(f"backbone.patch_size={patch_size} is larger than the image (backbone.img_size={img_size})")
     if img_size % patch_size:
         raise ConfigError(
             f"image size {img_size} is not divisible by patch size {patch_size}: "

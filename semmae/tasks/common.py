@@ -3,6 +3,7 @@ cosine lr schedule, top-1 / top-5 accuracy metrics, and the un-padded part of an
 
 from __future__ import annotations
 
+import difflib
 import math
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
@@ -13,6 +14,7 @@ import torchmetrics
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from semmae.errors import ConfigError
 from semmae.optim import warmup_cosine
 
 
@@ -38,6 +40,42 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, trainer, warmup_ep
     min_ratio = min_lr / peak_lr if peak_lr > 0 else 0.0
     sched = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, min_ratio))
     return {"scheduler": sched, "interval": "step"}
+
+
+POSITIVE = ("blr", "lr")  # learning rates
+NON_NEGATIVE = ("weight_decay", "min_lr", "warmup_epochs", "warmup_steps", "momentum", "layer_decay", "power",
+                "trust_coefficient", "batch_fraction", "aux_weight", "label_smoothing", "mixup_alpha", "cutmix_alpha")
+
+
+def settings(group: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A task's settings node (model.optim, model.probe, ...): the defaults updated with what the config gives. A key
+    the task does not know (a typo such as +model.optim.blrr=1) and a negative or non-numeric rate are ConfigErrors
+    that name the key, instead of a setting silently ignored or a traceback from the optimiser."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], list(defaults), n=1)
+        hint = f"did you mean {group}.{near[0]}? " if near else ""
+        raise ConfigError(f"{group}.{unknown[0]} is not a setting of this task: {hint}{group} takes "
+                          f"{', '.join(sorted(defaults))}")
+    out = {**defaults, **given}
+    for key in (*POSITIVE, *NON_NEGATIVE):
+        value = out.get(key)
+        if key not in given or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{group}.{key} must be a number, got {value!r}")
+        if (key in POSITIVE and not value > 0) or value < 0:
+            raise ConfigError(f"{group}.{key}={value}: must be {'> 0' if key in POSITIVE else '>= 0'}")
+    return out
+
+
+def checkpoint_record(task: nn.Module, encoder: nn.Module, kind: str, **extra: Any) -> dict[str, Any]:
+    """checkpoint["semmae"] of any task: its kind, the encoder's geometry, and the key prefix under which the
+    encoder's weights sit in the task's state dict, so that every checkpoint the project writes loads as an encoder
+    by one rule (semmae.models.checkpoints)."""
+    prefix = next(name for name, module in task.named_modules() if module is encoder)
+    return {"kind": kind, "encoder_prefix": f"{prefix}." if prefix else "", "model": dict(encoder.config), **extra}
 
 
 def accuracy_metrics(num_classes: int) -> nn.ModuleDict:

@@ -27,7 +27,7 @@ def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightn
     trainer.callback_metrics, so fit's are read first."""
     fit_metrics = scalar_metrics(trainer.callback_metrics)
     best = checkpoint_on_disk(trainer, "best") or ""
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     return {**fit_metrics, **scalar_metrics(results[0] if results else {})}, best
 
 

@@ -22,7 +22,9 @@ from semmae.optim.layer_decay import layer_decay_groups, with_lr
 from semmae.tasks.common import (
     ClassifierEvaluation,
     accuracy_metrics,
+    checkpoint_record,
     effective_batch,
+    settings,
     warmup_cosine_scheduler,
 )
 from semmae.tasks.pretrain import plain
@@ -59,10 +61,11 @@ class FinetuneTask(ClassifierEvaluation, L.LightningModule):
             torch.nn.init.trunc_normal_(encoder.head.weight, std=head_init_std)
             torch.nn.init.zeros_(encoder.head.bias)
         self.batch_size = int(batch_size)
-        self.optim_cfg = {"blr": 5e-4, "layer_decay": 0.65, "weight_decay": 0.05, "betas": (0.9, 0.999),
-                          "warmup_epochs": 5, "min_lr": 1e-6, "fused": "auto", **optim}
-        self.mixup_cfg = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5,
-                          "label_smoothing": 0.1, **mixup}
+        self.optim_cfg = settings("model.optim", {"blr": 5e-4, "layer_decay": 0.65, "weight_decay": 0.05,
+                                                  "betas": (0.9, 0.999), "warmup_epochs": 5, "min_lr": 1e-6,
+                                                  "fused": "auto"}, optim)
+        self.mixup_cfg = settings("model.mixup", {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0,
+                                                  "switch_prob": 0.5, "label_smoothing": 0.1}, mixup)
         self.mixup = build_mixup(self.mixup_cfg, num_classes, self.batch_size)
         self.soft_ce = SoftTargetCrossEntropy()
         self.train_loss = torchmetrics.MeanMetric()
@@ -105,4 +108,4 @@ class FinetuneTask(ClassifierEvaluation, L.LightningModule):
                 "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, cfg["warmup_epochs"], lr, cfg["min_lr"])}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = {"kind": "finetune", "model": dict(self.encoder.config), "head": head_layout(self.encoder)}
+        checkpoint["semmae"] = checkpoint_record(self, self.encoder, "finetune", head=head_layout(self.encoder))

@@ -22,7 +22,9 @@ from semmae.optim.lars import LARS
 from semmae.tasks.common import (
     ClassifierEvaluation,
     accuracy_metrics,
+    checkpoint_record,
     effective_batch,
+    settings,
     warmup_cosine_scheduler,
 )
 from semmae.tasks.pretrain import cpu_has_native_bf16, plain
@@ -41,9 +43,11 @@ class LinearProbeTask(ClassifierEvaluation, L.LightningModule):
         feature_cache: bool | str = "auto",
         bf16: bool | str = "auto",
         optim: Mapping[str, Any] | None = None,
+        cache_limits: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         optim = plain(optim) or {}  # plain containers: checkpoints load with weights_only
+        self.cache_limits = cache_limits = plain(cache_limits) or {}  # the trainer's: the feature cache reads them
         if pool not in POOLS:
             raise ConfigError(f"model.pool must be one of {POOLS}, got {pool!r}")
         self.encoder = encoder.requires_grad_(False).eval()
@@ -52,8 +56,8 @@ class LinearProbeTask(ClassifierEvaluation, L.LightningModule):
         self.feature_cache = feature_cache
         self.bf16 = bf16
         self.batch_size = int(batch_size)
-        self.optim_cfg = {"blr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "trust_coefficient": 0.001,
-                          "warmup_epochs": 10, "min_lr": 0.0, **optim}
+        self.optim_cfg = settings("model.optim", {"blr": 0.1, "weight_decay": 0.0, "momentum": 0.9,
+                                                  "trust_coefficient": 0.001, "warmup_epochs": 10, "min_lr": 0.0}, optim)
         self.train_loss = torchmetrics.MeanMetric()
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.val_loss = torchmetrics.MeanMetric()
@@ -111,5 +115,5 @@ class LinearProbeTask(ClassifierEvaluation, L.LightningModule):
                 "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, cfg["warmup_epochs"], lr, cfg["min_lr"])}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = {"kind": "linprobe", "model": dict(self.encoder.config),
-                                "head": head_layout(self.encoder), "pool": self.pool}
+        checkpoint["semmae"] = checkpoint_record(self, self.encoder, "linprobe", head=head_layout(self.encoder),
+                                                 pool=self.pool)

@@ -4,6 +4,7 @@ hidden patches; AdamW with the lr scaling rule, per-step warmup + cosine; an onl
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,13 +15,17 @@ import torchmetrics
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
+from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 from semmae.masking.base import Mask, MaskingStrategy
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
 from semmae.optim import scaled_lr, warmup_cosine, weight_decay_groups
-from semmae.tasks.common import effective_batch, steps_per_epoch
+from semmae.tasks.common import checkpoint_record, effective_batch, settings, steps_per_epoch
 from semmae.tasks.online_probe import OnlineProbe
-from semmae.tasks.seeding import StepGenerator
+from semmae.tasks.seeding import StepGenerator, mix_seed
+
+# on_before_batch_transfer below only seeds the augmentation; the datamodule's own batch hooks still run.
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 @functools.cache
@@ -42,6 +47,8 @@ def plain(node: Any) -> Any:
 
 VAL_STREAM = 1  # generator stream ids: validation masks are fixed across epochs, training masks are not
 TRAIN_STREAM = 0
+AUGMENT_STREAM = 3  # the resident training batches' augmentation (semmae-masks uses 2)
+TRAIN_METRICS = ("train_loss", "train_probe_acc")  # epoch means that a mid-epoch checkpoint carries
 
 
 class PretrainTask(L.LightningModule):
@@ -60,12 +67,13 @@ class PretrainTask(L.LightningModule):
         optim, probe = plain(optim) or {}, plain(probe) or {}  # plain containers: checkpoints load with weights_only
         self.mae = mae
         self.masking = masking
+        masking.check(mae.grid_size)  # e.g. a ratio that keeps no patch, more regions than patches
         self.batch_size = int(batch_size)
-        self.optim_cfg = {
+        self.optim_cfg = settings("model.optim", {
             "blr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_epochs": 1.0,
-            "min_lr": 0.0, "fused": "auto", **optim,
-        }
-        self.probe_cfg = {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto", **probe}
+            "min_lr": 0.0, "fused": "auto", "decay_tokens": True}, optim)
+        self.probe_cfg = settings("model.probe", {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto"},
+                                  probe)
         self.probe = OnlineProbe(mae.encoder.embed_dim, num_classes) if self.probe_cfg["enabled"] else None
         self.generators = StepGenerator(seed)
         self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
@@ -92,6 +100,29 @@ class PretrainTask(L.LightningModule):
         if enabled and self.train_forward == self.mae.forward:
             self.train_forward = torch.compile(self.mae.forward, dynamic=False)
             self.probe_encoder = torch.compile(self.mae.encoder.forward_cls, dynamic=False)
+
+    # --- resuming mid-epoch exactly ------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Resident batches (in an order seeded by the epoch) skip those the resumed epoch has already trained on."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if isinstance(dataset, ResidentBatches):
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress
+            dataset.start_fn = lambda: progress.current.ready  # read at the epoch's first batch: 0 unless resumed
+
+    def on_train_epoch_start(self) -> None:
+        """A new epoch's means start from zero; a mid-epoch resume (no epoch start) keeps the checkpoint's sums."""
+        for name in TRAIN_METRICS:
+            getattr(self, name).reset()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Resident training batches (uint8) are augmented right after this hook, from the global RNG: seed it by
+        (seed, rank, epoch, batch), as the masks are, so a resumed run draws the crops of an uninterrupted one."""
+        images = batch.get("image") if isinstance(batch, dict) else None
+        if self.trainer.training and images is not None and images.dtype == torch.uint8:
+            batch_idx = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            torch.manual_seed(mix_seed(self.generators.seed, AUGMENT_STREAM, self.global_rank, self.current_epoch,
+                                       batch_idx))
+        return batch
 
     # --- masking ----------------------------------------------------------------------------------------------
     def make_mask(self, batch: Mapping[str, Any], stream: int, batch_idx: int) -> Mask:
@@ -156,9 +187,8 @@ class PretrainTask(L.LightningModule):
         fused = cfg["fused"]
         if fused == "auto":
             fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(
-            weight_decay_groups(self.mae, cfg["weight_decay"]), lr=lr, betas=tuple(cfg["betas"]), fused=bool(fused)
-        )
+        groups = weight_decay_groups(self.mae, cfg["weight_decay"], decay_tokens=bool(cfg["decay_tokens"]))
+        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), fused=bool(fused))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch(self.trainer)))
         min_ratio = cfg["min_lr"] / lr if lr > 0 else 0.0
@@ -187,9 +217,14 @@ class PretrainTask(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = {"kind": "pretrain", "model": dict(self.mae.config), "masking": repr(self.masking)}
+        checkpoint["semmae"] = checkpoint_record(self, self.mae.encoder, "pretrain", model=dict(self.mae.config),
+                                                 masking=repr(self.masking))
         if self.probe_optimizer is not None:
             checkpoint["probe_optimizer"] = self.probe_optimizer.state_dict()
+        checkpoint["train_metrics"] = {n: {k: v.clone() for k, v in getattr(self, n).metric_state.items()}
+                                       for n in TRAIN_METRICS}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._probe_opt_state = checkpoint.get("probe_optimizer")
+        for name, state in checkpoint.get("train_metrics", {}).items():  # reset again if a new epoch starts
+            getattr(self, name).load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=False)

@@ -20,7 +20,7 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.segmenter import Segmenter, slide_inference
 from semmae.models.upernet import resize
 from semmae.optim import warmup_cosine, warmup_poly
-from semmae.tasks.common import steps_per_epoch
+from semmae.tasks.common import checkpoint_record, settings, steps_per_epoch
 from semmae.tasks.pretrain import plain
 from semmae.tasks.seg_metrics import segmentation_scores
 
@@ -50,14 +50,13 @@ class SegmentTask(L.LightningModule):
         optim, loss, inference = plain(optim) or {}, plain(loss) or {}, plain(inference) or {}
         self.segmenter = segmenter
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.optim_cfg = {
+        self.optim_cfg = settings("model.optim", {
             "lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "layer_decay": 0.65, "schedule": "poly",
-            "power": 1.0, "warmup_steps": None, "warmup_epochs": 0.0, "min_lr": 0.0, "fused": "auto", **optim,
-        }
+            "power": 1.0, "warmup_steps": None, "warmup_epochs": 0.0, "min_lr": 0.0, "fused": "auto"}, optim)
         if self.optim_cfg["schedule"] not in SCHEDULES:
             raise ConfigError(f"model.optim.schedule={self.optim_cfg['schedule']}: choose one of {sorted(SCHEDULES)}")
-        self.loss_cfg = {"aux_weight": 0.4, **loss}
-        self.inference_cfg = {"mode": "whole", "window": None, "stride": None, **inference}
+        self.loss_cfg = settings("model.loss", {"aux_weight": 0.4}, loss)
+        self.inference_cfg = settings("model.inference", {"mode": "whole", "window": None, "stride": None}, inference)
         if self.inference_cfg["mode"] not in ("whole", "slide"):
             raise ConfigError(f"model.inference.mode={self.inference_cfg['mode']}: choose whole or slide")
         self.train_loss = torchmetrics.MeanMetric()
@@ -168,7 +167,5 @@ class SegmentTask(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = {
-            "kind": "segment", "model": dict(self.encoder.config), "num_classes": self.num_classes,
-            "encoder_source": getattr(self.encoder, "source", None),
-        }
+        checkpoint["semmae"] = checkpoint_record(self, self.encoder, "segment", num_classes=self.num_classes,
+                                                 encoder_source=getattr(self.encoder, "source", None))

@@ -9,15 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from semmae.utils.atomic import atomic_write  # noqa: E402
+
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write fig to path atomically (temp file + rename) and close it."""
+    """Write fig to path atomically (semmae.utils.atomic) in the format its suffix names, and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=dpi,
+                                                  bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -3,7 +3,6 @@ check paths, and report the run (console lines + results.json in the run directo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -15,7 +14,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from semmae.errors import ConfigError
+from semmae.errors import CheckpointError, ConfigError
+from semmae.utils.atomic import atomic_write_json
+from semmae.utils.safe_load import load_file
 
 
 def configure_torch() -> None:
@@ -36,10 +37,16 @@ def begin_run(cfg: DictConfig) -> float:
 
 def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
-    logger as hyperparameters; -> (trainer, loggers)."""
+    logger as hyperparameters; -> (trainer, loggers). Whatever the groups say, every run stops at a non-finite loss
+    (FiniteLoss) and writes its checkpoints atomically (AtomicCheckpointIO)."""
+    from semmae.callbacks.finite_loss import FiniteLoss
+    from semmae.utils.checkpoint_io import AtomicCheckpointIO
+
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if not any(isinstance(cb, FiniteLoss) for cb in callbacks):
+        callbacks.append(FiniteLoss())
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     config = resolved_config(cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
@@ -59,6 +66,48 @@ def check_ckpt_path(path: str | None) -> str | None:
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
     return str(path)
+
+
+def check_resume(cfg: DictConfig, model: Any, path: str | None) -> None:
+    """The checkpoint a run resumes from (if any) is readable (safely: weights only, unless the user typed
+    trust_checkpoint=true) and holds this model's tensors in their shapes; else one line that says what differs,
+    instead of Lightning's key dump. Called before the trainer is built, so nothing else is printed first."""
+    if path is None:
+        return
+    ckpt = load_file(path, trust=bool(cfg.get("trust_checkpoint", False)))
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"ckpt_path={path} is not a training checkpoint of a semmae run (no state_dict): "
+                              "ckpt_path resumes a run from its <run>/checkpoints/last.ckpt; to start from an "
+                              "encoder's weights, use ckpt=PATH with semmae-linprobe / -finetune / -segment")
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(want[k].shape)}" for k in want
+              if k in state and torch.is_tensor(state[k]) and state[k].shape != want[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(items)} {label} (e.g. {', '.join(items[:2])})" for label, items in
+                 (("tensors of another shape, checkpoint vs model", shapes), ("missing", missing),
+                  ("unexpected", unexpected)) if items]
+        kind = (ckpt.get("semmae") or {}).get("kind", "unknown") if isinstance(ckpt.get("semmae"), dict) else "unknown"
+        raise CheckpointError(f"ckpt_path={path} does not fit this run's model ({kind} checkpoint; {'; '.join(parts)}): "
+                              "resume with the settings the run was started with (its .hydra/overrides.yaml)")
+
+
+def fit(trainer: Any, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None = None) -> None:
+    """trainer.fit, resuming from ckpt_path (checked by check_resume); Lightning unpickles it in full only if the
+    user typed trust_checkpoint=true."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
+                    weights_only=not bool(cfg.get("trust_checkpoint", False)))
+    except ValueError as exc:  # torch's optimizer.load_state_dict: the checkpoint's parameter groups differ
+        if ckpt_path is None or "parameter group" not in str(exc):
+            raise
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} holds the optimiser state of other parameter groups than this run's ({exc}); "
+            "resume with the settings the run was started with (its .hydra/overrides.yaml; a pretraining run "
+            "from before the weight decay of the CLS and mask tokens became the default: model.optim.decay_tokens=false)"
+        ) from exc
 
 
 def wandb_run_dir(loggers: list[Any]) -> str | None:
@@ -86,11 +135,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 @rank_zero_only
 def write_results(output_dir: str | Path, payload: dict[str, Any]) -> Path:
     """results.json in the run directory, written atomically."""
-    path = Path(output_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(Path(output_dir) / "results.json", payload)
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

@@ -220,3 +220,18 @@ def test_a_foreign_width_needs_its_head_count(tmp_path):
     with pytest.raises(CheckpointError, match="num_heads"):
         load_encoder(tmp_path / "w40.pth")
     assert load_encoder(tmp_path / "w40.pth", num_heads=5).blocks[0].attn.num_heads == 5
+
+
+def test_the_backbone_supplies_the_head_count_of_its_width(tmp_path):
+    """A width-128 official-format file has no head count; backbone=vit_micro (width 128, 4 heads) gives it."""
+    from semmae.models.checkpoints import build_encoder
+
+    mae = MaskedAutoencoder(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=2, num_heads=4,
+                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    path = tmp_path / "official.pth"
+    torch.save({"model": mae.state_dict()}, path)
+    backbone = {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 2, "num_heads": 4}
+    encoder = build_encoder(str(path), backbone=backbone)
+    assert encoder.config["num_heads"] == 4
+    with pytest.raises(CheckpointError, match="num_heads"):  # a backbone of another width says nothing about it
+        build_encoder(str(path), backbone={**backbone, "embed_dim": 192, "num_heads": 3})
