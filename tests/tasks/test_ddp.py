@@ -68,7 +68,7 @@ def test_two_process_cpu_ddp(fmnist_root, tmp_path):
     # written once, by rank 0, into the job's directory; rank 1 started nothing of its own
     assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert [p.name for p in (job / "figures").iterdir()] == ["reconstruction_epoch000.png"]
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir()) == [".semmae.lock", "0", "multirun.yaml"]  # the sweep's lock
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").joinpath("1").exists()
     assert not (job / "failed.json").exists()
     results = json.loads((job / "results.json").read_text())
