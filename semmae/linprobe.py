@@ -10,7 +10,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from semmae.cli import hydra_entry
-from semmae.data.datamodule import ImageDataModule
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
 from semmae.tasks.feature_cache import FeatureDataModule
 from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
@@ -28,7 +27,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     cache = model.feature_cache
     if cache == "auto":
-        cache = isinstance(datamodule, ImageDataModule)  # in-memory datasets
+        cache = bool(getattr(datamodule, "in_memory", False))  # in-memory datasets
     extract_s = None
     if cache:
         rank_zero_info("Feature cache: encoding the train and validation images once (no augmentation) ...")

@@ -13,20 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
+from semmae.data.base import SemmaeDataModule
+from semmae.data.image_files import find_files
 from semmae.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
 SPLITS = {"train": "training", "val": "validation"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
     "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
@@ -117,7 +116,7 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         if not d.is_dir():
             raise DataError(f"ADE20K folder not found: {d} (dataset.root must be the ADEChallengeData2016 folder, "
                             "with images/{training,validation} and annotations/{training,validation})")
-    images = sorted(image_dir.glob("*.jpg"))
+    images = [Path(p) for p in find_files(image_dir, (".jpg",), recursive=False)]
     if not images:
         raise DataError(f"no .jpg images in {image_dir}")
     missing = [p.name for p in images if not (ann_dir / f"{p.stem}.png").is_file()]
@@ -138,8 +137,8 @@ class ADE20KDataset(Dataset):
         scale: tuple[int, int] = (2048, 512),
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
+        mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
     ):
         self.pairs, self.train = pairs, bool(train)
         self.crop_size, self.scale = int(crop_size), tuple(int(s) for s in scale)
@@ -179,7 +178,11 @@ class ADE20KDataset(Dataset):
         return {"image": image, "mask": label, "index": i}
 
 
-class ADE20KDataModule(L.LightningDataModule):
+class ADE20KDataModule(SemmaeDataModule):
+    """loader: SemmaeDataModule's settings, batch_size (16 by default), num_workers, pin_memory, train_subset,
+    val_subset, seed, loader_timeout_s, and mean / std (ImageNet's, timm's constants, by default). Validation batches
+    hold one image (sizes differ)."""
+
     num_classes = len(CLASSES)
     classes = CLASSES
     ignore_index = IGNORE_INDEX
@@ -192,34 +195,26 @@ class ADE20KDataModule(L.LightningDataModule):
         scale: tuple[int, int] = (2048, 512),
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
-        batch_size: int = 16,
-        num_workers: int | str = "auto",
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        train_subset: int | None = None,
-        val_subset: int | None = None,
-        seed: int = 0,
-        pin_memory: bool | str = "auto",
         num_classes: int | None = None,
         channels: int = 3,
         name: str = "ade20k",
+        **loader: Any,
     ):
-        super().__init__()
         if root is None:
             raise ConfigError("ADE20K needs dataset.root=DIR, the ADEChallengeData2016 folder (or set ADE20K_ROOT)")
         if num_classes is not None and int(num_classes) != self.num_classes:
             raise ConfigError(f"dataset.num_classes={num_classes}, but ADE20K has {self.num_classes} classes")
         if int(channels) != 3:
             raise ConfigError("ADE20K images are decoded as RGB: dataset.channels must be 3")
+        if "eval_batch_size" in loader:
+            raise ConfigError("ADE20K validates one image per batch (sizes differ): drop dataset.eval_batch_size")
+        loader.setdefault("batch_size", 16)
+        loader.setdefault("mean", IMAGENET_DEFAULT_MEAN)
+        loader.setdefault("std", IMAGENET_DEFAULT_STD)
+        super().__init__(name=name, eval_batch_size=1, **loader)
         self.root = Path(root).expanduser()
-        self.name = name
         self.options = dict(crop_size=int(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
-                            cat_max_ratio=float(cat_max_ratio), mean=tuple(mean), std=tuple(std))
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_size = int(batch_size)
-        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
-        self.subsets = {"train": train_subset, "val": val_subset}
-        self.seed, self.pin_memory = int(seed), pin_memory
+                            cat_max_ratio=float(cat_max_ratio), mean=self.mean, std=self.std)
         self.datasets: dict[str, ADE20KDataset] = {}
 
     def prepare_data(self) -> None:
@@ -231,22 +226,15 @@ class ADE20KDataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             pairs = list_pairs(self.root, split)
-            indices = subset_indices(len(pairs), self.subsets[split], self.seed)
+            indices = self.subset(len(pairs), split)
             if indices is not None:
                 pairs = [pairs[i] for i in indices]
             self.datasets[split] = ADE20KDataset(pairs, train=split == "train", **self.options)
 
-    def _loader(self, split: str) -> DataLoader:
+    def split_size(self, split: str) -> int:
         self.setup()
-        train = split == "train"
-        return split_loader(self.datasets[split], self.batch_size if train else 1, train, self.num_workers,
-                            self.pin_memory)
+        return len(self.datasets[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    def split_dataset(self, split: str, train: bool) -> Dataset:
+        ds = self.datasets[split]
+        return ds if ds.train == train else ADE20KDataset(ds.pairs, train=train, **self.options)

@@ -1,5 +1,5 @@
-"""The shared LightningDataModule for classification images. Subclasses say where the images come from;
-this class decides how they reach the model: resident (whole uint8 tensor on the training device, batched
+"""The datamodule for in-memory classification images (Fashion-MNIST, CIFAR). Subclasses say where the images come
+from; this class decides how they reach the model: resident (whole uint8 tensor on the training device, batched
 augmentation after transfer, no workers) or per-image torchvision transforms in DataLoader workers."""
 
 from __future__ import annotations
@@ -8,14 +8,13 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from semmae.data.augment import BatchEvalTransform, BatchTrainAugment, expand_channels
-from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
+from semmae.data.base import SemmaeDataModule
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
@@ -54,7 +53,7 @@ class ArrayDataset(Dataset):
         return item
 
 
-class ImageDataModule(L.LightningDataModule, ABC):
+class ImageDataModule(SemmaeDataModule, ABC):
     """Base class; subclasses implement load_arrays(train) -> (uint8 [N, C, H, W], int64 [N])."""
 
     num_classes: int = 0
@@ -79,28 +78,20 @@ class ImageDataModule(L.LightningDataModule, ABC):
         name: str | None = None,
         num_classes: int | None = None,
     ):
-        super().__init__()
         if num_classes is not None and self.num_classes and int(num_classes) != self.num_classes:
             raise ConfigError(f"dataset.num_classes={num_classes}, but {type(self).__name__} has {self.num_classes}")
-        self.name = name or type(self).__name__
-        if batch_size < 1:
-            raise ConfigError(f"dataset.batch_size must be >= 1, got {batch_size}")
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory, train_subset=train_subset, val_subset=val_subset, seed=seed, name=name,
+                         mean=mean, std=std)
         self.img_size = int(img_size)
         self.channels = int(channels or self.source_channels)
         if self.channels not in (1, 3):
             raise ConfigError(f"dataset.channels must be 1 or 3, got {self.channels}")
         if self.channels < self.source_channels:
             raise ConfigError(f"dataset.channels={self.channels} but the images have {self.source_channels} channels")
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
         self.resident = bool(resident)
         self.resident_device = resident_device
         self.crop_scale = tuple(float(s) for s in crop_scale)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.train_subset, self.val_subset = train_subset, val_subset
-        self.seed = int(seed)
-        self.pin_memory = pin_memory
         self.train_augment = BatchTrainAugment(self.img_size, self.mean, self.std, self.channels, self.crop_scale)
         self.eval_transform = BatchEvalTransform(self.img_size, self.mean, self.std, self.channels)
         self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -148,8 +139,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _subset(self, images, labels, n):
-        indices = subset_indices(len(labels), n, self.seed)
+    def _subset(self, images, labels, split):
+        indices = self.subset(len(labels), split)
         if indices is None:
             return images, labels
         idx = torch.tensor(indices)
@@ -158,8 +149,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         if self.data:
             return
-        for split, train, n in (("train", True, self.train_subset), ("val", False, self.val_subset)):
-            images, labels = self._subset(*self.load_arrays(train), n)
+        for split, train in (("train", True), ("val", False)):
+            images, labels = self._subset(*self.load_arrays(train), split)
             maps = self.load_maps(images, train)
             if self.resident:
                 dev = self._device()
@@ -173,18 +164,33 @@ class ImageDataModule(L.LightningDataModule, ABC):
         trainer = self.trainer
         return trainer.current_epoch if trainer is not None else 0
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def split_size(self, split: str) -> int:
         self.setup()
-        images, labels = self.data[split]
-        bs = self.batch_size if train else self.eval_batch_size
+        return len(self.data[split][1])
+
+    def _split_data(self, train: bool, images, labels, maps, shard: bool = True) -> Dataset:
         if self.resident:
-            ds = ResidentBatches(images, labels, bs, train=train, seed=self.seed)
+            ds = ResidentBatches(images, labels, self.batch_size if train else self.eval_batch_size, train=train,
+                                 seed=self.seed, maps=maps, shard=shard)
             ds.epoch_fn = self._epoch
-            return DataLoader(ds, batch_size=None, num_workers=0)
-        dataset = ArrayDataset(images, labels, self._worker_transform(train), self.channels,
-                               self._worker_transform(False) if train else None, maps=self.maps.get(split),
-                               hooks=self.sample_hooks)
-        return split_loader(dataset, bs, train, self.num_workers, self.pin_memory)
+            return ds
+        return ArrayDataset(images, labels, self._worker_transform(train), self.channels,
+                            self._worker_transform(False) if train else None, maps=maps, hooks=self.sample_hooks)
+
+    def split_dataset(self, split: str, train: bool) -> Dataset:
+        images, labels = self.data[split]
+        return self._split_data(train, images, labels, self.maps.get(split))
+
+    def eval_dataset(self, split: str, indices: list[int] | None = None) -> Dataset:
+        """All of split (or the images at indices), in order and unsharded, in the evaluation view; its maps
+        travel with the batch."""
+        images, labels = self.data[split]
+        maps = dict(self.maps.get(split) or {})
+        if indices is not None:
+            idx = torch.tensor(list(indices), dtype=torch.long)
+            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
+            maps = {k: m[idx.to(m.device)] for k, m in maps.items()}
+        return self._split_data(False, images, labels, maps, shard=False)
 
     def _worker_transform(self, train: bool):
         """torchvision transforms on one uint8 [C, H, W] image, same recipe as the batched path."""
@@ -192,15 +198,6 @@ class ImageDataModule(L.LightningDataModule, ABC):
         if not train:
             ops = [v2.Resize((self.img_size, self.img_size), antialias=True)]
         return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
 
     # --- on-device augmentation of resident batches --------------------------------------------------------
     def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
@@ -212,7 +209,8 @@ class ImageDataModule(L.LightningDataModule, ABC):
         maps = self.maps.get("train" if train else "val") or {}
         if maps:  # the integer map follows its image through the same crop and flip
             (key, all_maps), = maps.items()
-            m = all_maps.index_select(0, batch["index"].to(all_maps.device)).to(images.device)
+            m = batch[key] if key in batch else all_maps.index_select(0, batch["index"].to(all_maps.device))
+            m = m.to(images.device)
             if not train:
                 image, m = self.eval_transform(images, label_maps=m)
                 return {**batch, "image": image, key: m}
@@ -222,6 +220,22 @@ class ImageDataModule(L.LightningDataModule, ABC):
             return {**batch, "image": self.eval_transform(images)}
         return {**batch, "image": self.train_augment(images), "image_plain": self.eval_transform(images)}
 
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        trainer = self.trainer
-        return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))
+    # --- what callers may ask ------------------------------------------------------------------------------
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    @property
+    def train_augmentation_kind(self) -> str | None:
+        """"batch" on the resident path (augmented on the device); the worker path's transforms are fixed."""
+        return "batch" if self.resident else None
+
+    @property
+    def train_augmentation(self):
+        return self.train_augment
+
+    def set_train_augmentation(self, transform) -> None:
+        if not self.resident:
+            raise ConfigError(f"{self.name}: dataset.resident=false augments each image in the DataLoader workers; "
+                              "a batched training augmentation needs dataset.resident=true")
+        self.train_augment = transform

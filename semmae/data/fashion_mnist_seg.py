@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from semmae.data.fashion_mnist import CLASSES, FashionMNISTDataModule
-from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
 IGNORE_INDEX = 255
@@ -36,18 +35,6 @@ def garment_masks(images: torch.Tensor, labels: torch.Tensor, threshold: float =
     return torch.where(fg, (labels.to(images.device) + 1).view(-1, 1, 1), 0).to(torch.uint8)
 
 
-class ResidentSegBatches(ResidentBatches):
-    """ResidentBatches that also yield each image's label map as "mask"."""
-
-    def __init__(self, images, labels, masks, batch_size, train, seed=0):
-        super().__init__(images, labels, batch_size, train, seed)
-        self.masks = masks
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            yield {**batch, "mask": self.masks.index_select(0, batch["index"])}
-
-
 class FashionMNISTSegDataModule(FashionMNISTDataModule):
     """Batches: "image" (augmented on the device), "mask" (int64 [B, H, W], 0..10; 255 = ignore, on padded
     evaluation samples), "label" (garment class), "index", "valid". Always resident (the data are 150 MB)."""
@@ -60,25 +47,28 @@ class FashionMNISTSegDataModule(FashionMNISTDataModule):
         kwargs.setdefault("crop_scale", (0.5, 1.0))
         if not kwargs.pop("resident", True):
             raise ConfigError("fashion_mnist_seg is always resident (in memory): drop dataset.resident=false")
+        if kwargs.get("segments") is not None:
+            raise ConfigError("fashion_mnist_seg carries label masks, not segment maps: drop dataset.segments")
         super().__init__(resident=True, **kwargs)
         self.threshold = float(threshold)
         self.masks: dict[str, torch.Tensor] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        """The label maps travel with their images as the per-image map "mask" (ImageDataModule's maps)."""
         super().setup(stage)
         for split, (images, labels) in self.data.items():
             if split not in self.masks:
                 self.masks[split] = garment_masks(images, labels, self.threshold)
+                self.maps[split] = {**self.maps.get(split, {}), "mask": self.masks[split]}
 
-    def _loader(self, split: str, train: bool):
-        from torch.utils.data import DataLoader
+    @property
+    def train_augmentation_kind(self) -> str | None:
+        """None: the crop + flip must move the label map with its image, which a replacement would not do."""
+        return None
 
-        self.setup()
-        images, labels = self.data[split]
-        ds = ResidentSegBatches(images, labels, self.masks[split], self.batch_size if train else self.eval_batch_size,
-                                train=train, seed=self.seed)
-        ds.epoch_fn = self._epoch
-        return DataLoader(ds, batch_size=None, num_workers=0)
+    def set_train_augmentation(self, transform) -> None:
+        raise ConfigError(f"{self.name}: the training crop + flip move each label mask with its image, and cannot be "
+                          "replaced")
 
     def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         """Training: crop + flip of image and label map together, plus the evaluation view as "image_plain" (so the

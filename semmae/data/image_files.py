@@ -1,9 +1,11 @@
-"""The files of an ImageFolder tree, read so that bad data names the file: a missing or empty class folder is a
-DataError naming the folder, and an image that cannot be read or decoded is either a DataError naming the file
-(the default: the run stops) or, with dataset.skip_corrupt=true, dropped from its batch with a warning naming it."""
+"""The image files of a data set on disk, found by one scan (find_files: ImageFolder trees and ADE20K's release
+layout), read so that bad data names the file: a missing or empty class folder is a DataError naming the folder,
+and an image that cannot be read or decoded is either a DataError naming the file (the default: the run stops) or,
+with dataset.skip_corrupt=true, dropped from its batch with a warning naming it."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,36 @@ class CorruptImageWarning(UserWarning):
     """An image skipped because of dataset.skip_corrupt=true."""
 
 
+def find_files(directory: str | Path, extensions: tuple[str, ...], recursive: bool = True) -> list[str]:
+    """The files in directory (and, recursive, in its subfolders, following links) whose name ends in one of
+    extensions (any case), in torchvision's ImageFolder order: folders sorted by path, then files by name."""
+    directory = str(directory)
+    if recursive:
+        walk = sorted(os.walk(directory, followlinks=True))
+    else:
+        walk = [next(os.walk(directory), (directory, [], []))]
+    ends = tuple(e.lower() for e in extensions)
+    return [os.path.join(root, name) for root, _, names in walk for name in sorted(names)
+            if name.lower().endswith(ends)]
+
+
+class ScannedImageFolder(ImageFolder):
+    """torchvision's ImageFolder (classes, loader) whose samples are find_files' list of each class folder (chosen by
+    extension: is_valid_file is not supported; empty classes are allowed, image_folder names them)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        if is_valid_file is not None:
+            raise ValueError("ScannedImageFolder selects files by extension only")
+        extensions = IMG_EXTENSIONS if extensions is None else extensions
+        return [(path, class_to_idx[c]) for c in sorted(class_to_idx)
+                for path in find_files(os.path.join(directory, c), extensions)]
+
+
 def image_folder(root: Path) -> ImageFolder:
-    """torchvision's ImageFolder of root/<class>/<image>, with one-line errors for no or empty class folders."""
+    """ImageFolder of root/<class>/<image>, with one-line errors for no or empty class folders."""
     try:
-        folder = ImageFolder(str(root), allow_empty=True)
+        folder = ScannedImageFolder(str(root), allow_empty=True)
     except FileNotFoundError:  # torchvision: "Couldn't find any class folder in ..."
         raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)") from None
     found = set(folder.targets)

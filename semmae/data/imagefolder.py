@@ -12,20 +12,17 @@ batch with a warning naming the file (both decoding paths)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from semmae.data import image_files, jpeg_decode
-from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
+from semmae.data.base import SemmaeDataModule
 from semmae.errors import ConfigError, DataError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DictDataset(Dataset):
@@ -56,7 +53,10 @@ class DictDataset(Dataset):
         return item
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SemmaeDataModule):
+    """loader: SemmaeDataModule's settings, batch_size (64 by default), eval_batch_size, num_workers, pin_memory,
+    train_subset, val_subset, seed, loader_timeout_s, and mean / std (ImageNet's, timm's constants, by default)."""
+
     def __init__(
         self,
         root: str | None = None,
@@ -64,45 +64,30 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_dir: str = "val",
         img_size: int = 224,
         channels: int = 3,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int | str = "auto",
         crop_scale: tuple[float, float] = (0.2, 1.0),
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        train_subset: int | None = None,
-        val_subset: int | None = None,
-        seed: int = 0,
-        pin_memory: bool | str = "auto",
         num_classes: int | None = None,
         name: str = "imagefolder",
         decode: str = "auto",
         skip_corrupt: bool = False,
-        loader_timeout_s: float = 600.0,
+        **loader: Any,
     ):
-        super().__init__()
         if root is None:
             raise ConfigError("ImageFolder data needs dataset.root=DIR (with train/ and val/ class folders)")
         if channels != 3:
             raise ConfigError("ImageFolder data is decoded as RGB: dataset.channels must be 3")
+        if decode not in ("auto", "workers", "device"):
+            raise ConfigError(f"dataset.decode must be auto, workers or device, got {decode}")
+        loader.setdefault("batch_size", 64)
+        loader.setdefault("mean", IMAGENET_DEFAULT_MEAN)
+        loader.setdefault("std", IMAGENET_DEFAULT_STD)
+        super().__init__(name=name, **loader)
         self.root = Path(root).expanduser()
         self.train_dir, self.val_dir = train_dir, val_dir
         self.img_size, self.channels = int(img_size), 3
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
-        self.crop_scale, self.mean, self.std = tuple(crop_scale), tuple(mean), tuple(std)
-        self.train_subset, self.val_subset, self.seed = train_subset, val_subset, int(seed)
-        self.pin_memory = pin_memory
+        self.crop_scale = tuple(crop_scale)
         self.num_classes = num_classes
-        self.name = name
-        if decode not in ("auto", "workers", "device"):
-            raise ConfigError(f"dataset.decode must be auto, workers or device, got {decode}")
         self.decode = decode
         self.skip_corrupt = bool(skip_corrupt)
-        if float(loader_timeout_s) < 0:
-            raise ConfigError(f"dataset.loader_timeout_s must be >= 0 (0: wait forever), got {loader_timeout_s}")
-        self.loader_timeout_s = float(loader_timeout_s)
         self.datasets: dict[str, Dataset] = {}
         self._scans: dict[str, ImageFolder] = {}
 
@@ -119,7 +104,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
 
     def on_device(self) -> bool:
-        """True when batches are decoded on the training device (decode=device, or auto on a GPU)."""
+        """True when batches are decoded on the training device (decode=device, or auto on a GPU). Decided when the
+        splits are set up: a datamodule set up before it meets its trainer (fine-tuning's augmentation, the feature
+        cache) keeps decoding in the workers."""
+        if self.datasets:
+            return isinstance(self.datasets["train"], jpeg_decode.EncodedImageFolder)
         if self.decode != "auto":
             return self.decode == "device"
         trainer = self.trainer
@@ -134,16 +123,13 @@ class ImageFolderDataModule(L.LightningDataModule):
             self._scans[name] = image_files.image_folder(path)
         return self._scans[name]
 
-    def _folder(self, name: str, train: bool) -> Dataset:
-        ds = self._scan(name)
-        if self.on_device():
-            ds = jpeg_decode.EncodedImageFolder(ds, skip_corrupt=self.skip_corrupt)
+    def _folder(self, split: str, train: bool) -> Dataset:
+        ds = self._scan(self.train_dir if split == "train" else self.val_dir)
         if self.num_classes is None:
             self.num_classes = len(ds.classes)
-        indices = subset_indices(len(ds), self.train_subset if train else self.val_subset, self.seed)
-        if isinstance(ds, jpeg_decode.EncodedImageFolder):
-            ds.indices = indices
-            return ds
+        indices = self.subset(len(ds), split)
+        if self.on_device():
+            return jpeg_decode.EncodedImageFolder(ds, indices, skip_corrupt=self.skip_corrupt)
         return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None,
                            skip_corrupt=self.skip_corrupt)
 
@@ -153,23 +139,43 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
-            self.datasets = {"train": self._folder(self.train_dir, True), "val": self._folder(self.val_dir, False)}
+            self.datasets = {"train": self._folder("train", True), "val": self._folder("val", False)}
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    # --- the SemmaeDataModule interface --------------------------------------------------------------------
+    def split_size(self, split: str) -> int:
         self.setup()
-        return split_loader(self.datasets[split], self.batch_size if train else self.eval_batch_size, train,
-                            self.num_workers, self.pin_memory, timeout_s=self.loader_timeout_s,
-                            collate_fn=(jpeg_decode.collate_encoded if self.on_device()
-                                        else image_files.collate_readable))
+        return len(self.datasets[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+    def split_dataset(self, split: str, train: bool) -> Dataset:
+        ds = self.datasets[split]
+        if train == (split == "train") or not isinstance(ds, DictDataset):  # encoded bytes: the view is decided later
+            return ds
+        return DictDataset(ds.base, ds.indices, self.transform(train), self.transform(False) if train else None,
+                           skip_corrupt=self.skip_corrupt)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+    def collate_fn(self, dataset: Dataset) -> Callable[[list[Any]], Any]:
+        encoded = isinstance(getattr(dataset, "dataset", dataset), jpeg_decode.EncodedImageFolder)  # also in a Subset
+        return jpeg_decode.collate_encoded if encoded else image_files.collate_readable
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+    @property
+    def train_augmentation_kind(self) -> str | None:
+        """"image" when the workers decode (a PIL image per sample); None when the device decodes and augments."""
+        return None if self.on_device() else "image"
+
+    @property
+    def train_augmentation(self):
+        self.setup()
+        return getattr(self.datasets["train"], "transform", None)
+
+    def set_train_augmentation(self, transform) -> None:
+        """The workers apply transform to each training image; the un-augmented view ("image_plain", only
+        pretraining's online probe reads it) is no longer decoded for training batches."""
+        self.setup()
+        train = self.datasets["train"]
+        if not isinstance(train, DictDataset):
+            raise ConfigError(f"{self.name}: dataset.decode=device decodes and augments the batch on the device; "
+                              "a per-image training augmentation needs dataset.decode=workers")
+        train.transform, train.plain_transform = transform, None
 
     # --- device decoding (decode=device) -------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -184,7 +190,3 @@ class ImageFolderDataModule(L.LightningDataModule):
         device = batch["label"].device
         return jpeg_decode.device_batch(batch, device, self.img_size, train, self.mean, self.std, self.crop_scale,
                                         skip_corrupt=self.skip_corrupt)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = self.trainer
-        return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))

@@ -1,7 +1,7 @@
 """What the datamodules' loaders share: the fixed random subset of a split (`dataset.train_subset` /
 `val_subset`) and the DataLoader of a split (shuffled, dropping the last partial batch when training; workers kept
 between epochs; pinned memory on CUDA by default; a worker that sends no batch for timeout_s ends the run with an
-error instead of a hang)."""
+error instead of a hang), also for datasets that yield whole batches (in-memory data: read in the main process)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ def pin_memory(setting: bool | str) -> bool:
     return torch.cuda.is_available() if setting == "auto" else bool(setting)
 
 
-def split_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, pin: bool | str,
+def split_loader(dataset: Dataset, batch_size: int | None, train: bool, num_workers: int, pin: bool | str,
                  collate_fn: Callable[[list[Any]], Any] | None = None, timeout_s: float = 600.0) -> DataLoader:
-    """timeout_s: how long to wait for a worker's batch before raising (0: forever); no workers, no timeout."""
+    """timeout_s: how long to wait for a worker's batch before raising (0: forever); no workers, no timeout.
+    batch_size None: the dataset yields whole batches already on their device (semmae.data.resident), which the
+    loader passes on as they are, from the main process (no workers, no pinning, no shuffling: the dataset orders)."""
+    if batch_size is None:
+        return DataLoader(dataset, batch_size=None, num_workers=0)
     return DataLoader(
         dataset,
         batch_size=batch_size,

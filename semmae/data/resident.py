@@ -21,28 +21,34 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 class ResidentBatches(IterableDataset):
-    """Yields {"image": uint8 [b, C, H, W], "label": [b], "index": [b], "valid": [b] bool} batches.
+    """Yields {"image": uint8 [b, C, H, W], "label": [b], "index": [b], "valid": [b] bool} batches, plus each
+    image's entry of every per-image map in maps ({key: [N, ...]}, e.g. segment maps or label masks) as batch[key].
 
     train=True: a fresh permutation every epoch (seeded by seed and epoch), each rank a disjoint equal share,
     incomplete batches dropped. train=False: the data in order, split over ranks into the same number of
-    batches; ranks short of data repeat their last sample with valid=False so metrics can ignore it."""
+    batches; ranks short of data repeat their last sample with valid=False so metrics can ignore it.
+    shard=False: every rank reads all of the data (as one process would)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, seed: int = 0):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
+                 maps: dict[str, torch.Tensor] | None = None, shard: bool = True):
         super().__init__()
-        self.images, self.labels = images, labels
-        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+        self.images, self.labels, self.maps = images, labels, dict(maps or {})
+        self.batch_size, self.train, self.seed, self.shard = int(batch_size), bool(train), int(seed), bool(shard)
         self.epoch_fn = lambda: 0  # the owner sets this to read the trainer's epoch, so resumed runs line up
         self.start_fn = lambda: 0  # training batches of the epoch already trained on: a mid-epoch resume skips them
 
+    def _rank_world(self) -> tuple[int, int]:
+        return dist_rank_world() if self.shard else (0, 1)
+
     def __len__(self) -> int:
-        _, world = dist_rank_world()
+        _, world = self._rank_world()
         n = len(self.labels)
         if self.train:
             return (n // world) // self.batch_size
         return math.ceil(math.ceil(n / world) / self.batch_size)
 
     def _indices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rank, world = dist_rank_world()
+        rank, world = self._rank_world()
         n = len(self.labels)
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 100_003 + int(self.epoch_fn()))
@@ -72,4 +78,5 @@ class ResidentBatches(IterableDataset):
                 "label": self.labels.index_select(0, sel),
                 "index": sel,
                 "valid": valid[start : start + self.batch_size].to(device),
+                **{key: m.index_select(0, sel.to(m.device)) for key, m in self.maps.items()},
             }

@@ -7,14 +7,13 @@ part of a split (debug=fast_dev_run, trainer.limit_*_batches, trainer.max_steps)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Dataset
 
-from semmae.data.datamodule import ImageDataModule
-from semmae.data.imagefolder import DictDataset, ImageFolderDataModule
+from semmae.data.base import SemmaeDataModule
 from semmae.data.loaders import subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
@@ -51,50 +50,18 @@ def images_read(limits: Mapping[str, Any] | None, total: int, batch_size: int, t
     return total if n >= length else max(1, n) * batch_size * world  # every batch: every image (over the epochs)
 
 
-def split_size(datamodule: L.LightningDataModule, split: str) -> int | None:
-    datamodule.setup("fit")
-    if isinstance(datamodule, ImageDataModule):
-        return len(datamodule.data[split][1])
-    if isinstance(datamodule, ImageFolderDataModule):
-        return len(datamodule.datasets[split])
-    return None
-
-
-def plain_batches(datamodule: L.LightningDataModule, split: str, device: torch.device,
-                  indices: list[int] | None = None) -> Iterator[tuple]:
-    """(images, labels) of a split in order (only those at indices, if given), with the evaluation transform (no
-    augmentation), on device."""
-    datamodule.setup("fit")
-    if isinstance(datamodule, ImageDataModule):
-        images, labels = datamodule.data[split]
-        if indices is not None:
-            idx = torch.tensor(indices)
-            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
-        step = datamodule.eval_batch_size
-        for start in range(0, len(labels), step):
-            batch = images[start : start + step].to(device, non_blocking=True)
-            yield datamodule.eval_transform(batch), labels[start : start + step].to(device)
-    elif isinstance(datamodule, ImageFolderDataModule):
-        base = datamodule.datasets[split]
-        ds = DictDataset(base.base, base.indices, datamodule.transform(False))
-        ds = ds if indices is None else Subset(ds, indices)
-        loader = DataLoader(ds, batch_size=datamodule.eval_batch_size, shuffle=False,
-                            num_workers=datamodule.num_workers)
-        for batch in loader:
-            yield batch["image"].to(device, non_blocking=True), batch["label"].to(device)
-    else:
-        raise ConfigError(f"the feature cache does not know how to read {type(datamodule).__name__}: "
-                          "set model.feature_cache=false")
-
-
 def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], datamodule: L.LightningDataModule,
                      split: str, device: torch.device,
                      indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (features [N, D] float32, labels [N]) on device."""
+    """-> (features [N, D] float32, labels [N]) on device of the split's images in order (only those at indices, if
+    given) in the datamodule's evaluation view (no augmentation: eval_batches)."""
     feats, labels = [], []
-    for images, y in plain_batches(datamodule, split, device, indices):
-        feats.append(encode(images))
-        labels.append(y)
+    for batch in datamodule.eval_batches(split, device, indices=indices):
+        if "label" not in batch:
+            raise ConfigError(f"the feature cache needs labelled images, and {datamodule.name}'s batches have no "
+                              "'label': set model.feature_cache=false")
+        feats.append(encode(batch["image"]))
+        labels.append(batch["label"])
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -107,14 +74,13 @@ class FeatureBatches(ResidentBatches):
             yield batch
 
 
-class FeatureDataModule(L.LightningDataModule):
+class FeatureDataModule(SemmaeDataModule):
     """Cached features and labels of the train and validation splits; shuffled fixed-size training batches."""
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features"):
-        super().__init__()
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=0, seed=seed, name=name)
         self.splits = {"train": train, "val": val}
-        self.batch_size, self.eval_batch_size, self.seed, self.name = int(batch_size), int(eval_batch_size), seed, name
         if len(train[1]) < self.batch_size:
             raise ConfigError(f"{len(train[1])} training samples are fewer than one batch of {self.batch_size}: "
                               "lower dataset.batch_size")
@@ -126,29 +92,39 @@ class FeatureDataModule(L.LightningDataModule):
         """Encodes what the run reads (images_read): all of a split, or under limits (by default the cache_limits of
         the task whose encode this is) the first images of the validation split, which is read in order, and a fixed
         random subset of the training split, reshuffled every epoch."""
+        if not isinstance(datamodule, SemmaeDataModule):
+            raise ConfigError(f"the feature cache does not know how to read {type(datamodule).__name__}: "
+                              "set model.feature_cache=false")
         if limits is None:
             limits = getattr(getattr(encode, "__self__", None), "cache_limits", None)
         splits = {}
         for split, train, batch in (("train", True, datamodule.batch_size), ("val", False, datamodule.eval_batch_size)):
-            total = split_size(datamodule, split)
-            n = total if total is None else images_read(limits, total, batch, train)
+            total = datamodule.split_size(split)
+            n = images_read(limits, total, batch, train)
             indices = None if n == total else subset_indices(total, n, seed) if train else list(range(n))
             splits[split] = extract_features(encode, datamodule, split, device, indices)
         return cls(splits["train"], splits["val"], datamodule.batch_size, datamodule.eval_batch_size, seed,
-                   name=f"{getattr(datamodule, 'name', type(datamodule).__name__)} (cached features)")
+                   name=f"{datamodule.name} (cached features)")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        feats, labels = self.splits[split]
+    def split_size(self, split: str) -> int:
+        return len(self.splits[split][1])
+
+    def _batches(self, feats: torch.Tensor, labels: torch.Tensor, train: bool, shard: bool = True) -> Dataset:
         ds = FeatureBatches(feats, labels, self.batch_size if train else self.eval_batch_size, train=train,
-                            seed=self.seed)
+                            seed=self.seed, shard=shard)
         ds.epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0
-        return DataLoader(ds, batch_size=None, num_workers=0)
+        return ds
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+    def split_dataset(self, split: str, train: bool) -> Dataset:
+        return self._batches(*self.splits[split], train)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+    def eval_dataset(self, split: str, indices: list[int] | None = None) -> Dataset:
+        feats, labels = self.splits[split]
+        if indices is not None:
+            idx = torch.tensor(list(indices), dtype=torch.long, device=labels.device)
+            feats, labels = feats[idx], labels[idx]
+        return self._batches(feats, labels, False, shard=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+    @property
+    def in_memory(self) -> bool:
+        return True
