@@ -98,7 +98,7 @@ def reference_step_ms(args, device) -> tuple[str, float]:
     from hydra.utils import instantiate
 
     from semmae.masking import RandomMasking
-    from semmae.tasks.seeding import StepGenerator
+    from semmae.masking.generator import StepGenerator
 
     gpu = device.type == "cuda"
     backbone, channels = ("vit_base", 3) if gpu else ("vit_micro", 1)
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    from semmae.tasks.seeding import StepGenerator
+    from semmae.masking.generator import StepGenerator
 
     ref_name, ref_ms = reference_step_ms(args, device)
     print(f"reference step: {ref_name}: {ref_ms:.1f} ms", flush=True)

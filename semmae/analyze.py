@@ -8,8 +8,6 @@ Seed -> encoders -> data -> measure -> figures and tables -> results.json."""
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 import time
 from pathlib import Path
@@ -22,41 +20,28 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from semmae.analysis import ArtifactReport, ArtifactSettings, measure
 from semmae.analysis.artifacts import batch_images
 from semmae.analysis.figures import attention_grid, block_titles, display_images, metrics_vs_depth
-from semmae.analysis.report import artifacts_markdown, comparison_markdown, write_json, write_text
+from semmae.analysis.tables import artifacts_markdown, comparison_markdown, write_json, write_text
 from semmae.cli import hydra_entry
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import load_encoder
-from semmae.utils.figures import save_figure
+from semmae.models.checkpoints import build_encoder as build_from_source
+from semmae.models.sources import resolve_source
+from semmae.utils.plotting import save_figure
 from semmae.utils.run import print_summary, resolved_config, write_results
 
-RANDOM = "random"
-
-
-def latest_checkpoint(root: str | Path, pattern: str) -> str:
-    """The most recently modified file matching root/pattern, or a ConfigError that says how to get one."""
-    found = sorted(glob.glob(os.path.join(str(root), pattern)), key=os.path.getmtime)
-    if not found:
-        raise ConfigError(
-            f"ckpt=latest: no checkpoint matches {Path(root) / pattern}; run `make pretrain` first, "
-            "or pass ckpt=PATH (or ckpt=random for a randomly initialised encoder)"
-        )
-    return found[-1]
+RANDOM = "random"  # how a randomly initialised encoder (ckpt=random or ckpt=null) is named in the outputs
 
 
 def sources(cfg: DictConfig) -> list[str]:
-    """cfg.ckpt as a list of sources: paths (latest resolved) and RANDOM."""
+    """cfg.ckpt as a list of sources, resolved as every entry point resolves ckpt= (semmae.models.sources):
+    paths (latest = the newest file matching latest_glob, which may point at any task's checkpoints), timm:NAME,
+    and RANDOM for null / random."""
     raw = cfg.ckpt
     items = list(raw) if isinstance(raw, (list, tuple, ListConfig)) else [raw]
     if not items:
         raise ConfigError("ckpt=[]: give at least one checkpoint (a path, latest or random)")
-    out = []
-    for item in items:
-        if item is None or str(item).lower() in (RANDOM, "null", "none"):
-            out.append(RANDOM)
-        elif str(item) == "latest":
-            out.append(latest_checkpoint(cfg.paths.root_dir, cfg.latest_glob))
-        else:
-            out.append(str(item))
+    out = [resolve_source(item, cfg.paths.root_dir, cfg.latest_glob) or RANDOM for item in items]
+    if cfg.get("ckpt_file") is not None and not any(s.startswith("timm:") for s in out):
+        raise ConfigError(f"ckpt_file={cfg.ckpt_file} is only used with ckpt=timm:MODEL_NAME (got ckpt={raw})")
     return out
 
 
@@ -86,26 +71,18 @@ def labels_for(cfg: DictConfig, srcs: list[str]) -> list[str]:
     return labels
 
 
-def random_encoder(cfg: DictConfig) -> torch.nn.Module:
-    """The encoder of a freshly initialised MAE (MAE's initialisation: the state pretraining starts from), with the
-    backbone group's geometry and the dataset's channels, seeded by cfg.seed."""
-    from semmae.models.mae import MaskedAutoencoder
-
-    b = cfg.backbone
-    torch.manual_seed(int(cfg.seed))
-    mae = MaskedAutoencoder(
-        img_size=b.img_size, patch_size=b.patch_size, in_chans=cfg.dataset.channels, embed_dim=b.embed_dim,
-        depth=b.depth, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, decoder_embed_dim=b.decoder_embed_dim,
-        decoder_depth=b.decoder_depth, decoder_num_heads=b.decoder_num_heads,
-    )
-    return mae.encoder
-
-
 def build_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
-    if source == RANDOM:
-        return random_encoder(cfg)
+    """semmae.models.checkpoints.build_encoder, the builder of every task. RANDOM: the encoder of a freshly
+    initialised MAE (the state pretraining starts from; linprobe's ckpt=null) with the backbone group's geometry and
+    the dataset's channels, seeded by cfg.seed wherever it sits in ckpt=[...]. A file or timm:NAME: its weights at
+    its own geometry (the images are prepared for it). cfg.encoder overrides either."""
     overrides = OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else {}
-    return load_encoder(source, trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
+    if source == RANDOM:
+        geometry = {"img_size": cfg.backbone.img_size, "in_chans": cfg.dataset.channels}
+        return build_from_source(None, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+                                 seed=int(cfg.seed), **{**geometry, **overrides})
+    return build_from_source(source, weights_file=cfg.get("ckpt_file") if source.startswith("timm:") else None,
+                             root=cfg.paths.root_dir, trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
 
 
 def pick_device(name: str) -> torch.device:
@@ -140,16 +117,11 @@ class ValImages:
 
     def batches(self, size: int, channels: int) -> Iterator[torch.Tensor]:
         dm = self.datamodule(size, channels)
-        left = int(self.cfg.num_images)
-        for batch in dm.val_dataloader():
-            batch = dm.on_after_batch_transfer(batch, 0)  # resident uint8 batches -> evaluation transform
+        for batch in dm.eval_batches("val", limit=int(self.cfg.num_images)):  # the evaluation view, in order
             images = batch_images(batch)
             if images is None:
                 raise ConfigError(f"{type(dm).__name__} batches hold no image tensor [B, C, H, W]")
-            yield images[:left].float()
-            left -= images.shape[0]
-            if left <= 0:
-                return
+            yield images.float()
 
 
 def write_one(report: ArtifactReport, label: str, out: Path, mean, std, vmax: float) -> dict[str, str]:

@@ -32,6 +32,10 @@ class CheckpointError(SemmaeError, ValueError):
     """A checkpoint that cannot be read or does not match the model."""
 
 
+class NoCheckpointError(CheckpointError, ConfigError):
+    """ckpt=latest found no checkpoint: a missing checkpoint and a config value to change (ckpt=PATH, ckpt=null)."""
+
+
 class DivergedError(SemmaeError, ArithmeticError):
     """Training produced a non-finite loss: the run stops (exit code 3) and keeps its last finite checkpoint."""
 

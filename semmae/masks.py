@@ -24,8 +24,8 @@ from semmae.errors import ConfigError
 from semmae.masking import MaskingStrategy, SemanticMasking
 from semmae.masking.base import keep_lowest
 from semmae.masking.components import count_components
-from semmae.tasks.seeding import StepGenerator
-from semmae.utils.figures import denormalize, plt, save_figure, to_hwc
+from semmae.masking.generator import StepGenerator
+from semmae.utils.plotting import denormalize, plt, save_figure, to_hwc
 from semmae.utils.run import print_summary, resolved_config, write_results
 
 STREAM = 2  # generator stream of this tool (pretraining uses 0 for training, 1 for validation)
@@ -45,15 +45,9 @@ def build_strategies(cfg: DictConfig) -> dict[str, MaskingStrategy]:
 
 def validation_batch(datamodule, num_images: int) -> dict[str, torch.Tensor]:
     """The first num_images validation images in their evaluation view, with whatever the batch carries."""
-    parts: list[dict[str, Any]] = []
-    count = 0
-    for batch in datamodule.val_dataloader():
-        batch = datamodule.augment_batch(batch, train=False)
-        parts.append({k: v for k, v in batch.items() if torch.is_tensor(v)})
-        count += len(batch["image"])
-        if count >= num_images:
-            break
-    return {k: torch.cat([p[k] for p in parts])[:num_images] for k in parts[0]}
+    parts = [{k: v for k, v in batch.items() if torch.is_tensor(v)}
+             for batch in datamodule.eval_batches("val", limit=num_images)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str, torch.Tensor],

@@ -210,7 +210,7 @@ def series(jobs: list[Job], metric: str) -> dict[str, tuple[list[float], list[fl
 
 
 def plot(path: Path, jobs: list[Job], title: str) -> Path:
-    from semmae.utils.figures import plt, save_figure
+    from semmae.utils.plotting import plt, save_figure
 
     present = {k for j in jobs for k in j.metrics}
     metrics = [m for m in PLOTTED if m in present] or metric_columns(jobs)[:1] or ["val/loss"]

@@ -11,7 +11,7 @@ from matplotlib.colors import LogNorm
 from semmae.analysis.artifacts import ArtifactReport
 from semmae.analysis.metrics import METRICS
 from semmae.errors import ConfigError
-from semmae.utils.figures import denormalize, plt, to_hwc
+from semmae.utils.plotting import denormalize, plt, to_hwc
 
 
 def display_images(images: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):

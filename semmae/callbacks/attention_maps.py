@@ -25,9 +25,9 @@ from semmae.analysis import ArtifactSettings, find_encoder, measure
 from semmae.analysis.artifacts import batch_images
 from semmae.analysis.figures import attention_grid, block_titles, display_images
 from semmae.analysis.metrics import METRICS
-from semmae.analysis.report import artifacts_markdown, write_text
+from semmae.analysis.tables import artifacts_markdown, write_text
 from semmae.errors import ConfigError
-from semmae.utils.figures import log_image, save_figure
+from semmae.utils.plotting import log_image, save_figure
 
 
 class AttentionMapCallback(L.Callback):

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from semmae.models.mae import patchify, unpatchify
-from semmae.utils.figures import denormalize, log_image, plt, save_figure, to_hwc
+from semmae.utils.plotting import denormalize, log_image, plt, save_figure, to_hwc
 
 
 class ReconstructionFigure(L.Callback):

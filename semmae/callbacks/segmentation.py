@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from semmae.models.upernet import resize
-from semmae.utils.figures import denormalize, log_image, plt, save_figure, to_hwc
+from semmae.utils.plotting import denormalize, log_image, plt, save_figure, to_hwc
 
 
 def palette(num_classes: int) -> np.ndarray:

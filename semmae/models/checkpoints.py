@@ -11,6 +11,8 @@
   any ViT state dict                       timm / MAE names, under any prefix (module., encoder., ...)
   "timm:MODEL_NAME" + weights_file         a timm model name (its architecture) and a local weights file
   "latest"                                 the newest outputs/pretrain/*/checkpoints/last.ckpt (or multirun/)
+                                           (semmae.models.sources: find_latest(root, pattern) for any glob)
+  null, or "random"                        no weights: the encoder of a freshly initialised MAE (random_encoder)
 
 Each source is read into EncoderWeights (geometry + state dict). One filter function (timm's habit) adapts the state
 dict to the encoder being built: it drops decoder keys and other tasks' heads, resamples the position embedding when
@@ -33,6 +35,7 @@ from torch import nn
 
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.encoder import ViTEncoder
+from semmae.models.sources import SOURCES_HELP, find_latest, is_random, resolve_source  # noqa: F401 (re-exported)
 from semmae.utils.atomic import atomic_write
 from semmae.utils.safe_load import load_file
 
@@ -46,8 +49,6 @@ NEW_HEAD_PREFIXES = ("head.", "fc_norm.")  # may be missing from a checkpoint: a
 # ["encoder_prefix"]); files written before it did are read by their kind.
 LEGACY_PREFIXES = {"encoder": "", "pretrain": "mae.encoder.", "segment": "segmenter.encoder."}
 ANCHOR = "patch_embed.proj.weight"  # every ViT state dict has it; its prefix is the encoder's prefix
-SOURCES_HELP = ("ckpt= takes a checkpoint file (semmae .ckpt, exported encoder, official MAE .pth, ViT state dict), "
-                "'latest' (newest pretraining run), 'timm:MODEL_NAME' with ckpt_file=WEIGHTS, or null (random init)")
 
 
 @dataclass
@@ -78,33 +79,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         return {"model": tensors, "semmae": json.loads(meta["semmae"])} if "semmae" in meta else tensors
     except Exception as exc:  # truncated file, not a safetensors file, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-
-
-def find_latest(root: str | Path = ".") -> Path:
-    """The most recently written pretraining checkpoint: outputs/pretrain/*/checkpoints/last.ckpt (or in multirun/)."""
-    root = Path(root)
-    found = [*root.glob("outputs/pretrain/*/checkpoints/last.ckpt"),
-             *root.glob("multirun/pretrain/*/*/checkpoints/last.ckpt")]
-    if not found:
-        raise CheckpointError(
-            f"ckpt=latest: no pretraining checkpoint under {root.resolve()}/outputs/pretrain/*/checkpoints/last.ckpt; "
-            "run `make pretrain` first, or pass ckpt=PATH, or ckpt=null for a randomly initialised encoder"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def resolve_source(source: str | Path | None, root: str | Path = ".") -> str | None:
-    """'latest' -> the newest pretraining checkpoint; a path must exist; timm:NAME and None pass through."""
-    if source is None:
-        return None
-    source = str(source)
-    if source == "latest":
-        return str(find_latest(root))
-    if source.startswith("timm:"):
-        return source
-    if not Path(source).is_file():
-        raise CheckpointError(f"checkpoint not found: {source} ({SOURCES_HELP})")
-    return source
 
 
 # --- sources -> EncoderWeights -------------------------------------------------------------------------------------
@@ -325,11 +299,14 @@ def load_encoder(source: str | Path, weights_file: str | Path | None = None, roo
     return load_state(encoder, weights.state, weights.origin)
 
 
-def random_encoder(backbone: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
+def random_encoder(backbone: Mapping[str, Any], seed: int | None = None, **overrides: Any) -> ViTEncoder:
     """A randomly initialised encoder with the backbone's geometry, initialised as MAE pretraining starts (the
-    encoder of a fresh MaskedAutoencoder, copied through the same load path)."""
+    encoder of a fresh MaskedAutoencoder, copied through the same load path). seed: torch.manual_seed(seed) first
+    (semmae-analyze); None draws from the global generator as the task has seeded it (linprobe, finetune, segment)."""
     from semmae.models.mae import MaskedAutoencoder
 
+    if seed is not None:
+        torch.manual_seed(int(seed))
     geometry = {k: backbone[k] for k in ENCODER_KEYS if k in backbone}
     geometry.update({k: overrides[k] for k in ("img_size", "in_chans") if k in overrides})
     decoder = {k: backbone[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads") if k in backbone}
@@ -339,15 +316,16 @@ def random_encoder(backbone: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
 
 
 def build_encoder(source: str | None, weights_file: str | None = None, backbone: Mapping[str, Any] | None = None,
-                  root: str = ".", trust: bool = False, **overrides: Any) -> ViTEncoder:
-    """The encoder a task config asks for: ckpt=null -> random_encoder(backbone), else load_encoder(source).
-    encoder.source names where its weights came from (the resolved path, timm:NAME, or None for random init)."""
-    if source is None:
+                  root: str = ".", trust: bool = False, seed: int | None = None, **overrides: Any) -> ViTEncoder:
+    """The encoder a task config asks for (conf/encoder/checkpoint.yaml): ckpt=null or random ->
+    random_encoder(backbone, seed), else load_encoder(source). encoder.source names where its weights came from
+    (the resolved path, timm:NAME, or None for random init)."""
+    if is_random(source):
         if backbone is None:
             raise ConfigError("ckpt=null builds a randomly initialised encoder, which needs the backbone config")
         if weights_file is not None:
             raise ConfigError("ckpt_file is set but ckpt=null: pass ckpt=timm:MODEL_NAME with it")
-        encoder = random_encoder(backbone, **overrides)
+        encoder = random_encoder(backbone, seed=seed, **overrides)
         encoder.source = None
         return encoder
     resolved = resolve_source(source, root)

@@ -9,10 +9,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
-from timm.optim import param_groups_layer_decay
+from timm.layers import Format
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from semmae.errors import ConfigError
 from semmae.models.encoder import ViTEncoder
@@ -80,33 +78,29 @@ class Segmenter(nn.Module):
         unused = [encoder.norm, *encoder.blocks[blocks[-1]:]]
         for module in unused:
             module.requires_grad_(False)
+        # timm's dynamic_img_size, as its constructor sets it: any H, W divisible by the patch size, the position
+        # embeddings resampled (bicubic) when the grid differs from the encoder's
+        encoder.dynamic_img_size = True
+        encoder.patch_embed.strict_img_size = False
+        encoder.patch_embed.flatten = False
+        encoder.patch_embed.output_fmt = Format.NHWC
 
     @property
     def patch_size(self) -> tuple[int, int]:
         return tuple(self.encoder.patch_embed.patch_size)
 
     def block_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Patch tokens after each of out_blocks as maps [B, D, H/p, W/p]. Any H, W divisible by the patch size: the
-        position embeddings are resampled (bicubic, timm's helper) when the grid differs from the encoder's."""
-        enc = self.encoder
+        """Patch tokens after each of out_blocks as maps [B, D, H/p, W/p] (timm's forward_intermediates, which stops
+        at the last tapped block). Any H, W divisible by the patch size."""
         ph, pw = self.patch_size
-        b, _, height, width = images.shape
+        height, width = images.shape[-2:]
         if height % ph or width % pw:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}")
-        grid = (height // ph, width // pw)
-        x = enc.patch_embed.proj(images).flatten(2).transpose(1, 2)
-        x = enc.patch_embed.norm(x)
-        pos = enc.pos_embed
-        if grid != tuple(enc.grid_size):
-            pos = resample_abs_pos_embed(pos, list(grid), old_size=list(enc.grid_size), num_prefix_tokens=1)
-        cls = (enc.cls_token + pos[:, :1]).expand(b, -1, -1)
-        x = enc.norm_pre(enc.pos_drop(torch.cat([cls, x + pos[:, 1:]], dim=1)))
-        taps = {}
-        for i, block in enumerate(enc.blocks[: self.out_blocks[-1]]):
-            x = checkpoint(block, x, use_reentrant=False) if enc.grad_checkpointing and self.training else block(x)
-            if i + 1 in self.out_blocks:
-                taps[i + 1] = x[:, 1:].transpose(1, 2).reshape(b, -1, *grid)
-        return [taps[n] for n in self.out_blocks]  # a shallow encoder may feed one block to several levels
+        taps = sorted(set(self.out_blocks))
+        maps = self.encoder.forward_intermediates(images, indices=[b - 1 for b in taps], stop_early=True,
+                                                  intermediates_only=True)
+        by_block = dict(zip(taps, maps))
+        return [by_block[b] for b in self.out_blocks]  # a shallow encoder may feed one block to several levels
 
     def pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The feature pyramid, finest level first (for patch 16: strides 4, 8, 16, 32)."""
@@ -128,7 +122,7 @@ class Segmenter(nn.Module):
         logits = resize(self.forward(padded)["out"], padded.shape[-2:])
         return logits[..., :height, :width]
 
-    # --- optimisation -------------------------------------------------------------------------------------------
+    # --- layer-wise lr decay (semmae.optim.layer_decay_groups reads these, as timm's models provide them) -----
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layer ids for layer-wise lr decay (timm's convention): embeddings 0, block i -> i + 1; everything else
         (neck, heads) falls in the last group and keeps the full lr."""
@@ -137,12 +131,9 @@ class Segmenter(nn.Module):
             blocks=[(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))],
         )
 
-    def param_groups(self, weight_decay: float, layer_decay: float) -> list[dict]:
-        """AdamW groups with an "lr_scale" each: layer_decay ** (depth + 1 - layer id) for the encoder, 1 for the
-        neck and heads; no weight decay on 1-D parameters, the CLS token and position embeddings."""
-        skip = [f"encoder.{n}" for n in self.encoder.no_weight_decay()]
-        return param_groups_layer_decay(self, weight_decay=weight_decay, no_weight_decay_list=skip,
-                                        layer_decay=layer_decay)
+    def no_weight_decay(self) -> set[str]:
+        """No weight decay on the encoder's CLS token and position embeddings (nor, by the rule, on 1-D parameters)."""
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
 
 
 def sliding_windows(size: int, window: int, stride: int) -> list[int]:

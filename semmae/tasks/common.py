@@ -1,21 +1,18 @@
-"""What the evaluation tasks share: effective batch and steps per epoch from the trainer, the per-step warmup +
-cosine lr schedule, top-1 / top-5 accuracy metrics, and the un-padded part of an evaluation batch."""
+"""What the tasks share below their base class (semmae.tasks.base): effective batch and steps per epoch from the
+trainer, the check of a settings node, top-1 / top-5 accuracy metrics, and the un-padded part of an evaluation
+batch."""
 
 from __future__ import annotations
 
 import difflib
 import math
-from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 import torchmetrics
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from semmae.errors import ConfigError
-from semmae.optim import warmup_cosine
 
 
 def effective_batch(trainer, batch_size: int) -> int:
@@ -30,16 +27,6 @@ def steps_per_epoch(trainer) -> int:
     if batches == float("inf"):
         return max(1, math.ceil(total / max(1, trainer.max_epochs or 1)))
     return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-
-
-def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, trainer, warmup_epochs: float, peak_lr: float,
-                            min_lr: float) -> dict[str, Any]:
-    """Per-step linear warmup then cosine to min_lr, for every group alike (a group's own lr scale is kept)."""
-    total = max(1, int(trainer.estimated_stepping_batches))
-    warmup = int(round(warmup_epochs * steps_per_epoch(trainer)))
-    min_ratio = min_lr / peak_lr if peak_lr > 0 else 0.0
-    sched = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, min_ratio))
-    return {"scheduler": sched, "interval": "step"}
 
 
 POSITIVE = ("blr", "lr")  # learning rates
@@ -70,14 +57,6 @@ def settings(group: str, defaults: Mapping[str, Any], given: Mapping[str, Any] |
     return out
 
 
-def checkpoint_record(task: nn.Module, encoder: nn.Module, kind: str, **extra: Any) -> dict[str, Any]:
-    """checkpoint["semmae"] of any task: its kind, the encoder's geometry, and the key prefix under which the
-    encoder's weights sit in the task's state dict, so that every checkpoint the project writes loads as an encoder
-    by one rule (semmae.models.checkpoints)."""
-    prefix = next(name for name, module in task.named_modules() if module is encoder)
-    return {"kind": kind, "encoder_prefix": f"{prefix}." if prefix else "", "model": dict(encoder.config), **extra}
-
-
 def accuracy_metrics(num_classes: int) -> nn.ModuleDict:
     """top1, and top5 where there are at least 5 classes."""
     metrics = {"top1": torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=1)}
@@ -92,29 +71,3 @@ def valid_part(batch: Mapping[str, Any], *tensors: torch.Tensor) -> tuple[torch.
     if valid is None or bool(valid.all()):
         return tensors
     return tuple(t[valid] for t in tensors)
-
-
-class ClassifierEvaluation(ABC):
-    """Validation and test steps of a classification LightningModule: cross-entropy and top-1 / top-5 over the
-    un-padded samples, reduced at epoch end. The module provides eval_logits(batch) and the attributes val_loss,
-    test_loss (MeanMetric) and val_metrics, test_metrics (accuracy_metrics)."""
-
-    @abstractmethod
-    def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Logits [B, classes] of an evaluation batch."""
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        logits, labels = valid_part(batch, self.eval_logits(batch), batch["label"])
-        losses = self.val_loss if stage == "val" else self.test_loss
-        losses.update(F.cross_entropy(logits, labels), weight=labels.shape[0])
-        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        for name, metric in metrics.items():
-            metric.update(logits, labels)
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "top1")
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")

@@ -1,13 +1,12 @@
 """Fine-tuning as a LightningModule (MAE's recipe): the whole encoder trained with a new head on the global average
-of the patch tokens after fc_norm, drop path, layer-wise lr decay, AdamW with the lr scaling rule, per-step warmup +
-cosine; Mixup / CutMix with label smoothing (timm), soft-target cross-entropy; top-1 / top-5. Weight EMA is a
-callback (callbacks/ema.yaml)."""
+of the patch tokens after fc_norm, drop path, the optimiser of model.optim (conf/optim/adamw_layer_decay.yaml: AdamW,
+lr scaling rule, per-step warmup + cosine) over layer-wise lr decay groups; Mixup / CutMix with label smoothing
+(timm), soft-target cross-entropy; top-1 / top-5. Weight EMA is a callback (callbacks/ema.yaml)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
@@ -17,17 +16,9 @@ from timm.loss import SoftTargetCrossEntropy
 from semmae.errors import ConfigError
 from semmae.models.checkpoints import head_layout
 from semmae.models.encoder import ViTEncoder
-from semmae.optim import scaled_lr
-from semmae.optim.layer_decay import layer_decay_groups, with_lr
-from semmae.tasks.common import (
-    ClassifierEvaluation,
-    accuracy_metrics,
-    checkpoint_record,
-    effective_batch,
-    settings,
-    warmup_cosine_scheduler,
-)
-from semmae.tasks.pretrain import plain
+from semmae.optim.layer_decay import layer_decay_groups
+from semmae.tasks.base import ClassifierEvaluation, plain
+from semmae.tasks.common import settings
 
 
 def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mixup | None:
@@ -42,7 +33,11 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mi
                  label_smoothing=cfg.get("label_smoothing", 0.1), num_classes=num_classes)
 
 
-class FinetuneTask(ClassifierEvaluation, L.LightningModule):
+class FinetuneTask(ClassifierEvaluation):
+    kind = "finetune"
+    optim_group = "adamw_layer_decay"
+    optim_keys = ("weight_decay", "layer_decay")
+
     def __init__(
         self,
         encoder: ViTEncoder,
@@ -52,27 +47,19 @@ class FinetuneTask(ClassifierEvaluation, L.LightningModule):
         mixup: Mapping[str, Any] | None = None,
         head_init_std: float | None = 2.0e-5,
     ):
-        super().__init__()
-        optim, mixup = plain(optim) or {}, plain(mixup) or {}  # plain containers: checkpoints load with weights_only
         if encoder.num_classes != num_classes:
             raise ConfigError(f"the encoder was built with {encoder.num_classes} classes, the dataset has {num_classes}")
+        super().__init__(num_classes, optim, batch_size)
+        mixup = plain(mixup) or {}  # plain containers: checkpoints load with weights_only
         self.encoder = encoder
         if head_init_std is not None:  # MAE: a near-zero head, so fine-tuning starts from the pretrained features
             torch.nn.init.trunc_normal_(encoder.head.weight, std=head_init_std)
             torch.nn.init.zeros_(encoder.head.bias)
-        self.batch_size = int(batch_size)
-        self.optim_cfg = settings("model.optim", {"blr": 5e-4, "layer_decay": 0.65, "weight_decay": 0.05,
-                                                  "betas": (0.9, 0.999), "warmup_epochs": 5, "min_lr": 1e-6,
-                                                  "fused": "auto"}, optim)
         self.mixup_cfg = settings("model.mixup", {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0,
                                                   "switch_prob": 0.5, "label_smoothing": 0.1}, mixup)
         self.mixup = build_mixup(self.mixup_cfg, num_classes, self.batch_size)
         self.soft_ce = SoftTargetCrossEntropy()
         self.train_loss = torchmetrics.MeanMetric()
-        self.val_loss = torchmetrics.MeanMetric()
-        self.test_loss = torchmetrics.MeanMetric()
-        self.val_metrics = accuracy_metrics(num_classes)
-        self.test_metrics = accuracy_metrics(num_classes)
         self.save_hyperparameters(ignore=["encoder"])
         self.hparams["encoder"] = {**encoder.config, **head_layout(encoder)}
 
@@ -96,16 +83,9 @@ class FinetuneTask(ClassifierEvaluation, L.LightningModule):
     def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(batch["image"])
 
-    def configure_optimizers(self):
-        cfg = self.optim_cfg
-        lr = scaled_lr(cfg["blr"], effective_batch(self.trainer, self.batch_size))
-        fused = self.device.type == "cuda" if cfg["fused"] == "auto" else bool(cfg["fused"])
-        groups = with_lr(layer_decay_groups(self.encoder, cfg["weight_decay"], cfg["layer_decay"]), lr)
-        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), fused=fused)
-        self.hparams["lr"] = lr
-        self.hparams["effective_batch"] = effective_batch(self.trainer, self.batch_size)
-        return {"optimizer": opt,
-                "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, cfg["warmup_epochs"], lr, cfg["min_lr"])}
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Layer-wise lr decay (model.optim.layer_decay): the head at the peak lr, block i at decay^(depth - i) of it."""
+        return layer_decay_groups(self.encoder, self.optim_cfg["weight_decay"], self.optim_cfg["layer_decay"])
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = checkpoint_record(self, self.encoder, "finetune", head=head_layout(self.encoder))
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"head": head_layout(self.encoder)}

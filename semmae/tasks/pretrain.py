@@ -1,48 +1,29 @@
 """MAE pretraining as a LightningModule: masking strategy -> encoder on visible patches -> decoder -> loss on
-hidden patches; AdamW with the lr scaling rule, per-step warmup + cosine; an online linear probe."""
+hidden patches; the optimiser of model.optim (conf/optim/adamw_mae_pretrain.yaml: AdamW, lr scaling rule, per-step
+warmup + cosine) over weight-decay groups, and an online linear probe that is one more group of it."""
 
 from __future__ import annotations
 
-import functools
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.optim.lr_scheduler import LambdaLR
 
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 from semmae.masking.base import Mask, MaskingStrategy
+from semmae.masking.generator import StepGenerator, mix_seed
+from semmae.models.heads import ProbeHead
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
-from semmae.optim import scaled_lr, warmup_cosine, weight_decay_groups
-from semmae.tasks.common import checkpoint_record, effective_batch, settings, steps_per_epoch
-from semmae.tasks.online_probe import OnlineProbe
-from semmae.tasks.seeding import StepGenerator, mix_seed
+from semmae.optim import weight_decay_groups
+from semmae.optim.schedule import WarmupDecay
+from semmae.tasks.base import TaskBase, plain
+from semmae.tasks.common import settings
 
 # on_before_batch_transfer below only seeds the augmentation; the datamodule's own batch hooks still run.
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def plain(node: Any) -> Any:
-    """OmegaConf containers -> Python dicts/lists (Hydra passes DictConfig; checkpoints should hold plain data)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 VAL_STREAM = 1  # generator stream ids: validation masks are fixed across epochs, training masks are not
@@ -51,7 +32,11 @@ AUGMENT_STREAM = 3  # the resident training batches' augmentation (semmae-masks 
 TRAIN_METRICS = ("train_loss", "train_probe_acc")  # epoch means that a mid-epoch checkpoint carries
 
 
-class PretrainTask(L.LightningModule):
+class PretrainTask(TaskBase):
+    kind = "pretrain"
+    optim_group = "adamw_mae_pretrain"
+    optim_keys = ("weight_decay", "decay_tokens")
+
     def __init__(
         self,
         mae: MaskedAutoencoder,
@@ -63,18 +48,15 @@ class PretrainTask(L.LightningModule):
         seed: int = 0,
         compile: bool | str = "auto",
     ):
-        super().__init__()
-        optim, probe = plain(optim) or {}, plain(probe) or {}  # plain containers: checkpoints load with weights_only
+        super().__init__(optim, batch_size)
+        probe = plain(probe) or {}  # plain containers: checkpoints load with weights_only
         self.mae = mae
         self.masking = masking
         masking.check(mae.grid_size)  # e.g. a ratio that keeps no patch, more regions than patches
-        self.batch_size = int(batch_size)
-        self.optim_cfg = settings("model.optim", {
-            "blr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_epochs": 1.0,
-            "min_lr": 0.0, "fused": "auto", "decay_tokens": True}, optim)
         self.probe_cfg = settings("model.probe", {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto"},
                                   probe)
-        self.probe = OnlineProbe(mae.encoder.embed_dim, num_classes) if self.probe_cfg["enabled"] else None
+        # the online probe (solo-learn's idea): ProbeHead on the detached CLS feature of the full, unmasked image
+        self.probe = ProbeHead(mae.encoder.embed_dim, num_classes) if self.probe_cfg["enabled"] else None
         self.generators = StepGenerator(seed)
         self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
         self.val_loss = torchmetrics.MeanMetric(nan_strategy="disable")
@@ -86,8 +68,6 @@ class PretrainTask(L.LightningModule):
         self.compile_model = compile
         self.train_forward = self.mae.forward  # replaced by a compiled version in configure_model if asked
         self.probe_encoder = self.mae.encoder.forward_cls
-        self.probe_optimizer: torch.optim.Optimizer | None = None
-        self._probe_opt_state: dict | None = None
         self.save_hyperparameters(ignore=["mae", "masking"])
         self.hparams["masking"] = repr(masking)
         self.hparams["model"] = dict(mae.config)
@@ -132,12 +112,10 @@ class PretrainTask(L.LightningModule):
         return self.masking(images, self.mae.grid_size, gen, batch)
 
     def probe_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Detached CLS features of full images. The probe only reads them, so on a CPU with native bf16 the
-        forward runs in bf16 (about 1.7x faster); on GPU the trainer's bf16 autocast already applies."""
-        bf16 = self.probe_cfg["bf16"]
-        if bf16 == "auto":
-            bf16 = self.device.type == "cpu" and cpu_has_native_bf16()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(bf16)):
+        """CLS features of full images, detached (no_grad) and float32: the probe only reads them, so the forward may
+        run in bf16 (model.probe.bf16, the base's policy)."""
+        bf16 = self.bf16_enabled(self.probe_cfg["bf16"])
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             encode = self.probe_encoder if self.training else self.mae.encoder.forward_cls
             return encode(images).float()
 
@@ -178,53 +156,30 @@ class PretrainTask(L.LightningModule):
             self.log("val/online_probe_acc", self.val_probe_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     # --- optimisation -----------------------------------------------------------------------------------------
-    def effective_batch(self) -> int:
-        return effective_batch(self.trainer, self.batch_size)
-
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The MAE's weight-decay groups, then the online probe's: its own lr (model.probe.lr) and schedule (no
+        warmup, cosine to 5%: it settles as the features settle), no weight decay, AdamW's default betas, and no
+        gradient clipping (trainer.gradient_clip_val clips the MAE's gradients only)."""
         cfg = self.optim_cfg
-        lr = scaled_lr(cfg["blr"], self.effective_batch())
-        fused = cfg["fused"]
-        if fused == "auto":
-            fused = self.device.type == "cuda"
         groups = weight_decay_groups(self.mae, cfg["weight_decay"], decay_tokens=bool(cfg["decay_tokens"]))
-        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), fused=bool(fused))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch(self.trainer)))
-        min_ratio = cfg["min_lr"] / lr if lr > 0 else 0.0
-        sched = LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
-        self.hparams["lr"] = lr
-        self.hparams["effective_batch"] = self.effective_batch()
         if self.probe is not None:
-            self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.probe_cfg["lr"], weight_decay=0.0)
-            if self._probe_opt_state is not None:
-                self.probe_optimizer.load_state_dict(self._probe_opt_state)
-            self.probe_schedule = lambda s: warmup_cosine(s, 0, total, 0.05)  # settles as the features settle
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.probe_optimizer is not None:
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-            if scaler is not None:  # fp16: the probe's gradients carry the loss scale too
-                for p in self.probe.parameters():
-                    if p.grad is not None:
-                        p.grad.div_(scaler.get_scale())
-            for group in self.probe_optimizer.param_groups:
-                group["lr"] = self.probe_cfg["lr"] * self.probe_schedule(self.global_step)
-            self.probe_optimizer.step()
-            self.probe_optimizer.zero_grad(set_to_none=True)
+            groups.append({"params": list(self.probe.parameters()), "lr": self.probe_cfg["lr"], "weight_decay": 0.0,
+                           "betas": (0.9, 0.999), "clip": False,
+                           "schedule": WarmupDecay(self.total_steps(), warmup_steps=0, min_ratio=0.05)})
+        return groups
 
     # --- checkpoints ------------------------------------------------------------------------------------------
+    def checkpoint_encoder(self) -> torch.nn.Module:
+        return self.mae.encoder
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"model": dict(self.mae.config), "masking": repr(self.masking)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = checkpoint_record(self, self.mae.encoder, "pretrain", model=dict(self.mae.config),
-                                                 masking=repr(self.masking))
-        if self.probe_optimizer is not None:
-            checkpoint["probe_optimizer"] = self.probe_optimizer.state_dict()
+        super().on_save_checkpoint(checkpoint)
         checkpoint["train_metrics"] = {n: {k: v.clone() for k, v in getattr(self, n).metric_state.items()}
                                        for n in TRAIN_METRICS}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._probe_opt_state = checkpoint.get("probe_optimizer")
         for name, state in checkpoint.get("train_metrics", {}).items():  # reset again if a new epoch starts
             getattr(self, name).load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=False)

@@ -1,6 +1,7 @@
 """Semantic segmentation as a LightningModule: a Segmenter (ViT encoder + pyramid + UperNet, semmae.models.segmenter)
-trained with pixel cross-entropy (ignore_index 255; + the auxiliary head's, weighted), AdamW with layer-wise lr
-decay, per-step warmup then poly or cosine decay; evaluated by whole-image or sliding-window inference into a
+trained with pixel cross-entropy (ignore_index 255; + the auxiliary head's, weighted), the optimiser of model.optim
+(conf/optim/adamw_segment.yaml: AdamW at an absolute lr, per-step warmup then poly or cosine decay) over layer-wise lr
+decay groups; evaluated by whole-image or sliding-window inference into a
 confusion matrix -> mIoU, pixel accuracy, per-class IoU."""
 
 from __future__ import annotations
@@ -8,23 +9,19 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semmae.errors import ConfigError
 from semmae.models.encoder import ViTEncoder
 from semmae.models.segmenter import Segmenter, slide_inference
 from semmae.models.upernet import resize
-from semmae.optim import warmup_cosine, warmup_poly
-from semmae.tasks.common import checkpoint_record, settings, steps_per_epoch
-from semmae.tasks.pretrain import plain
+from semmae.optim.layer_decay import layer_decay_groups
+from semmae.tasks.base import TaskBase, plain
+from semmae.tasks.common import settings
 from semmae.tasks.seg_metrics import segmentation_scores
-
-SCHEDULES = {"poly", "cosine"}
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, int]:
@@ -36,7 +33,12 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index
     return total / max(n, 1), n
 
 
-class SegmentTask(L.LightningModule):
+class SegmentTask(TaskBase):
+    kind = "segment"
+    optim_group = "adamw_segment"
+    lr_key = "lr"  # the peak lr as given: not scaled with the batch
+    optim_keys = ("weight_decay", "layer_decay")
+
     def __init__(
         self,
         segmenter: Segmenter,
@@ -46,15 +48,10 @@ class SegmentTask(L.LightningModule):
         loss: Mapping[str, Any] | None = None,
         inference: Mapping[str, Any] | None = None,
     ):
-        super().__init__()
-        optim, loss, inference = plain(optim) or {}, plain(loss) or {}, plain(inference) or {}
+        super().__init__(optim)
+        loss, inference = plain(loss) or {}, plain(inference) or {}
         self.segmenter = segmenter
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.optim_cfg = settings("model.optim", {
-            "lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "layer_decay": 0.65, "schedule": "poly",
-            "power": 1.0, "warmup_steps": None, "warmup_epochs": 0.0, "min_lr": 0.0, "fused": "auto"}, optim)
-        if self.optim_cfg["schedule"] not in SCHEDULES:
-            raise ConfigError(f"model.optim.schedule={self.optim_cfg['schedule']}: choose one of {sorted(SCHEDULES)}")
         self.loss_cfg = settings("model.loss", {"aux_weight": 0.4}, loss)
         self.inference_cfg = settings("model.inference", {"mode": "whole", "window": None, "stride": None}, inference)
         if self.inference_cfg["mode"] not in ("whole", "slide"):
@@ -140,32 +137,11 @@ class SegmentTask(L.LightningModule):
             return list(names)
         return [str(i) for i in range(self.num_classes)]
 
-    # --- optimisation -----------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        cfg = self.optim_cfg
-        lr = float(cfg["lr"])
-        groups = self.segmenter.param_groups(cfg["weight_decay"], cfg["layer_decay"])
-        for group in groups:
-            group["lr"] = lr * group["lr_scale"]
-        fused = cfg["fused"]
-        if fused == "auto":
-            fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), fused=bool(fused))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if cfg["warmup_steps"] is not None:
-            warmup = int(cfg["warmup_steps"])
-        else:
-            warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch(self.trainer)))
-        min_ratio = cfg["min_lr"] / lr if lr > 0 else 0.0
-        if cfg["schedule"] == "poly":
-            power = float(cfg["power"])
-            fn = lambda s: warmup_poly(s, warmup, total, power, min_ratio)  # noqa: E731
-        else:
-            fn = lambda s: warmup_cosine(s, warmup, total, min_ratio)  # noqa: E731
-        self.hparams["warmup_steps_resolved"], self.hparams["total_steps"] = warmup, total
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, fn), "interval": "step"}}
+    # --- optimisation and checkpoints ---------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Layer-wise lr decay over the segmenter: the neck and heads at the peak lr, encoder block i at
+        layer_decay ** (depth + 1 - i) of it, the embeddings at layer_decay ** (depth + 1)."""
+        return layer_decay_groups(self.segmenter, self.optim_cfg["weight_decay"], self.optim_cfg["layer_decay"])
 
-    # --- checkpoints ------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semmae"] = checkpoint_record(self, self.encoder, "segment", num_classes=self.num_classes,
-                                                 encoder_source=getattr(self.encoder, "source", None))
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "encoder_source": getattr(self.encoder, "source", None)}

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from semmae.analyze import latest_checkpoint, run
+from semmae.analyze import RANDOM, build_encoder, run, sources
 from semmae.errors import ConfigError
+from semmae.models.checkpoints import find_latest, random_encoder
 from semmae.models.mae import MaskedAutoencoder
 from tests.conftest import REPO
 
@@ -68,12 +69,12 @@ def test_checkpoint_and_random_side_by_side(compose_cfg, fmnist_root, tmp_path):
 
 def test_latest_picks_the_newest_checkpoint_or_says_how_to_get_one(tmp_path):
     with pytest.raises(ConfigError, match="make pretrain"):
-        latest_checkpoint(tmp_path, "outputs/pretrain/*/checkpoints/last.ckpt")
+        find_latest(tmp_path, "outputs/pretrain/*/checkpoints/last.ckpt")
     old = write_checkpoint(tmp_path / "outputs" / "pretrain" / "a" / "checkpoints" / "last.ckpt")
     new = write_checkpoint(tmp_path / "outputs" / "pretrain" / "b" / "checkpoints" / "last.ckpt")
     os.utime(old, (2e9, 2e9))
     os.utime(new, (1e9, 1e9))
-    assert latest_checkpoint(tmp_path, "outputs/pretrain/*/checkpoints/last.ckpt") == str(old)
+    assert str(find_latest(tmp_path, "outputs/pretrain/*/checkpoints/last.ckpt")) == str(old)
 
 
 def test_cli_without_checkpoints_fails_with_one_line(tmp_path):
@@ -83,3 +84,41 @@ def test_cli_without_checkpoints_fails_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("semmae-analyze: error: ckpt=latest: no checkpoint"), proc.stderr
+
+
+def test_latest_glob_can_name_any_tasks_checkpoints(compose_cfg, tmp_path):
+    ckpt = write_checkpoint(tmp_path / "outputs" / "finetune" / "r1" / "checkpoints" / "last.ckpt")
+    cfg = compose_cfg("analyze", [f"paths.root_dir={tmp_path}", "latest_glob=outputs/finetune/*/checkpoints/last.ckpt"])
+    assert sources(cfg) == [str(ckpt)]
+    cfg = compose_cfg("analyze", [f"paths.root_dir={tmp_path}"])  # the default: pretraining runs only
+    with pytest.raises(ConfigError, match="no checkpoint matches .*outputs/pretrain"):
+        sources(cfg)
+
+
+@pytest.mark.parametrize("spelling", ["ckpt=random", "ckpt=null", "ckpt=[random]", "ckpt=[null]"])
+def test_random_encoder_is_the_one_every_task_builds(compose_cfg, spelling):
+    """ckpt=random and ckpt=null are one source, built by semmae.models.checkpoints.random_encoder: MAE's
+    initialisation, seeded by cfg.seed, the same weights as analyze built before it used the shared builder."""
+    cfg = compose_cfg("analyze", [spelling, "seed=3"])
+    assert sources(cfg) == [RANDOM]
+    enc = build_encoder(cfg, RANDOM)
+    assert enc.source is None
+    torch.manual_seed(123)  # the global state does not matter: the encoder is seeded by cfg.seed
+    again = build_encoder(cfg, RANDOM).state_dict()
+    shared = random_encoder(dict(cfg.backbone), seed=3, img_size=32, in_chans=cfg.dataset.channels).state_dict()
+    b = cfg.backbone
+    torch.manual_seed(3)  # what analyze built before (its own copy of the recipe)
+    before = MaskedAutoencoder(img_size=b.img_size, patch_size=b.patch_size, in_chans=cfg.dataset.channels,
+                               embed_dim=b.embed_dim, depth=b.depth, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio,
+                               decoder_embed_dim=b.decoder_embed_dim, decoder_depth=b.decoder_depth,
+                               decoder_num_heads=b.decoder_num_heads).encoder.state_dict()
+    state = enc.state_dict()
+    assert state.keys() == shared.keys() == before.keys() == again.keys()
+    for k in state:
+        assert torch.equal(state[k], shared[k]) and torch.equal(state[k], before[k]) and torch.equal(state[k], again[k]), k
+
+
+def test_ckpt_file_without_a_timm_source_is_refused(compose_cfg, tmp_path):
+    cfg = compose_cfg("analyze", ["ckpt=random", f"ckpt_file={tmp_path / 'w.safetensors'}"])
+    with pytest.raises(ConfigError, match="only used with ckpt=timm"):
+        sources(cfg)

@@ -4,7 +4,7 @@ import torch
 
 from semmae.analysis import ArtifactSettings, measure
 from semmae.analysis.metrics import METRICS
-from semmae.analysis.report import artifacts_markdown, comparison_markdown
+from semmae.analysis.tables import artifacts_markdown, comparison_markdown
 from semmae.models.encoder import ViTEncoder
 
 

@@ -16,7 +16,7 @@ from semmae.masking import (
     SemanticMasking,
 )
 from semmae.masking.base import num_keep
-from semmae.tasks.seeding import StepGenerator
+from semmae.masking.generator import StepGenerator
 from tests.masking.helpers import smooth_images
 
 GRID_RATIOS = (0.75, 1 - 1 / 9, 1 - 1 / 16)

@@ -235,3 +235,21 @@ def test_the_backbone_supplies_the_head_count_of_its_width(tmp_path):
     assert encoder.config["num_heads"] == 4
     with pytest.raises(CheckpointError, match="num_heads"):  # a backbone of another width says nothing about it
         build_encoder(str(path), backbone={**backbone, "embed_dim": 192, "num_heads": 3})
+
+
+def test_random_is_an_alias_of_null_and_latest_takes_any_pattern(tmp_path, mae):
+    from semmae.models.sources import resolve_source
+
+    backbone = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
+                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    assert [resolve_source(s) for s in (None, "random", "Random", "null")] == [None] * 4
+    a, b = (build_encoder(s, backbone=backbone, seed=7, in_chans=1) for s in (None, "random"))
+    assert a.source is None and b.source is None
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    ckpt = tmp_path / "outputs" / "segment" / "r" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    write_pretrain_ckpt(ckpt, mae)
+    with pytest.raises(CheckpointError, match="no pretraining checkpoint"):  # the default: pretraining runs
+        find_latest(tmp_path)
+    assert find_latest(tmp_path, "outputs/*/*/checkpoints/last.ckpt") == ckpt
+    assert resolve_source("latest", tmp_path, "outputs/segment/*/checkpoints/last.ckpt") == str(ckpt)

@@ -8,6 +8,7 @@ from torch import nn
 from semmae.errors import ConfigError
 from semmae.models.encoder import ViTEncoder
 from semmae.models.segmenter import Segmenter, evenly_spaced_blocks, slide_inference, sliding_windows
+from semmae.optim.layer_decay import layer_decay_groups
 from semmae.tasks.segment import pixel_cross_entropy
 
 
@@ -42,7 +43,7 @@ def test_pyramid_shapes(img_size, patch_size, strides):
 
 
 def test_block_features_are_the_tapped_blocks_outputs():
-    """Our token loop gives what timm's forward_intermediates gives for the same (0-based) blocks."""
+    """The pyramid's inputs are what timm's forward_intermediates gives for the same (0-based) blocks."""
     seg = make(depth=6).eval()
     x = torch.randn(2, 1, 32, 32)
     ours = seg.block_features(x)
@@ -50,6 +51,53 @@ def test_block_features_are_the_tapped_blocks_outputs():
     assert len(ours) == 4
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def reference_block_features(seg: Segmenter, images: torch.Tensor) -> list[torch.Tensor]:
+    """The token loop the segmenter used before it called timm's forward_intermediates (kept here as the reference)."""
+    from timm.layers import resample_abs_pos_embed
+
+    enc = seg.encoder
+    ph, pw = seg.patch_size
+    b, _, height, width = images.shape
+    grid = (height // ph, width // pw)
+    x = enc.patch_embed.norm(enc.patch_embed.proj(images).flatten(2).transpose(1, 2))
+    pos = enc.pos_embed
+    if grid != tuple(enc.grid_size):
+        pos = resample_abs_pos_embed(pos, list(grid), old_size=list(enc.grid_size), num_prefix_tokens=1)
+    cls = (enc.cls_token + pos[:, :1]).expand(b, -1, -1)
+    x = enc.norm_pre(enc.pos_drop(torch.cat([cls, x + pos[:, 1:]], dim=1)))
+    taps = {}
+    for i, block in enumerate(enc.blocks[: seg.out_blocks[-1]]):
+        x = block(x)
+        if i + 1 in seg.out_blocks:
+            taps[i + 1] = x[:, 1:].transpose(1, 2).reshape(b, -1, *grid)
+    return [taps[n] for n in seg.out_blocks]
+
+
+@pytest.mark.parametrize("out_blocks,size", [("auto", (32, 32)), ("auto", (48, 64)), ([1, 1, 2, 2], (32, 32))],
+                         ids=["native-grid", "resampled-grid", "repeated-blocks"])
+def test_forward_intermediates_give_the_old_token_loops_features(out_blocks, size):
+    """timm's forward_intermediates (the segmenter's path) equals the hand-written loop it replaced: at the encoder's
+    own grid, at another grid (position embeddings resampled), and with one block feeding several levels; and the
+    blocks after the last tapped one do not run."""
+    seg = make(depth=6, out_blocks=out_blocks).eval()
+    x = torch.randn(2, 1, *size)
+    ran = []
+    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, blk in enumerate(seg.encoder.blocks)]
+    with torch.no_grad():
+        ours = seg.block_features(x)
+    for h in hooks:
+        h.remove()
+    assert max(ran) == seg.out_blocks[-1] - 1  # stopped early
+    with torch.no_grad():
+        ref = reference_block_features(seg, x)
+    assert len(ours) == len(ref) == 4
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape == (2, 32, size[0] // 4, size[1] // 4)
+        assert torch.equal(a, b)  # the same operations on the same values: bit for bit
+    # and the encoder still runs the way MAE pretraining and the probes run it
+    seg.encoder.forward_features(torch.randn(1, 1, 32, 32))
 
 
 def test_any_input_size_is_predicted_at_its_own_size():
@@ -89,7 +137,7 @@ def test_slide_averages_overlapping_windows_back_to_the_whole_image_for_a_pixelw
 
 def test_layer_decay_groups():
     seg = make(depth=6)
-    groups = seg.param_groups(weight_decay=0.05, layer_decay=0.5)
+    groups = layer_decay_groups(seg, weight_decay=0.05, layer_decay=0.5)
     scale = {n: g["lr_scale"] for g in groups for n, p in seg.named_parameters() if any(p is q for q in g["params"])}
     decay = {n: g["weight_decay"] for g in groups for n, p in seg.named_parameters()
              if any(p is q for q in g["params"])}
@@ -125,7 +173,7 @@ def test_a_few_steps_fit_a_batch():
     images = (labels[:, None].float() / 4 - 0.5) + 0.05 * torch.randn(8, 1, 32, 32)
     labels[0, :2, :2] = 255  # some ignored pixels
     seg = make(num_classes=5).train()
-    groups = seg.param_groups(weight_decay=0.05, layer_decay=0.75)
+    groups = layer_decay_groups(seg, weight_decay=0.05, layer_decay=0.75)
     for g in groups:
         g["lr"] = 3e-3 * g["lr_scale"]
     opt = torch.optim.AdamW(groups)

@@ -34,7 +34,7 @@ class CaptureOptimizerState(L.Callback):
         self.step = trainer.global_step
         self.state = {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state_dict()["state"].items()}
         self.lr = opt.param_groups[0]["lr"]
-        self.probe = {k: {n: t.clone() for n, t in v.items()} for k, v in pl_module.probe_optimizer.state_dict()["state"].items()}
+        self.probe_lr = opt.param_groups[-1]["lr"]  # the online probe: the last group of the one optimiser
 
 
 def test_save_and_resume_continue_at_same_step_with_same_optimizer_state(compose_cfg, fmnist_root, tmp_path):
@@ -60,8 +60,11 @@ def test_save_and_resume_continue_at_same_step_with_same_optimizer_state(compose
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(saved[k][name], capture.state[k][name])
     assert capture.lr == pytest.approx(ckpt["optimizer_states"][0]["param_groups"][0]["lr"])
-    for k, v in ckpt["probe_optimizer"]["state"].items():
-        assert torch.equal(v["exp_avg"], capture.probe[k]["exp_avg"])
+    probe_group = ckpt["optimizer_states"][0]["param_groups"][-1]
+    assert probe_group["clip"] is False and probe_group["params"]  # the probe's state is restored with the rest
+    for k in probe_group["params"]:
+        assert torch.equal(saved[k]["exp_avg"], capture.state[k]["exp_avg"])
+    assert capture.probe_lr == pytest.approx(probe_group["lr"])
     resumed = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
 
@@ -80,7 +83,7 @@ def test_training_reduces_loss(compose_cfg, fmnist_root, tmp_path):
 
 def test_masks_are_reproducible_and_differ_by_rank_and_step():
     from semmae.masking import RandomMasking
-    from semmae.tasks.seeding import StepGenerator
+    from semmae.masking.generator import StepGenerator
 
     gens, masking = StepGenerator(0), RandomMasking(0.75)
     x = torch.zeros(4, 1, 32, 32)
