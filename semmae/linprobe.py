@@ -1,49 +1,6 @@
-"""`semmae-linprobe` (also `python -m semmae.linprobe`): linear probe of a frozen encoder (ckpt=...).
-Seed -> datamodule -> model -> callbacks -> loggers -> trainer -> (feature cache) -> fit -> test best -> report."""
+"""`python -m semmae.linprobe`: an alias of semmae.cli.linprobe, where the `semmae-linprobe` entry point lives."""
 
-from __future__ import annotations
-
-import time
-
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig
-
-from semmae.cli import hydra_entry
-from semmae.tasks.evaluation import report, resolve_ckpt, test_best
-from semmae.tasks.feature_cache import FeatureDataModule
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
-
-
-def run(cfg: DictConfig) -> dict[str, float]:
-    start = begin_run(cfg)
-    source = resolve_ckpt(cfg)
-    resume = check_ckpt_path(cfg.get("ckpt_path"))
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
-    model = instantiate(cfg.model)
-    check_resume(cfg, model, resume)
-    trainer, loggers = build_trainer(cfg)
-
-    cache = model.feature_cache
-    if cache == "auto":
-        cache = bool(getattr(datamodule, "in_memory", False))  # in-memory datasets
-    extract_s = None
-    if cache:
-        rank_zero_info("Feature cache: encoding the train and validation images once (no augmentation) ...")
-        t0 = time.time()
-        model.to(trainer.strategy.root_device)
-        datamodule = FeatureDataModule.from_images(datamodule, model.encode, model.device, cfg.seed)
-        extract_s = round(time.time() - t0, 1)
-        rank_zero_info(f"Feature cache: {len(datamodule.splits['train'][1])} + {len(datamodule.splits['val'][1])} "
-                       f"images encoded in {extract_s:.0f} s")
-    fit(trainer, model, datamodule, cfg, resume)
-    test_metrics, best = test_best(trainer, model, datamodule)
-    return report("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,
-                  {"feature_cache": bool(cache), "feature_extraction_s": extract_s})
-
-
-main = hydra_entry("linprobe", run)
+from semmae.cli.linprobe import main
 
 if __name__ == "__main__":
     main()

@@ -76,7 +76,7 @@ def test_the_artifact_settings_are_one_node_for_analyze_and_the_callback(compose
 
 @pytest.mark.parametrize("task", ["linprobe", "finetune", "segment"])
 def test_null_and_random_build_the_same_random_encoder(compose_cfg, task):
-    from semmae.analyze import RANDOM, build_encoder
+    from semmae.cli.analyze import RANDOM, build_encoder
     from semmae.models.sources import resolve_source
 
     states = []
@@ -96,7 +96,7 @@ def test_null_and_random_build_the_same_random_encoder(compose_cfg, task):
 
 def test_export_refuses_null_and_random_alike(compose_cfg):
     from semmae.errors import ConfigError
-    from semmae.export import run
+    from semmae.cli.export import run
 
     for spelling in ("null", "random"):
         with pytest.raises(ConfigError, match="semmae-export needs ckpt=PATH"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semmae.report import collect, main, report, series
+from semmae.cli.sweep_report import collect, main, report, series
 
 TARGETS = {"random": "semmae.masking.random.RandomMasking", "semantic": "semmae.masking.semantic.SemanticMasking"}
 

@@ -74,7 +74,7 @@ class MaskingStrategy(ABC):
     """Base class. Subclasses implement scores(); everything else is shared.
 
     A strategy that reads more than the images from the batch says so in data_needs(), and the entry point asks the
-    datamodule for those entries before training (semmae.pretrain), so a missing input fails before the first step."""
+    datamodule for those entries before training (semmae.cli.pretrain), so a missing input fails before the first step."""
 
     name = "base"
 

@@ -115,7 +115,7 @@ def _rank_zero() -> bool:
 
 class Refused(BaseException):
     """Carries the guard's ConfigError past Hydra, which turns an Exception raised in a callback into a warning;
-    the entry point (semmae.cli) reports the ConfigError it was raised from as one line, exit code 2."""
+    the entry point (semmae.cli.entry) reports the ConfigError it was raised from as one line, exit code 2."""
 
 
 class RunDirGuard(Callback):

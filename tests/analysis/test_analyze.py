@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semmae.analyze import RANDOM, build_encoder, run, sources
+from semmae.cli.analyze import RANDOM, build_encoder, run, sources
 from semmae.errors import ConfigError
 from semmae.models.checkpoints import find_latest, random_encoder
 from semmae.models.mae import MaskedAutoencoder

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semmae.callbacks.requeue import Requeued, RequeueOnSignal, StoppedBySignal
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from semmae.utils import slurm
 from tests.tasks.test_pretrain import TINY
 

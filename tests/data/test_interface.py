@@ -259,14 +259,14 @@ def test_finetune_augmentation_is_set_through_the_interface(roots):
 
 
 def test_masks_reads_the_evaluation_view():
-    from semmae.masks import validation_batch
+    from semmae.cli.masks import validation_batch
 
     batch = validation_batch(Toy(eval_batch_size=4), 6)
     assert pixel_ids([batch]) == list(range(6)) and batch["label"].tolist() == [i % 3 for i in range(6)]
 
 
 def test_analyze_reads_the_evaluation_view():
-    from semmae.analyze import ValImages
+    from semmae.cli.analyze import ValImages
 
     cfg = OmegaConf.create({"dataset": {"_target_": f"{__name__}.Toy"}, "batch_size": 4, "num_images": 9})
     batches = list(ValImages(cfg).batches(8, 3))
@@ -275,7 +275,7 @@ def test_analyze_reads_the_evaluation_view():
 
 
 def test_linprobe_asks_the_datamodule_whether_it_is_in_memory(compose_cfg, fmnist_root, monkeypatch):
-    from semmae.linprobe import run
+    from semmae.cli.linprobe import run
     from tests.tasks.test_linprobe import TINY
 
     monkeypatch.setattr(FashionMNISTDataModule, "in_memory", property(lambda self: False))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from semmae.errors import ConfigError
-from semmae.masks import run
+from semmae.cli.masks import run
 
 
 def test_figure_and_statistics_for_every_strategy(compose_cfg, fmnist_root):

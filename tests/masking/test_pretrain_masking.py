@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from tests.tasks.test_pretrain import TINY
 
 REPO = Path(__file__).resolve().parents[2]

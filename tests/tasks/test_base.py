@@ -17,7 +17,7 @@ import semmae
 from semmae.models.heads import ProbeHead
 from semmae.optim.lars import LARS
 from semmae.optim.schedule import warmup_cosine
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from semmae.tasks.base import NODES, ClassifierEvaluation, optim_group
 from tests.tasks.test_pretrain import TINY
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from semmae.finetune import run as finetune
-from semmae.linprobe import run as linprobe
-from semmae.pretrain import run as pretrain
+from semmae.cli.finetune import run as finetune
+from semmae.cli.linprobe import run as linprobe
+from semmae.cli.pretrain import run as pretrain
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not any(FMNIST.glob("train-images-idx3-ubyte*")),

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from semmae.data.loaders import subset_indices
-from semmae.linprobe import run
+from semmae.cli.linprobe import run
 from semmae.tasks.feature_cache import FeatureDataModule, images_read
 from semmae.tasks.linprobe import LinearProbeTask
 from tests.tasks.test_linprobe import TINY

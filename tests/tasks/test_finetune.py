@@ -10,7 +10,7 @@ from PIL import Image
 
 from semmae.data.finetune_augment import BatchRandomErasing, FinetuneAugment
 from semmae.errors import ConfigError
-from semmae.finetune import run
+from semmae.cli.finetune import run
 from semmae.models.checkpoints import load_encoder
 from semmae.tasks.finetune import build_mixup
 

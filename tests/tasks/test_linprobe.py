@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from semmae.linprobe import run
+from semmae.cli.linprobe import run
 from semmae.tasks.feature_cache import FeatureDataModule
 
 TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",

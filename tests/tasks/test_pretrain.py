@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 
 TINY = [
     "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",

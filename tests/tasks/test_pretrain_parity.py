@@ -4,7 +4,7 @@
 import lightning as L
 import pytest
 
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from tests.tasks.test_pretrain import TINY
 
 

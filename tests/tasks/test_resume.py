@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from tests.tasks.test_pretrain import TINY
 
 

@@ -8,7 +8,7 @@ import torch
 
 from semmae.errors import ConfigError
 from semmae.models.mae import MaskedAutoencoder
-from semmae.segment import run
+from semmae.cli.segment import run
 
 GEOMETRY = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2)
 

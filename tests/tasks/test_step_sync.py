@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from semmae.pretrain import run
+from semmae.cli.pretrain import run
 from tests.tasks.test_pretrain import TINY
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__")

@@ -109,7 +109,7 @@ cfg = compose("pretrain", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devic
 assert cfg.hydra.launcher.tasks_per_node == 2  # composes; only building the launcher needs the extra
 print("composed")
 sys.argv = ["semmae-pretrain", "-m", "hydra/launcher=slurm", "logger=none", "masking.mask_ratio=0.5,0.75"]
-from semmae.pretrain import main
+from semmae.cli.pretrain import main
 main()
 """
     proc = run_python(code, tmp_path)

@@ -1,0 +1,41 @@
+"""`semmae-export` (also `python -m semmae.export`): write an encoder, from any source ckpt= accepts, as a
+timm-compatible state dict (.pth, or .safetensors) that records its geometry; print the line that loads it into
+timm. The record lets ckpt=<exported file> rebuild the encoder in every semmae task."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from semmae.cli.entry import hydra_entry
+from semmae.errors import ConfigError
+from semmae.models.checkpoints import describe, export_encoder, load_encoder, timm_load_line
+from semmae.tasks.evaluation import resolve_ckpt
+from semmae.utils.run import print_summary, resolved_config, write_results
+
+
+def run(cfg: DictConfig) -> dict[str, str]:
+    start = time.time()
+    source = resolve_ckpt(cfg)
+    if source is None:
+        raise ConfigError("semmae-export needs ckpt=PATH (or latest, or timm:MODEL_NAME with ckpt_file=...)")
+    overrides = {k: v for k, v in (cfg.get("encoder") or {}).items() if v is not None}
+    encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
+                           trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "encoder.pth"
+    export_encoder(encoder, out, source)
+    line = timm_load_line(encoder, out)
+    write_results(cfg.paths.output_dir, {"task": "export", "source": source, "out": str(out), "timm": line,
+                                         "encoder": describe(encoder), "wall_time_s": round(time.time() - start, 1),
+                                         "config": resolved_config(cfg)})
+    print_summary({"source": source, "encoder": describe(encoder), "written": str(out)})
+    print(f"\nLoad it into timm:\n  {line}")
+    return {"out": str(out)}
+
+
+main = hydra_entry("export", run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`semmae-finetune` (also `python -m semmae.finetune`): fine-tune an encoder (ckpt=...) end to end.
+Seed -> datamodule (+ fine-tuning augmentation) -> model -> callbacks -> loggers -> trainer -> fit -> test best ->
+report."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from semmae.cli.entry import hydra_entry
+from semmae.tasks.evaluation import report, resolve_ckpt, test_best
+from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    start = begin_run(cfg)
+    source = resolve_ckpt(cfg)
+    resume = check_ckpt_path(cfg.get("ckpt_path"))
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    augmentation = instantiate(cfg.augment).apply(datamodule)
+    model = instantiate(cfg.model)
+    check_resume(cfg, model, resume)
+    trainer, loggers = build_trainer(cfg)
+    fit(trainer, model, datamodule, cfg, resume)
+    test_metrics, best = test_best(trainer, model, datamodule)
+    return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start,
+                  {"augmentation": augmentation})
+
+
+main = hydra_entry("finetune", run)
+
+if __name__ == "__main__":
+    main()

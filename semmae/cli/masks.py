@@ -1,0 +1,188 @@
+"""`semmae-masks` (also `python -m semmae.masks`): masking strategies side by side on real images.
+Seed -> datamodule -> strategies -> masks on `num_images` validation images -> statistics -> figure -> report.
+
+Statistics per strategy (results.json): mean number of 4-connected components of the visible patches, the
+fraction of image regions that are entirely visible (regions: the semantic strategy's segmentation, its own regions
+for semantic itself, so the numbers are comparable), and the per-position visibility frequency (min, max, min/max;
+1 = every position equally likely). The figure (figures/masks.png): rows = images, columns = strategies; visible
+patches show the image, hidden ones are greyed; semantic also gets a column with its region map."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from semmae.cli.entry import hydra_entry
+from semmae.errors import ConfigError
+from semmae.masking import MaskingStrategy, SemanticMasking
+from semmae.masking.base import keep_lowest
+from semmae.masking.components import count_components
+from semmae.masking.generator import StepGenerator
+from semmae.utils.plotting import denormalize, plt, save_figure, to_hwc
+from semmae.utils.run import print_summary, resolved_config, write_results
+
+STREAM = 2  # generator stream of this tool (pretraining uses 0 for training, 1 for validation)
+HIDDEN_TINT = torch.tensor([0.55, 0.6, 0.75])  # hidden patches: the image faded into slate grey
+
+
+def build_strategies(cfg: DictConfig) -> dict[str, MaskingStrategy]:
+    unknown = [name for name in cfg.show if name not in cfg.strategies]
+    if unknown:
+        raise ConfigError(f"show={list(cfg.show)} names {unknown}, which are not under strategies "
+                          f"({', '.join(cfg.strategies)}); add one with +masking@strategies.NAME=OPTION")
+    if not cfg.show:
+        raise ConfigError("show is empty: name at least one strategy, e.g. show=[random,semantic]")
+    ratio = {} if cfg.mask_ratio is None else {"mask_ratio": float(cfg.mask_ratio)}
+    return {name: instantiate(cfg.strategies[name], **ratio) for name in cfg.show}
+
+
+def validation_batch(datamodule, num_images: int) -> dict[str, torch.Tensor]:
+    """The first num_images validation images in their evaluation view, with whatever the batch carries."""
+    parts = [{k: v for k, v in batch.items() if torch.is_tensor(v)}
+             for batch in datamodule.eval_batches("val", limit=num_images)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str, torch.Tensor],
+          grid: tuple[int, int], seed: int, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Masks [M, N] (True = hidden) and reference regions [M, N] over all images, in chunks. The reference regions
+    use the strategy's own generator seed, so for semantic masking they are exactly the regions it used."""
+    gens = StepGenerator(seed)
+    masks, regions = [], []
+    for i, start in enumerate(range(0, len(batch["image"]), chunk)):
+        part = {k: v[start : start + chunk] for k, v in batch.items()}
+        images = part["image"]
+        if isinstance(strategy, SemanticMasking):
+            plan = strategy.plan(images, grid, gens(images.device, STREAM, 0, 0, i), part)
+            masks.append(keep_lowest(plan.scores, strategy.n_keep(grid[0] * grid[1])).mask)
+            regions.append(plan.regions)
+        else:
+            masks.append(strategy(images, grid, gens(images.device, STREAM, 0, 0, i), part).mask)
+            regions.append(reference.regions(images, grid, gens(images.device, STREAM, 0, 0, i), part))
+    return {"mask": torch.cat(masks), "regions": torch.cat(regions)}
+
+
+def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int]) -> dict[str, Any]:
+    visible = ~mask
+    m, n = visible.shape
+    components = count_components(visible, grid).float()
+    is_region = regions == torch.arange(n)
+    size = torch.zeros(m, n).scatter_add(1, regions, torch.ones(m, n))
+    shown = torch.zeros(m, n).scatter_add(1, regions, visible.float())
+    full = (is_region & (shown == size)).sum(1).float()
+    partial = (is_region & (shown > 0) & (shown < size)).sum(1).float()
+    freq = visible.float().mean(0)
+    return {
+        "visible_patches": int(visible[0].sum()),
+        "visible_components_mean": round(components.mean().item(), 3),
+        "visible_components_std": round(components.std().item(), 3) if m > 1 else 0.0,
+        "regions_mean": round(is_region.sum(1).float().mean().item(), 3),
+        "regions_fully_visible_fraction": round((full.sum() / is_region.sum()).item(), 4),
+        "regions_partially_visible_mean": round(partial.mean().item(), 3),
+        "position_visibility_min": round(freq.min().item(), 4),
+        "position_visibility_max": round(freq.max().item(), 4),
+        "position_visibility_min_max_ratio": round((freq.min() / freq.max().clamp_min(1e-12)).item(), 4),
+        "position_visibility": [[round(v, 4) for v in row] for row in freq.reshape(grid).tolist()],
+    }
+
+
+def region_image(regions: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Region ids [N] -> [h, w] of small consecutive numbers (0, 1, ... in order of first appearance)."""
+    _, inverse = torch.unique(regions, return_inverse=True)
+    return inverse.reshape(grid).numpy()
+
+
+def masks_figure(images, results: dict[str, dict[str, torch.Tensor]], stats, grid, patch: int, mean, std, path):
+    shown = denormalize(images.float(), mean, std)
+    columns: list[tuple[str, str]] = [("image", "")]
+    for name in results:
+        columns.append((name, "mask"))
+        if isinstance(results[name]["strategy"], SemanticMasking):
+            columns.append((name, "regions"))
+    rows = shown.shape[0]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.5 * len(columns), 1.5 * rows), squeeze=False)
+    for c, (name, kind) in enumerate(columns):
+        for r in range(rows):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if kind == "":
+                ax.imshow(to_hwc(shown[r]), cmap="gray", vmin=0, vmax=1)
+                continue
+            if kind == "regions":
+                ax.imshow(region_image(results[name]["regions"][r], grid), cmap="tab20", interpolation="nearest")
+                continue
+            hidden = results[name]["mask"][r].reshape(grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+            img = shown[r].expand(3, -1, -1)
+            greyed = torch.where(hidden, 0.3 * img + 0.7 * HIDDEN_TINT.view(3, 1, 1), img)
+            ax.imshow(to_hwc(greyed), vmin=0, vmax=1)
+        title = "image" if kind == "" else (f"{name} regions" if kind == "regions" else
+                                              f"{name}\n{stats[name]['visible_components_mean']:.1f} comp.")
+        axes[0, c].set_title(title, fontsize=7)
+    return save_figure(fig, path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    img_size, patch = int(cfg.backbone.img_size), int(cfg.backbone.patch_size)
+    if img_size % patch:
+        raise ConfigError(f"backbone.img_size={img_size} is not divisible by patch size {patch}")
+    grid = (img_size // patch, img_size // patch)
+    if int(cfg.num_images) < 1 or int(cfg.num_shown) < 1:
+        raise ConfigError("num_images and num_shown must be >= 1")
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    strategies = build_strategies(cfg)
+    semantic = [s for s in strategies.values() if isinstance(s, SemanticMasking)]
+    reference = semantic[0] if semantic else SemanticMasking()
+    for strategy in strategies.values():
+        for key, producer in strategy.data_needs().items():
+            datamodule.provide(key, producer, needed_by=strategy.describe())
+    batch = validation_batch(datamodule, int(cfg.num_images))
+    if reference.segmenter != "color_kmeans" and "segments" not in batch:
+        reference = SemanticMasking()
+
+    results, stats = {}, {}
+    for name, strategy in strategies.items():
+        results[name] = apply(strategy, reference, batch, grid, int(cfg.seed))
+        stats[name] = {"strategy": repr(strategy), **mask_statistics(results[name]["mask"], results[name]["regions"],
+                                                                    grid)}
+        results[name]["strategy"] = strategy
+    out = Path(cfg.paths.output_dir)
+    k = min(int(cfg.num_shown), len(batch["image"]))
+    figure = masks_figure(batch["image"][:k], {n: {**r, "mask": r["mask"][:k], "regions": r["regions"][:k]}
+                                               for n, r in results.items()},
+                          stats, grid, patch, getattr(datamodule, "mean", (0.5,)), getattr(datamodule, "std", (0.5,)),
+                          out / "figures" / "masks.png")
+    payload = {
+        "task": "masks",
+        "images": len(batch["image"]),
+        "grid": list(grid),
+        "reference_regions": repr(reference),
+        "figure": str(figure),
+        "strategies": stats,
+        "wall_time_s": round(time.time() - start, 1),
+        "config": resolved_config(cfg),
+    }
+    write_results(out, payload)
+    print_summary({
+        **{name: f"{s['visible_components_mean']:5.1f} visible components, "
+                 f"{100 * s['regions_fully_visible_fraction']:4.1f}% regions fully visible, "
+                 f"position min/max {s['position_visibility_min_max_ratio']:.2f}" for name, s in stats.items()},
+        "figure": figure,
+        "run directory": out,
+    })
+    return stats
+
+
+main = hydra_entry("masks", run)
+
+if __name__ == "__main__":
+    main()
