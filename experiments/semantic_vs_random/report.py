@@ -32,6 +32,10 @@ MAIN_COLUMNS = [
     ("fine-tuned: shallow sink ratio", "finetune", "attn/shallow_sink_ratio", 1.0),
     ("fine-tuned: shallow artifact fraction", "finetune", "attn/shallow_artifact_fraction", 1.0),
     ("fine-tuned: shallow high-norm fraction", "finetune", "attn/shallow_high_norm_fraction", 1.0),
+    ("shallow prefix share", "analyze", "attn/shallow_prefix_share", 1.0),  # after the older columns: their
+    ("shallow norm ratio", "analyze", "attn/shallow_norm_ratio", 1.0),      # positions stay as they were
+    ("fine-tuned: shallow prefix share", "finetune", "attn/shallow_prefix_share", 1.0),
+    ("fine-tuned: shallow norm ratio", "finetune", "attn/shallow_norm_ratio", 1.0),
 ]
 ABLATION_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
@@ -39,6 +43,8 @@ ABLATION_COLUMNS = [
     ("shallow artifact fraction", "analyze", "attn/shallow_artifact_fraction", 1.0),
     ("shallow high-norm fraction", "analyze", "attn/shallow_high_norm_fraction", 1.0),
     ("online probe %", "pretrain", "val/online_probe_acc", 100.0),
+    ("shallow prefix share", "analyze", "attn/shallow_prefix_share", 1.0),
+    ("shallow norm ratio", "analyze", "attn/shallow_norm_ratio", 1.0),
 ]
 
 

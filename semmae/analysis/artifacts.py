@@ -123,6 +123,11 @@ def measure(
         images = images.to(device)
         cap = capture(encoder, images)
         prefix = cap.num_prefix_tokens
+        tokens_seen = cap.attn[0].shape[-1] if cap.attn else 0
+        if tokens_seen != prefix + grid[0] * grid[1]:
+            raise ConfigError(
+                f"{tokens_seen} attention tokens, but num_prefix_tokens={prefix} + {grid[0]}x{grid[1]} patches: "
+                "the prefix (CLS + registers) does not match the encoder's token layout")
         if per_block is None:
             per_block = [{name: [] for name in (*M.METRICS, "position")} for _ in cap.attn]
         flat_w = M.flat_patch_weights(M.patch_pixel_std(images, patch), settings.flat_fraction)
@@ -134,6 +139,8 @@ def measure(
             stats["attention_entropy"].append(M.attention_entropy(attn).cpu())
             stats["high_norm_fraction"].append(M.high_norm_fraction(tokens, prefix, settings.k).cpu())
             stats["flat_patch_share"].append(M.flat_patch_share(r, flat_w).cpu())
+            stats["prefix_share"].append(M.prefix_share(attn, prefix).cpu())
+            stats["norm_ratio"].append(M.norm_ratio(tokens, prefix).cpu())
             stats["position"].append(M.sink_positions(r).cpu())
             if n_kept < keep_images:
                 received.append(r.cpu())

@@ -27,6 +27,12 @@ class Capture:
     tokens: list[torch.Tensor]  # [B, T, D] block outputs (the residual stream, before the final norm)
     output: torch.Tensor  # forward_features(images): [B, T, D] after the final norm
     num_prefix_tokens: int  # CLS (and registers) first, then the patch tokens in row-major order
+    num_reg_tokens: int = 0  # registers among the prefix tokens (tokens 1..num_reg_tokens; timm's reg_token)
+
+    @property
+    def patch_slice(self) -> slice:
+        """The patch tokens of a token axis: CLS and registers excluded."""
+        return slice(self.num_prefix_tokens, None)
 
 
 def is_vit(module: nn.Module) -> bool:
@@ -111,7 +117,8 @@ def attention_capture(encoder: nn.Module) -> Iterator[tuple[list, list]]:
 
 
 def capture(encoder: nn.Module, images: torch.Tensor) -> Capture:
-    """Run `encoder.forward_features` on full images [B, C, H, W] and return every block's attention and output."""
+    """Run `encoder.forward_features` on full images [B, C, H, W] and return every block's attention and output.
+    The token axis is [CLS, registers, patches]: metrics over patches start at num_prefix_tokens."""
     with torch.no_grad(), attention_capture(encoder) as (attn, tokens):
         output = encoder.forward_features(images)
     missing = [i + 1 for i, a in enumerate(attn) if a is None]
@@ -122,4 +129,5 @@ def capture(encoder: nn.Module, images: torch.Tensor) -> Capture:
         tokens=[t.float() for t in tokens],
         output=output,
         num_prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 1)),
+        num_reg_tokens=int(getattr(encoder, "num_reg_tokens", 0)),
     )

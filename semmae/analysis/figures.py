@@ -75,15 +75,18 @@ def block_titles(report: ArtifactReport) -> list[str]:
 
 def metrics_vs_depth(reports: Mapping[str, ArtifactReport], title: str = "attention artifacts by block"):
     """One panel per metric, block index (1-based) on x, one line per encoder; shallow blocks shaded."""
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), squeeze=False)
+    cols = (len(METRICS) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 6.5), squeeze=False)
     first = next(iter(reports.values()))
+    for ax in axes.flat[len(METRICS):]:
+        ax.set_visible(False)
     for ax, name in zip(axes.flat, METRICS):
         lo, hi = min(first.shallow_blocks), max(first.shallow_blocks)
         ax.axvspan(lo - 0.5, hi + 0.5, color="0.92", zorder=0, label="shallow blocks")
         for label, report in reports.items():
             xs = list(range(1, report.depth + 1))
             ax.plot(xs, [b[name] for b in report.blocks], marker="o", ms=3, label=label)
-        if name == "sink_ratio":
+        if name in ("sink_ratio", "norm_ratio"):
             ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
         if name == "flat_patch_share":
             ax.axhline(first.settings.flat_fraction, color="0.5", lw=0.8, ls=":")

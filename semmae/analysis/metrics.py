@@ -4,7 +4,10 @@ the metric is per image; the caller averages over images).
 Notation: A [B, H, T, T] attention probabilities of one block on full images (query rows, key columns), with
 T = prefix + P: the prefix tokens (CLS, then registers) first, then the P patch tokens in row-major order.
 Received attention of patch key j in image b: r_bj = mean over heads and all T queries of A[b, :, :, j];
-normalised so that the fair share is 1: r'_bj = r_bj * P / sum_k r_bk (sum over patch keys only)."""
+normalised so that the fair share is 1: r'_bj = r_bj * P / sum_k r_bk (sum over patch keys only).
+
+Every function that tells prefix from patch tokens takes `num_prefix_tokens` (default 1: CLS only): with
+registers (CLS + N registers) the patch metrics leave all of them out, and prefix_share counts all of them."""
 
 from __future__ import annotations
 
@@ -22,19 +25,28 @@ METRICS = (
     "high_norm_fraction",
     "sink_position_consistency",
     "flat_patch_share",
+    "prefix_share",
+    "norm_ratio",
 )
 
 
-def received_attention(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+def _check_prefix(num_prefix_tokens: int, num_tokens: int) -> int:
+    n = int(num_prefix_tokens)
+    if not 0 <= n < num_tokens:
+        raise ConfigError(f"num_prefix_tokens={num_prefix_tokens}: must be between 0 and the token count - 1 ({num_tokens - 1})")
+    return n
+
+
+def received_attention(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """A [B, H, T, T] -> r' [B, P]: each image's received attention per patch key, mean 1 over patches."""
-    r = attn[..., num_prefix:].float().mean(dim=(1, 2))
+    r = attn[..., _check_prefix(num_prefix_tokens, attn.shape[-1]):].float().mean(dim=(1, 2))
     return r * r.shape[-1] / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
 
 
-def cls_attention(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+def cls_attention(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """A [B, H, T, T] -> [B, P]: the CLS query's attention to each patch (mean over heads), scaled like r' so that
     an even spread over the patches is 1."""
-    c = attn[:, :, 0, num_prefix:].float().mean(dim=1)
+    c = attn[:, :, 0, _check_prefix(num_prefix_tokens, attn.shape[-1]):].float().mean(dim=1)
     return c * c.shape[-1] / c.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
 
 
@@ -56,13 +68,34 @@ def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
     return (h / math.log(p.shape[-1])).mean(dim=(1, 2))
 
 
-def high_norm_fraction(tokens: torch.Tensor, num_prefix: int, k: float = 5.0) -> torch.Tensor:
+def patch_norms(tokens: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Block output tokens [B, T, D] -> [B, P]: the L2 norm of each patch token (prefix tokens left out)."""
+    return tokens[:, _check_prefix(num_prefix_tokens, tokens.shape[1]):].float().norm(dim=-1)
+
+
+def high_norm_fraction(tokens: torch.Tensor, num_prefix_tokens: int = 1, k: float = 5.0) -> torch.Tensor:
     """Block output tokens [B, T, D] -> [B]: fraction of patch tokens whose L2 norm exceeds
     median + k * MAD of the image's patch-token norms (MAD = median absolute deviation, unscaled)."""
-    norms = tokens[:, num_prefix:].float().norm(dim=-1)
+    norms = patch_norms(tokens, num_prefix_tokens)
     med = norms.quantile(0.5, dim=-1, keepdim=True)
     mad = (norms - med).abs().quantile(0.5, dim=-1, keepdim=True)
     return (norms > med + k * mad).float().mean(dim=-1)
+
+
+def norm_ratio(tokens: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Block output tokens [B, T, D] -> [B]: the largest patch-token norm over the median patch-token norm
+    (1 = all equal; "Vision Transformers Need Registers": artifact tokens have about 10 x the norm of the rest)."""
+    norms = patch_norms(tokens, num_prefix_tokens)
+    med = norms.quantile(0.5, dim=-1)
+    return norms.amax(dim=-1) / med.clamp_min(torch.finfo(norms.dtype).tiny)
+
+
+def prefix_share(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """A [B, H, T, T] -> [B]: the share of the patch queries' attention that goes to the prefix tokens (CLS and
+    registers) rather than to patches: mean over heads and patch queries i of sum over prefix keys t of A[b, h, i, t].
+    0 = the patches attend only to patches; 1 = only to the prefix."""
+    n = _check_prefix(num_prefix_tokens, attn.shape[-1])
+    return attn[:, :, n:, :n].float().sum(dim=-1).mean(dim=(1, 2))
 
 
 def sink_positions(r_norm: torch.Tensor) -> torch.Tensor:

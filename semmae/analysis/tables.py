@@ -13,7 +13,7 @@ from semmae.analysis.metrics import METRICS
 def fmt(name: str, value: float | None) -> str:
     if value is None:
         return ""
-    return f"{value:.2f}" if name.endswith("sink_ratio") else f"{value:.3f}"
+    return f"{value:.2f}" if name.endswith(("sink_ratio", "norm_ratio")) else f"{value:.3f}"
 
 
 def _blocks_text(blocks: list[int]) -> str:

@@ -8,7 +8,13 @@ validation images (the first ones the module sees in validation, i.e. already no
   scheduled analyses;
 - scalars attn/block_03/sink_ratio, ... (blocks numbered from 1, zero-padded) and attn/shallow_<metric>, sent
   to every logger and put into trainer.callback_metrics, so that the run's results.json holds them;
-- the per-block table as a W&B table (key attention/metrics) and as figures/artifacts_epochNNN.md.
+- the per-block table as a W&B table (key attention/metrics) and as figures/artifacts_epochNNN.md;
+- with `series_at` set (fine-tuning's default, conf/callbacks/finetune_default.yaml): a series of the model-level
+  shallow_* metrics over training, measured before the first training step, at each point of `series_at`
+  (floats in (0, 1]: fractions of the run's optimizer steps; integers: global steps) and at the end of fit, each
+  entry {"at", "step", "epoch", "shallow_sink_ratio", ...}; the series points are also logged as
+  attn/shallow_<metric> at their step. `artifact_series(trainer)` returns it (semmae-finetune writes it to
+  results.json as "artifact_series"); it is kept in checkpoints, so a resumed run continues it.
 
 The encoder is found by semmae.analysis.find_encoder (`encoder`, else `mae.encoder`, else the first ViT
 submodule). Only rank 0 analyses. The callback does not change training: the analysed forward pass runs in eval
@@ -17,6 +23,8 @@ mode under no_grad, draws no random numbers, and restores every module's train/e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -42,6 +50,7 @@ class AttentionMapCallback(L.Callback):
         shallow_blocks: int | list[int] | None = None,
         vmax: float | None = None,
         log_table: bool = True,
+        series_at: list[float | int] | None = None,
     ):
         if every_n_epochs < 1:
             raise ConfigError(f"callbacks.attention_maps.every_n_epochs={every_n_epochs}: must be >= 1")
@@ -57,6 +66,9 @@ class AttentionMapCallback(L.Callback):
         self._collecting = True
         self.last_step: int | None = None  # global step of the last analysis
         self.last_metrics: dict[str, float] = {}
+        self.series_at = check_series_at(series_at)
+        self.series: list[dict[str, Any]] = []
+        self._targets: list[tuple[int, float | int]] = []  # (global step, the series_at entry it came from)
 
     # --- the fixed validation images ------------------------------------------------------------------------
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -81,6 +93,82 @@ class AttentionMapCallback(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if self.last_step != trainer.global_step:
             self.analyse(trainer, pl_module, "final")
+        if self.series_at is not None:
+            self.series_point(trainer, pl_module, "end")
+
+    # --- the series over training -----------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module):
+        if self.series_at is None:
+            return
+        total = trainer.estimated_stepping_batches
+        steps = {}
+        for at in self.series_at:
+            if isinstance(at, float):
+                if not (isinstance(total, int) or float(total).is_integer()):
+                    raise ConfigError(f"callbacks.attention_maps.series_at={list(self.series_at)}: fractions of "
+                                      "training need a known number of steps (set trainer.max_steps or max_epochs)")
+                step = round(at * int(total))
+            else:
+                step = at
+            steps.setdefault(step, at)
+        # points at or before the current step are covered by the start point (or by the run this one resumes)
+        self._targets = sorted((step, at) for step, at in steps.items() if step > trainer.global_step)
+        self.series_point(trainer, pl_module, "start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self._targets or trainer.global_step < self._targets[0][0]:
+            return
+        reached = [at for step, at in self._targets if step <= trainer.global_step]
+        self._targets = [(step, at) for step, at in self._targets if step > trainer.global_step]
+        self.series_point(trainer, pl_module, reached[-1])
+
+    @rank_zero_only
+    def series_point(self, trainer, pl_module, at: str | float | int) -> None:
+        """One entry of the series: the shallow_* metrics of the encoder now (at most one entry a step)."""
+        step = trainer.global_step
+        if any(entry["step"] == step for entry in self.series):
+            return
+        if at == "end" and self.last_step == step and self.last_metrics:
+            shallow = {k.split("/", 1)[1]: v for k, v in self.last_metrics.items() if k.startswith("attn/shallow_")}
+        else:
+            if not self._ensure_images(trainer):
+                rank_zero_warn("AttentionMapCallback: no validation images for the artifact series; skipping a point")
+                return
+            shallow = measure(find_encoder(pl_module), [self.images], self.settings).shallow
+            scalars = {f"attn/{k}": v for k, v in shallow.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=step)
+                logger.save()
+        self.series.append({"at": at, "step": step, "epoch": trainer.current_epoch, **shallow})
+
+    def _ensure_images(self, trainer) -> bool:
+        """Before the first validation (a run without a sanity check), the fixed set is read from the datamodule's
+        validation split in its evaluation view, which is what the validation loop will show; the global RNG
+        state is restored afterwards (a DataLoader draws its base seed from it)."""
+        if self.images is not None:
+            return True
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not callable(getattr(dm, "eval_batches", None)):
+            return False
+        device = trainer.strategy.root_device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            parts = [images for batch in dm.eval_batches("val", device, limit=self.num_images)
+                     if (images := batch_images(batch)) is not None]
+        if not parts:
+            return False
+        self.images = torch.cat(parts)[: self.num_images].detach().clone()
+        self._collecting = False
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"series": list(self.series)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # merged by step with what this process measured: a resumed fit starts empty and continues the checkpoint's
+        # series; trainer.test(ckpt_path=best) after fit restores an older state, which must not drop later points
+        merged = {entry["step"]: entry for entry in state_dict.get("series", [])}
+        merged.update({entry["step"]: entry for entry in self.series})
+        self.series = [merged[step] for step in sorted(merged)]
 
     # --- one analysis ---------------------------------------------------------------------------------------
     @rank_zero_only
@@ -116,3 +204,29 @@ class AttentionMapCallback(L.Callback):
             for logger in trainer.loggers:
                 if hasattr(logger, "log_table"):
                     logger.log_table(key="attention/metrics", columns=["block", *METRICS], data=rows)
+
+
+def check_series_at(series_at: Any) -> tuple[float | int, ...] | None:
+    """series_at -> a tuple of fractions (floats in (0, 1]) and global steps (integers >= 0); None = no series."""
+    if series_at is None:
+        return None
+    if isinstance(series_at, (int, float, str)):
+        series_at = [series_at]
+    out: list[float | int] = []
+    for at in series_at:
+        ok_step = isinstance(at, int) and not isinstance(at, bool) and at >= 0
+        ok_fraction = isinstance(at, float) and 0 < at <= 1
+        if not (ok_step or ok_fraction):
+            raise ConfigError(f"callbacks.attention_maps.series_at: {at!r} is neither a fraction of training (a float "
+                              "in (0, 1], e.g. 0.25) nor a global step (an integer >= 0, e.g. 500)")
+        out.append(at)
+    return tuple(out)
+
+
+def artifact_series(trainer) -> list[dict[str, Any]] | None:
+    """The shallow_* series of the trainer's AttentionMapCallback (docs/artifacts.md#series), or None when it has
+    none (no such callback, or series_at unset)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, AttentionMapCallback) and cb.series_at is not None:
+            return list(cb.series)
+    return None

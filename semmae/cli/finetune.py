@@ -1,12 +1,13 @@
 """`semmae-finetune` (also `python -m semmae.finetune`): fine-tune an encoder (ckpt=...) end to end.
 Seed -> datamodule (+ fine-tuning augmentation) -> model -> callbacks -> loggers -> trainer -> fit -> test best ->
-report."""
+report (results.json, with the attention callback's artifact_series when it keeps one)."""
 
 from __future__ import annotations
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from semmae.callbacks.attention_maps import artifact_series
 from semmae.cli.entry import hydra_entry
 from semmae.tasks.evaluation import report, resolve_ckpt, test_best
 from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
@@ -24,8 +25,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer, loggers = build_trainer(cfg)
     fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
-    return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start,
-                  {"augmentation": augmentation})
+    extra = {"augmentation": augmentation}
+    series = artifact_series(trainer)  # shallow_* artifact metrics over fine-tuning (docs/artifacts.md#series)
+    if series is not None:
+        extra["artifact_series"] = series
+    return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start, extra)
 
 
 main = hydra_entry("finetune", run)

@@ -34,6 +34,20 @@ def keep_lowest(scores: torch.Tensor, n_keep: int) -> Mask:
     return Mask(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 
+def training_progress(global_step: int, total_steps: int) -> float:
+    """Training progress p in [0, 1] (docs/masking.md#training-progress): optimiser steps done over the run's total.
+    A pure function of global_step, which a resumed run restores, so a resumed run sees the progress an
+    uninterrupted one saw at the same step."""
+    return min(1.0, max(0.0, int(global_step) / max(1, int(total_steps))))
+
+
+def batch_progress(batch: Mapping[str, Any] | None) -> float:
+    """batch["progress"] (a Python float that PretrainTask.make_mask sets for strategies with uses_progress), or 0.0
+    (the start of training) when the batch has none, e.g. when a strategy is called on its own."""
+    value = None if batch is None else batch.get("progress")
+    return 0.0 if value is None else min(1.0, max(0.0, float(value)))
+
+
 VISIBLE_COUNTS = {"official": int, "round": round}  # masking.visible_count: how N * (1 - mask_ratio) becomes n_keep
 
 
@@ -77,6 +91,7 @@ class MaskingStrategy(ABC):
     datamodule for those entries before training (semmae.cli.pretrain), so a missing input fails before the first step."""
 
     name = "base"
+    uses_progress = False  # True: reads batch["progress"], the training progress in [0, 1], set by make_mask
 
     def __init__(self, mask_ratio: float = 0.75, visible_count: str = "official"):
         self.mask_ratio = check_range("masking.mask_ratio", mask_ratio, 0.0, 1.0, closed=False)

@@ -30,8 +30,6 @@ launches overlap the previous step's GPU work. SLIC in the workers costs ~1.6 ms
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -40,6 +38,12 @@ import torch
 from semmae.errors import ConfigError, DataError
 from semmae.masking.base import MaskingStrategy, check_range
 from semmae.masking.components import grid_components
+from semmae.masking.regions import (  # noqa: F401 (flat_regions, region_ranks, seed_distance: importable from here)
+    flat_regions,
+    random_subset,
+    region_ranks,
+    seed_distance,
+)
 from semmae.masking.segmenters import SlicSegments, color_kmeans_clusters, patch_labels
 
 SEGMENTERS = ("color_kmeans", "slic", "given")
@@ -52,68 +56,6 @@ class SemanticPlan:
     regions: torch.Tensor  # [B, N] int64: the smallest patch index of each patch's region (region id)
     random_part: torch.Tensor  # [B, N] bool: the patches drawn by the random part
     scores: torch.Tensor  # [B, N] float: lower = visible first
-
-
-def region_ranks(
-    regions: torch.Tensor, generator: torch.Generator | None, last: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """regions [B, N] (region id = smallest patch index) -> rank of each patch's region [B, N], a uniformly random
-    order of each image's regions (0 = first). last [B, N] bool (read at each region's root patch): those regions
-    come after all the others, in random order among themselves."""
-    b, n = regions.shape
-    dev = regions.device
-    ar = torch.arange(n, device=dev)
-    draw = torch.rand(b, n, device=dev, generator=generator)
-    if last is not None:
-        draw = draw + last.to(draw.dtype)  # [0, 1) first, [1, 2) last
-    key = torch.where(regions == ar, draw, torch.full_like(draw, 3.0))  # only the roots compete
-    order = torch.argsort(key, dim=1)  # the roots first, in random order
-    rank_of = torch.empty_like(order).scatter_(1, order, ar.expand(b, n).contiguous())
-    return rank_of.gather(1, regions)
-
-
-@functools.lru_cache(maxsize=64)
-def _positions(h: int, w: int, device: str) -> torch.Tensor:
-    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).float()  # [N, 2] (row, col)
-
-
-def seed_distance(regions: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
-    """Distance of every patch from a seed patch drawn uniformly at random in its region, divided by the grid's
-    diagonal + 1, so that it lies in [0, 1)."""
-    b, n = regions.shape
-    h, w = grid_size
-    dev = regions.device
-    # One random key per patch, with the patch index in its low digits: the region's smallest key names its seed.
-    key = (torch.rand(b, n, device=dev, generator=generator) * 2**20).long() * n + torch.arange(n, device=dev)
-    lowest = torch.full_like(key, 2**20 * n).scatter_reduce_(1, regions, key, reduce="amin")
-    seed = lowest.gather(1, regions) % n
-    pos = _positions(h, w, str(dev))
-    return (pos[seed] - pos).norm(dim=2) / (math.hypot(h, w) + 1.0)
-
-
-def flat_regions(
-    images: torch.Tensor, regions: torch.Tensor, grid_size: tuple[int, int], threshold: float,
-) -> torch.Tensor:
-    """[B, N] bool: the patch's region is flat, i.e. the pixel std within its patches, averaged over the region and
-    the channels, is at most `threshold` x the image's pixel std (scale- and shift-invariant; a constant image is
-    all flat)."""
-    b, c, height, width = images.shape
-    h, w = grid_size
-    x = images.float().reshape(b, c, h, height // h, w, width // w)
-    patch_std = x.std(dim=(3, 5), unbiased=False).mean(1).flatten(1)  # [B, N]
-    image_std = images.float().flatten(2).std(dim=2, unbiased=False).mean(1, keepdim=True)  # [B, 1]
-    total = torch.zeros_like(patch_std).scatter_add_(1, regions, patch_std)
-    count = torch.zeros_like(patch_std).scatter_add_(1, regions, torch.ones_like(patch_std))
-    region_std = (total / count.clamp_min(1.0)).gather(1, regions)
-    return region_std <= threshold * image_std
-
-
-def random_subset(b: int, n: int, count: int, device, generator: torch.Generator | None) -> torch.Tensor:
-    """[B, N] bool with exactly `count` True per row, every subset equally likely."""
-    u = torch.rand(b, n, device=device, generator=generator)
-    rank = torch.argsort(torch.argsort(u, dim=1), dim=1)
-    return rank < count
 
 
 class SemanticMasking(MaskingStrategy):
@@ -164,7 +106,7 @@ class SemanticMasking(MaskingStrategy):
         return p
 
     def describe(self) -> str:
-        return f"masking=semantic masking.segmenter={self.segmenter}"
+        return f"masking={self.name} masking.segmenter={self.segmenter}"
 
     def data_needs(self):
         if self.segmenter == "slic":
@@ -217,10 +159,19 @@ class SemanticMasking(MaskingStrategy):
         regions = self.regions(images, grid_size, generator, batch)
         n_random = int(round(self.random_fraction * self.n_keep(n)))
         random_part = random_subset(b, n, n_random, images.device, generator)
-        last = flat_regions(images, regions, grid_size, self.flat_threshold) if self.flat_last else None
-        semantic = region_ranks(regions, generator, last).float() + seed_distance(regions, grid_size, generator)
+        semantic = self.ranks(images, regions, grid_size, generator).float() + seed_distance(regions, grid_size,
+                                                                                              generator)
         scores = torch.where(random_part, torch.full_like(semantic, -1.0), semantic)
         return SemanticPlan(regions=regions, random_part=random_part, scores=scores)
+
+    def ranks(
+        self, images: torch.Tensor, regions: torch.Tensor, grid_size: tuple[int, int],
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """[B, N] rank of every patch's region in the order the semantic part reveals them: uniformly random
+        (flat regions last with flat_last). semantic_informative draws it weighted by content instead."""
+        last = flat_regions(images, regions, grid_size, self.flat_threshold) if self.flat_last else None
+        return region_ranks(regions, generator, last)
 
     def scores(self, images, grid_size, generator, batch=None) -> torch.Tensor:
         return self.plan(images, grid_size, generator, batch).scores

@@ -39,8 +39,8 @@ from semmae.models.sources import SOURCES_HELP, find_latest, is_random, resolve_
 from semmae.utils.atomic import atomic_write
 from semmae.utils.safe_load import load_file
 
-ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
-ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")  # fixed by the weights
+ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens")
+ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "reg_tokens")  # fixed by the weights
 HEAD_KEYS = ("num_classes", "global_pool", "fc_norm")
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H, the widths MAE and timm publish
 DROP_PREFIXES = ("decoder", "mask_token")  # MAE decoder_* / our decoder.*, and the mask token
@@ -92,9 +92,16 @@ def strip_to_encoder(state: Mapping[str, Any], origin: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 
+def num_registers(state: Mapping[str, torch.Tensor]) -> int:
+    """Register tokens of a ViT state dict: timm's reg_token [1, R, D] (absent without registers)."""
+    reg = state.get("reg_token")
+    return int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0
+
+
 def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Geometry of a ViT state dict from its shapes. The number of heads is not in the shapes: it is taken from the
-    standard widths (ViT-Ti/S/B/L/H) and reported as guessed; other widths need it passed in."""
+    standard widths (ViT-Ti/S/B/L/H) and reported as guessed; other widths need it passed in. Registers: R from
+    reg_token's shape; timm's pos_embed (no_embed_class=False) then holds 1 + R prefix entries before the grid."""
     w = state[ANCHOR]
     if w.ndim != 4 or w.shape[-1] != w.shape[-2]:
         raise CheckpointError(f"{origin}: {ANCHOR} has shape {list(w.shape)}, expected [width, channels, p, p]")
@@ -103,15 +110,19 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
     pos = state.get("pos_embed")
     if not blocks or pos is None:
         raise CheckpointError(f"{origin}: a ViT state dict needs blocks.N.* and pos_embed keys")
-    grid = math.isqrt(pos.shape[1] - 1)
-    if grid * grid != pos.shape[1] - 1:
-        raise CheckpointError(f"{origin}: pos_embed has {pos.shape[1]} entries, not a CLS entry + a square grid "
-                              "(encoders without a class token are not supported)")
+    regs = num_registers(state)
+    prefix = 1 + regs
+    grid = math.isqrt(max(pos.shape[1] - prefix, 0))
+    if grid < 1 or grid * grid != pos.shape[1] - prefix:
+        what = "a CLS entry" + (f" + {regs} register entries" if regs else "")
+        raise CheckpointError(f"{origin}: pos_embed has {pos.shape[1]} entries, not {what} + a square grid "
+                              "(encoders without a class token, or without position entries for their prefix "
+                              "tokens, are not supported)")
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     config = dict(
         img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=max(blocks) + 1,
         mlp_ratio=fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        qkv_bias="blocks.0.attn.qkv.bias" in state, reg_tokens=regs,
     )
     if embed_dim in HEADS_BY_WIDTH:
         config["num_heads"] = HEADS_BY_WIDTH[embed_dim]
@@ -135,6 +146,7 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
         model = meta.get("model") or {}
         config = {k: model[k] for k in (*ENCODER_KEYS, "qkv_bias") if k in model}
         config.update({k: v for k, v in (meta.get("head") or {}).items() if k in HEAD_KEYS})
+        config["reg_tokens"] = num_registers(state)  # the weights decide (records before registers lack the key)
         return EncoderWeights(config, state, kind, origin)
     if isinstance(ckpt.get("model"), dict):
         kind, state = "mae", ckpt["model"]
@@ -174,8 +186,9 @@ def timm_architecture(name: str) -> dict[str, Any]:
         problems.append(f"it is a {type(model).__name__}, not a VisionTransformer")
     else:
         blk = model.blocks[0]
-        if not model.has_class_token or model.num_reg_tokens or model.no_embed_class:
-            problems.append("its tokens differ (semmae's encoder has one CLS token with a position, no registers)")
+        if not model.has_class_token or model.no_embed_class:
+            problems.append("its tokens differ (semmae's encoder has one CLS token, and any registers after it, "
+                            "each with a position entry: timm's no_embed_class=False)")
         if type(blk) is not Block or not isinstance(blk.ls1, nn.Identity) or not isinstance(blk.attn.q_norm, nn.Identity):
             problems.append("its blocks differ (layer scale, qk-norm or another block type)")
         if not isinstance(model.norm_pre, nn.Identity) or type(blk.mlp.act) is not nn.GELU or blk.mlp.act.approximate != "none":
@@ -187,7 +200,7 @@ def timm_architecture(name: str) -> dict[str, Any]:
         img_size=int(model.patch_embed.img_size[0]), patch_size=int(model.patch_embed.patch_size[0]),
         in_chans=int(model.patch_embed.proj.in_channels), embed_dim=int(model.embed_dim), depth=len(model.blocks),
         num_heads=int(blk.attn.num_heads), mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
-        qkv_bias=blk.attn.qkv.bias is not None,
+        qkv_bias=blk.attn.qkv.bias is not None, reg_tokens=int(model.num_reg_tokens),
     )
 
 
@@ -229,10 +242,12 @@ def filter_state(state: Mapping[str, torch.Tensor], encoder: ViTEncoder) -> dict
         if key.startswith(NEW_HEAD_PREFIXES) and (key not in target or target[key].shape != value.shape):
             continue
         want = target.get(key)
-        if key == "pos_embed" and want is not None and value.shape != want.shape and value.shape[-1] == want.shape[-1]:
-            old = math.isqrt(value.shape[1] - 1)
+        prefix = encoder.num_prefix_tokens
+        old = math.isqrt(max(value.shape[1] - prefix, 0)) if key == "pos_embed" and value.ndim == 3 else 0
+        if (key == "pos_embed" and want is not None and value.shape != want.shape and value.shape[-1] == want.shape[-1]
+                and old >= 1 and old * old == value.shape[1] - prefix):  # else: other registers, reported below
             value = resample_abs_pos_embed(value.float(), new_size=list(encoder.grid_size), old_size=[old, old],
-                                           num_prefix_tokens=1).to(value.dtype)
+                                           num_prefix_tokens=prefix).to(value.dtype)
         if (key == ANCHOR and want is not None and value.shape[1] != want.shape[1]
                 and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]):
             value = adapt_input_conv(want.shape[1], value)
@@ -262,8 +277,9 @@ def load_state(encoder: ViTEncoder, state: Mapping[str, torch.Tensor], origin: s
 
 def describe(encoder: ViTEncoder) -> str:
     c = encoder.config
+    regs = f", {c['reg_tokens']} registers" if c.get("reg_tokens") else ""
     return (f"width {c['embed_dim']}, depth {c['depth']}, {c['num_heads']} heads, patch {c['patch_size']}, "
-            f"{c['img_size']} px, {c['in_chans']} channels")
+            f"{c['img_size']} px, {c['in_chans']} channels{regs}")
 
 
 def check_overrides(weights: EncoderWeights, overrides: Mapping[str, Any]) -> None:
@@ -348,10 +364,12 @@ def head_layout(encoder: ViTEncoder) -> dict[str, Any]:
 
 
 def timm_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
-    """timm.create_model keyword arguments that rebuild this encoder's architecture."""
+    """timm.create_model keyword arguments that rebuild this encoder's architecture (reg_tokens when it has
+    registers: timm lays them out as semmae does, [CLS, registers, patches], each with a position entry)."""
     c = encoder.config
+    regs = {"reg_tokens": int(c["reg_tokens"])} if c.get("reg_tokens") else {}
     return {**{k: c[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                                 "mlp_ratio", "qkv_bias")}, **head_layout(encoder)}
+                                 "mlp_ratio", "qkv_bias")}, **regs, **head_layout(encoder)}
 
 
 def timm_load_line(encoder: ViTEncoder, path: str | Path) -> str:

@@ -19,7 +19,9 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 class ViTEncoder(VisionTransformer):
-    """timm ViT (CLS token, pre-norm blocks, final norm) with frozen 2-D sin-cos position embeddings."""
+    """timm ViT (CLS token, optional register tokens, pre-norm blocks, final norm) with frozen 2-D sin-cos position
+    embeddings. reg_tokens=N adds N registers (timm's reg_token, after CLS: [CLS, registers, patches]); they carry
+    no task signal and are dropped wherever patch tokens are read (num_prefix_tokens = 1 + N)."""
 
     def __init__(
         self,
@@ -36,9 +38,11 @@ class ViTEncoder(VisionTransformer):
         global_pool: str = "token",
         fc_norm: bool | None = None,
         fused_attn: bool = True,
+        reg_tokens: int = 0,
         **kwargs,
     ):
         validate_geometry(img_size, patch_size, embed_dim, num_heads)
+        validate_reg_tokens(reg_tokens)
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
@@ -53,17 +57,20 @@ class ViTEncoder(VisionTransformer):
             global_pool=global_pool,
             fc_norm=fc_norm,
             class_token=True,
+            reg_tokens=reg_tokens,
             pos_embed="learn",
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             **kwargs,
         )
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, reg_tokens=reg_tokens,
         )
+        # timm's layout (no_embed_class=False): one position entry per prefix token (CLS, then the registers), then
+        # the patch grid; the prefix entries are zero and, like the grid's, frozen.
         self.pos_embed.requires_grad_(False)
         with torch.no_grad():
-            self.pos_embed.copy_(sincos_2d(embed_dim, self.patch_embed.grid_size, cls_token=True).unsqueeze(0))
+            self.pos_embed.copy_(prefixed_sincos(embed_dim, self.patch_embed.grid_size, self.num_prefix_tokens))
         for blk in self.blocks:
             blk.attn.fused_attn = fused_attn
 
@@ -76,11 +83,16 @@ class ViTEncoder(VisionTransformer):
         return self.patch_embed.num_patches
 
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] and kept patch ids [B, K] -> normed tokens [B, 1 + K, D] (CLS first)."""
-        tokens = self.patch_embed(x) + self.pos_embed[:, 1:]
+        """Images [B, C, H, W] and kept patch ids [B, K] -> normed tokens [B, P + K, D]: the P = num_prefix_tokens
+        prefix tokens first (CLS, then the registers, which every step sees), then the kept patches."""
+        npt = self.num_prefix_tokens
+        tokens = self.patch_embed(x) + self.pos_embed[:, npt:]
         tokens = gather_tokens(tokens, ids_keep)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        tokens = self.norm_pre(torch.cat([cls, tokens], dim=1))
+        prefix = self.cls_token + self.pos_embed[:, :1]
+        if self.reg_token is not None:
+            prefix = torch.cat([prefix, self.reg_token + self.pos_embed[:, 1:npt]], dim=1)
+        prefix = prefix.expand(tokens.shape[0], -1, -1)
+        tokens = self.norm_pre(torch.cat([prefix, tokens], dim=1))
         return self.norm(self.blocks(tokens))
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +101,19 @@ class ViTEncoder(VisionTransformer):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+
+
+def prefixed_sincos(embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+    """[1, P + h*w, D] position embedding: zero rows for the P prefix tokens (CLS, registers), then the sin-cos grid."""
+    grid = sincos_2d(embed_dim, grid_size, cls_token=True)  # one zero row for CLS
+    if num_prefix_tokens > 1:
+        grid = torch.cat([grid.new_zeros(num_prefix_tokens - 1, embed_dim), grid], dim=0)
+    return grid.unsqueeze(0)
+
+
+def validate_reg_tokens(reg_tokens: int) -> None:
+    if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, int) or reg_tokens < 0:
+        raise ConfigError(f"backbone.reg_tokens={reg_tokens!r}: must be a whole number >= 0 (0: no registers)")
 
 
 def validate_geometry(img_size: int, patch_size: int, embed_dim: int, num_heads: int) -> None:

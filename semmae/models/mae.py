@@ -53,16 +53,18 @@ class MaskedAutoencoder(nn.Module):
         decoder_num_heads: int = 4,
         norm_pix_loss: bool = True,
         fused_attn: bool = True,
+        reg_tokens: int = 0,
     ):
         super().__init__()
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, decoder_embed_dim=decoder_embed_dim,
             decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss,
+            reg_tokens=reg_tokens,
         )
         self.encoder = ViTEncoder(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, fused_attn=fused_attn,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, fused_attn=fused_attn, reg_tokens=reg_tokens,
         )
         self.decoder = MAEDecoder(
             grid_size=self.encoder.grid_size, patch_size=patch_size, in_chans=in_chans, encoder_dim=embed_dim,
@@ -79,6 +81,8 @@ class MaskedAutoencoder(nn.Module):
         w = self.encoder.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.encoder.cls_token, std=0.02)
+        if self.encoder.reg_token is not None:  # registers start like CLS
+            nn.init.normal_(self.encoder.reg_token, std=0.02)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -98,9 +102,10 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.num_patches
 
     def forward(self, images: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (loss on hidden patches, predicted patches [B, N, p*p*C])."""
+        """-> (loss on hidden patches, predicted patches [B, N, p*p*C]). Registers (reg_tokens) run through every
+        encoder step with CLS and are dropped before the decoder: the loss and predictions are on patches only."""
         latent = self.encoder.forward_visible(images, mask.ids_keep)
-        pred = self.decoder(latent, mask.ids_restore)
+        pred = self.decoder(latent, mask.ids_restore, self.encoder.num_prefix_tokens)
         loss = masked_patch_loss(pred, patchify(images, self.patch_size), mask.mask, self.norm_pix_loss)
         return loss, pred
 

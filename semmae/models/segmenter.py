@@ -91,7 +91,8 @@ class Segmenter(nn.Module):
 
     def block_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Patch tokens after each of out_blocks as maps [B, D, H/p, W/p] (timm's forward_intermediates, which stops
-        at the last tapped block). Any H, W divisible by the patch size."""
+        at the last tapped block and drops the num_prefix_tokens prefix tokens: CLS and any registers). Any H, W
+        divisible by the patch size."""
         ph, pw = self.patch_size
         height, width = images.shape[-2:]
         if height % ph or width % pw:
@@ -127,7 +128,7 @@ class Segmenter(nn.Module):
         """Layer ids for layer-wise lr decay (timm's convention): embeddings 0, block i -> i + 1; everything else
         (neck, heads) falls in the last group and keeps the full lr."""
         return dict(
-            stem=r"^encoder\.(?:cls_token|pos_embed|patch_embed|norm_pre)",
+            stem=r"^encoder\.(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
             blocks=[(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))],
         )
 

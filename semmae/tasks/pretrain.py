@@ -13,7 +13,7 @@ import torchmetrics
 
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
-from semmae.masking.base import Mask, MaskingStrategy
+from semmae.masking.base import Mask, MaskingStrategy, training_progress
 from semmae.masking.generator import StepGenerator, mix_seed
 from semmae.models.heads import ProbeHead
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
@@ -109,6 +109,8 @@ class PretrainTask(TaskBase):
         images = batch["image"]
         epoch = self.current_epoch if stream == TRAIN_STREAM else 0
         gen = self.generators(images.device, stream, self.global_rank, epoch, batch_idx)
+        if self.masking.uses_progress:  # docs/masking.md#training-progress: a host float from global_step, no sync
+            batch = {**batch, "progress": training_progress(self.global_step, self.total_steps())}
         return self.masking(images, self.mae.grid_size, gen, batch)
 
     def probe_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,11 @@ def test_same_seeded_run_with_and_without_the_callback_gives_identical_losses(co
               f"+callbacks.recorder._target_={__name__}.LossRecorder"]
     run(compose_cfg("pretrain", [*common, "callbacks=none"], tmp_path / "without"))
     without = LossRecorder.last
+    # with a series too: its start point reads the validation images through a DataLoader before any validation
+    # (a DataLoader draws its base seed from the global RNG, which the callback restores), one more at step 1
     run(compose_cfg("pretrain", [*common, "callbacks=attention_maps", "callbacks.attention_maps.every_n_epochs=2",
-                                 "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=2"],
+                                 "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=2",
+                                 "callbacks.attention_maps.series_at=[1]"],
                     tmp_path / "with"))
     with_cb = LossRecorder.last
     assert len(without.losses) == 6 and with_cb.losses == without.losses
@@ -100,7 +103,7 @@ def test_same_seeded_run_with_and_without_the_callback_gives_identical_losses(co
 
     rows = list(csv.DictReader(open(next((tmp_path / "with" / "csv").rglob("metrics.csv")))))
     logged = [r for r in rows if r.get("attn/shallow_sink_ratio")]
-    assert [int(r["step"]) for r in logged] == [4, 6]
+    assert [int(r["step"]) for r in logged] == [0, 1, 4, 6]  # series: 0 and 1; analyses: after epochs 1 and 2
 
 
 def test_bad_settings_are_config_errors():
@@ -111,3 +114,42 @@ def test_bad_settings_are_config_errors():
         AttentionMapCallback(every_n_epochs=0)
     with pytest.raises(ConfigError, match="tau"):
         AttentionMapCallback(tau=0)
+
+
+def test_fine_tuning_writes_the_artifact_series_to_results_json(compose_cfg, fmnist_root, tmp_path):
+    """finetune_default's attention callback: shallow_* before the first step, at 25/50/75% of the steps
+    (4 steps: steps 1, 2, 3) and at the end (step 4, the final analysis), into results.json."""
+    from semmae.cli.finetune import run as finetune
+    from semmae.analysis.metrics import METRICS
+
+    tiny = [*TINY[:3], "dataset.batch_size=32", "dataset.eval_batch_size=64",
+            "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=1"]
+    cfg = compose_cfg("finetune", [f"dataset.root={fmnist_root}", "ckpt=null", *tiny, "logger=csv",
+                                   "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+                                   "trainer.limit_val_batches=1"])
+    metrics = finetune(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    series = results["artifact_series"]
+    assert [(e["at"], e["step"], e["epoch"]) for e in series] == [
+        ("start", 0, 0), (0.25, 1, 0), (0.5, 2, 0), (0.75, 3, 0), ("end", 4, 1)]  # end: epochs done
+    for entry in series:
+        assert set(entry) == {"at", "step", "epoch", *(f"shallow_{m}" for m in METRICS)}
+    # the end point is the run's final measurement; training changed the encoder between start and end
+    assert series[-1]["shallow_norm_ratio"] == metrics["attn/shallow_norm_ratio"]
+    assert series[0]["shallow_sink_ratio"] != series[-1]["shallow_sink_ratio"]
+    import csv
+
+    rows = list(csv.DictReader(open(next((Path(cfg.paths.output_dir) / "csv").rglob("metrics.csv")))))
+    logged = sorted({int(r["step"]) for r in rows if r.get("attn/shallow_prefix_share")})
+    assert logged == [0, 1, 2, 3, 4]
+
+
+def test_series_at_is_checked():
+    from semmae.callbacks.attention_maps import AttentionMapCallback
+    from semmae.errors import ConfigError
+
+    assert AttentionMapCallback().series_at is None
+    assert AttentionMapCallback(series_at=[0.5, 100]).series_at == (0.5, 100)
+    for bad in ([1.5], [-1], [0.0], ["half"], [True]):
+        with pytest.raises(ConfigError, match="series_at"):
+            AttentionMapCallback(series_at=bad)

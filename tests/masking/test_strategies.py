@@ -13,7 +13,10 @@ from semmae.masking import (
     ColoredNoiseMasking,
     GridMasking,
     RandomMasking,
+    RandomUnitsMasking,
+    SemanticInformativeMasking,
     SemanticMasking,
+    SemanticStratifiedMasking,
 )
 from semmae.masking.base import num_keep
 from semmae.masking.generator import StepGenerator
@@ -35,11 +38,14 @@ def build(name: str, ratio: float, rule: str = "official"):
         "red_noise": lambda: ColoredNoiseMasking(ratio, color="red", frequency=0.1, visible_count=rule),
         "blue_noise": lambda: ColoredNoiseMasking(ratio, color="blue", visible_count=rule),
         "purple_noise": lambda: ColoredNoiseMasking(ratio, color="purple", visible_count=rule),
+        "semantic_informative": lambda: SemanticInformativeMasking(ratio, alpha=2.0, visible_count=rule),
+        "semantic_stratified": lambda: SemanticStratifiedMasking(ratio, visible_count=rule),  # progress 0: no key
+        "random_units_1": lambda: RandomUnitsMasking(ratio, unit=1, visible_count=rule),  # divides every grid
     }[name]()
 
 
 NAMES = ["random", "block", "grid", "semantic", "semantic_r1", "semantic_k1", "semantic_given", "colored_noise",
-         "red_noise", "blue_noise", "purple_noise"]
+         "red_noise", "blue_noise", "purple_noise", "semantic_informative", "semantic_stratified", "random_units_1"]
 
 
 def inputs(b, grid, patch, channels, seed):
@@ -113,6 +119,9 @@ def test_ranks_epochs_and_steps_get_different_masks(name):
         (lambda: BlockMasking(min_aspect=2.0), "min_aspect"),
         (lambda: ColoredNoiseMasking(color="pink"), "color"),
         (lambda: ColoredNoiseMasking(frequency=0.0), "frequency"),
+        (lambda: SemanticInformativeMasking(alpha=-1.0), "alpha"),
+        (lambda: SemanticStratifiedMasking(random_fraction=2.0), "random_fraction"),
+        (lambda: RandomUnitsMasking(unit=0), "unit"),
     ],
 )
 def test_invalid_parameters_are_config_errors(build_bad, key):
@@ -122,7 +131,8 @@ def test_invalid_parameters_are_config_errors(build_bad, key):
 
 def test_every_masking_config_instantiates_and_masks(compose_cfg):
     names = sorted(p.stem for p in (config_dir() / "masking").glob("*.yaml"))
-    assert {"random", "block", "grid", "semantic", "colored_noise"} <= set(names)
+    assert {"random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
+            "random_units"} <= set(names)
     images = torch.randn(2, 1, 32, 32)
     for name in names:
         cfg = compose_cfg("pretrain", [f"masking={name}"])
