@@ -5,7 +5,8 @@ Fashion-MNIST default), on smooth random images already on the device. The refer
 (random masking, forward, loss, backward, AdamW) of `vit_base` at 224 px on a GPU (bf16 autocast, fused AdamW) or
 of the default `vit_micro` at 32 px on a CPU, measured in the same run; every strategy's time is reported as a ratio
 to it. Rows:
-- random, block, grid, semantic (color_kmeans), colored_noise: the whole strategy, scores + keep_lowest;
+- random, block, grid, semantic (color_kmeans), colored_noise, semantic_informative, semantic_stratified (at
+  progress 0: no batch["progress"], every region stratified), random_units: the whole strategy, scores + keep_lowest;
 - semantic[given]: the device part of the `given` and `slic` segmenters (majority label per patch from a
   pixel-resolution map, components, scores);
 - slic worker: scikit-image SLIC on the CPU per batch on one core (it runs in the DataLoader workers, in parallel
@@ -37,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from bench_pretrain import Timer  # noqa: E402  (experiments/ is on the path when run as a script)
 
 SETTINGS = {"224/16": (224, 16, 3), "32/4": (32, 4, 1)}
-STRATEGIES = ("random", "block", "grid", "semantic", "colored_noise", "semantic[given]")
+STRATEGIES = ("random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
+              "random_units", "semantic[given]")
 
 
 def timed_ms(fn, device, warmup: int, windows: int, per_window: int) -> float:
@@ -195,7 +197,7 @@ def main(argv=None) -> dict:
             rows[name][setting] = {"ms": ms, "ratio_to_step": ms / ref_ms}
             if gpu and args.check_sync:
                 sync.setdefault(name, {})[setting] = check_sync(lambda: call(0))
-            print(f"  {setting:>6} {name:>16}: {ms:8.2f} ms  ({100 * ms / ref_ms:5.1f}% of a step)", flush=True)
+            print(f"  {setting:>6} {name:>20}: {ms:8.2f} ms  ({100 * ms / ref_ms:5.1f}% of a step)", flush=True)
         if not args.no_slic:
             ms = slic_worker_ms(args, size, channels)
             rows.setdefault("slic worker (1 core)", {})[setting] = {"ms": ms, "ratio_to_step": ms / ref_ms}

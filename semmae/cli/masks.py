@@ -4,8 +4,12 @@ Seed -> datamodule -> strategies -> masks on `num_images` validation images -> s
 Statistics per strategy (results.json): mean number of 4-connected components of the visible patches, the
 fraction of image regions that are entirely visible (regions: the semantic strategy's segmentation, its own regions
 for semantic itself, so the numbers are comparable), and the per-position visibility frequency (min, max, min/max;
-1 = every position equally likely). The figure (figures/masks.png): rows = images, columns = strategies; visible
-patches show the image, hidden ones are greyed; semantic also gets a column with its region map."""
+1 = every position equally likely), and the share of the visible patches that are flat background (a patch is flat
+when its pixel std is at most the reference semantic strategy's flat_threshold x the image's pixel std, the test
+flat_last applies to regions). Strategies that read the training progress (semantic_stratified) are drawn at
+progress 0, the start of training. The figure (figures/masks.png): rows = images, columns = strategies; visible
+patches show the image, hidden ones are greyed; the semantic strategies' region map gets a column of its own (once
+for strategies whose regions are the same)."""
 
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ from semmae.masking import MaskingStrategy, SemanticMasking
 from semmae.masking.base import keep_lowest
 from semmae.masking.components import count_components
 from semmae.masking.generator import StepGenerator
+from semmae.masking.regions import flat_regions
 from semmae.utils.plotting import denormalize, plt, save_figure, to_hwc
 from semmae.utils.run import print_summary, resolved_config, write_results
 
 STREAM = 2  # generator stream of this tool (pretraining uses 0 for training, 1 for validation)
 HIDDEN_TINT = torch.tensor([0.55, 0.6, 0.75])  # hidden patches: the image faded into slate grey
+PROGRESS = 0.0  # training progress given to strategies that read it (semantic_stratified): the start of training
 
 
 def build_strategies(cfg: DictConfig) -> dict[str, MaskingStrategy]:
@@ -58,6 +64,8 @@ def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str
     masks, regions = [], []
     for i, start in enumerate(range(0, len(batch["image"]), chunk)):
         part = {k: v[start : start + chunk] for k, v in batch.items()}
+        if strategy.uses_progress:
+            part["progress"] = PROGRESS
         images = part["image"]
         if isinstance(strategy, SemanticMasking):
             plan = strategy.plan(images, grid, gens(images.device, STREAM, 0, 0, i), part)
@@ -69,7 +77,18 @@ def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str
     return {"mask": torch.cat(masks), "regions": torch.cat(regions)}
 
 
-def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int]) -> dict[str, Any]:
+def flat_patches(images: torch.Tensor, grid: tuple[int, int], threshold: float) -> torch.Tensor:
+    """[B, N] bool: the patch is flat background, flat_last's test (semmae.masking.regions.flat_regions) applied to
+    every patch on its own (each patch its own region)."""
+    n = grid[0] * grid[1]
+    own = torch.arange(n, device=images.device).expand(images.shape[0], n)
+    return flat_regions(images, own, grid, threshold)
+
+
+def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int],
+                    flat: torch.Tensor | None = None) -> dict[str, Any]:
+    """flat [M, N] bool (flat_patches), when given, adds visible_flat_fraction: the share of all visible patches
+    that are flat."""
     visible = ~mask
     m, n = visible.shape
     components = count_components(visible, grid).float()
@@ -79,6 +98,10 @@ def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, 
     full = (is_region & (shown == size)).sum(1).float()
     partial = (is_region & (shown > 0) & (shown < size)).sum(1).float()
     freq = visible.float().mean(0)
+    extra = {}
+    if flat is not None:
+        shown_flat = (visible & flat.to(visible.device)).sum().float()
+        extra["visible_flat_fraction"] = round((shown_flat / visible.sum().clamp_min(1)).item(), 4)
     return {
         "visible_patches": int(visible[0].sum()),
         "visible_components_mean": round(components.mean().item(), 3),
@@ -89,6 +112,7 @@ def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, 
         "position_visibility_min": round(freq.min().item(), 4),
         "position_visibility_max": round(freq.max().item(), 4),
         "position_visibility_min_max_ratio": round((freq.min() / freq.max().clamp_min(1e-12)).item(), 4),
+        **extra,
         "position_visibility": [[round(v, 4) for v in row] for row in freq.reshape(grid).tolist()],
     }
 
@@ -102,12 +126,17 @@ def region_image(regions: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
 def masks_figure(images, results: dict[str, dict[str, torch.Tensor]], stats, grid, patch: int, mean, std, path):
     shown = denormalize(images.float(), mean, std)
     columns: list[tuple[str, str]] = [("image", "")]
+    drawn: list[torch.Tensor] = []  # region maps already given a column
     for name in results:
         columns.append((name, "mask"))
         if isinstance(results[name]["strategy"], SemanticMasking):
-            columns.append((name, "regions"))
+            regions = results[name]["regions"]
+            if not any(torch.equal(regions, other) for other in drawn):
+                columns.append((name, "regions"))
+                drawn.append(regions)
     rows = shown.shape[0]
-    fig, axes = plt.subplots(rows, len(columns), figsize=(1.5 * len(columns), 1.5 * rows), squeeze=False)
+    # 1.8 in per column: room for the longest titles (semantic_informative) beside each other
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.8 * len(columns), 1.5 * rows + 0.3), squeeze=False)
     for c, (name, kind) in enumerate(columns):
         for r in range(rows):
             ax = axes[r, c]
@@ -122,8 +151,14 @@ def masks_figure(images, results: dict[str, dict[str, torch.Tensor]], stats, gri
             img = shown[r].expand(3, -1, -1)
             greyed = torch.where(hidden, 0.3 * img + 0.7 * HIDDEN_TINT.view(3, 1, 1), img)
             ax.imshow(to_hwc(greyed), vmin=0, vmax=1)
-        title = "image" if kind == "" else (f"{name} regions" if kind == "regions" else
-                                              f"{name}\n{stats[name]['visible_components_mean']:.1f} comp.")
+        if kind == "":
+            title = "image"
+        elif kind == "regions":
+            title = f"{name} regions"
+        else:
+            at = f"\nat progress {stats[name]['progress']:g}" if "progress" in stats[name] else ""
+            title = (f"{name}{at}\n{stats[name]['visible_components_mean']:.1f} comp., "
+                     f"{100 * stats[name]['visible_flat_fraction']:.0f}% flat")
         axes[0, c].set_title(title, fontsize=7)
     return save_figure(fig, path)
 
@@ -149,11 +184,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if reference.segmenter != "color_kmeans" and "segments" not in batch:
         reference = SemanticMasking()
 
+    flat = flat_patches(batch["image"], grid, reference.flat_threshold)
     results, stats = {}, {}
     for name, strategy in strategies.items():
         results[name] = apply(strategy, reference, batch, grid, int(cfg.seed))
-        stats[name] = {"strategy": repr(strategy), **mask_statistics(results[name]["mask"], results[name]["regions"],
-                                                                    grid)}
+        stats[name] = {"strategy": repr(strategy), **({"progress": PROGRESS} if strategy.uses_progress else {}),
+                       **mask_statistics(results[name]["mask"], results[name]["regions"], grid, flat)}
         results[name]["strategy"] = strategy
     out = Path(cfg.paths.output_dir)
     k = min(int(cfg.num_shown), len(batch["image"]))
@@ -166,6 +202,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "images": len(batch["image"]),
         "grid": list(grid),
         "reference_regions": repr(reference),
+        "flat_threshold": reference.flat_threshold,
+        "flat_patches_fraction": round(flat.float().mean().item(), 4),
         "figure": str(figure),
         "strategies": stats,
         "wall_time_s": round(time.time() - start, 1),
@@ -175,7 +213,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print_summary({
         **{name: f"{s['visible_components_mean']:5.1f} visible components, "
                  f"{100 * s['regions_fully_visible_fraction']:4.1f}% regions fully visible, "
-                 f"position min/max {s['position_visibility_min_max_ratio']:.2f}" for name, s in stats.items()},
+                 f"position min/max {s['position_visibility_min_max_ratio']:.2f}, "
+                 f"{100 * s['visible_flat_fraction']:4.1f}% visible flat" for name, s in stats.items()},
         "figure": figure,
         "run directory": out,
     })
