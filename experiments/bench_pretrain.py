@@ -238,7 +238,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--channels", type=int, default=None, help="default: 3 on GPU (ImageNet-like), 1 on CPU")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--masking", default="random,semantic")
+    ap.add_argument("--masking", default="random,semantic,semantic_informative,semantic_stratified,random_units")
     ap.add_argument("--variants", default=None, help="eager,compiled (default: both on GPU, eager on CPU)")
     ap.add_argument("--data", default=None, help="synthetic,real (default: both)")
     ap.add_argument("--probe", action="store_true", help="include the online probe's full-image forward")
