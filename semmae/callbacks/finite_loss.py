@@ -46,8 +46,7 @@ class FiniteLoss(L.Callback):
             self._first_value = torch.zeros((), dtype=torch.float32, device=loss.device)
         new = (~torch.isfinite(loss)) & (self._first_bad < 0)
         # the optimiser step that produced this loss, counted from 1 (global_step has counted it already)
-        step = torch.tensor(max(1, trainer.global_step), device=loss.device)
-        self._first_bad = torch.where(new, step, self._first_bad)
+        self._first_bad = torch.where(new, max(1, trainer.global_step), self._first_bad)  # a scalar: no host copy
         self._first_value = torch.where(new, loss.float(), self._first_value)
         self._since_check += 1
         if self._since_check >= self.check_every_n_steps:

@@ -17,6 +17,7 @@ augmentation, `semmae-analyze`, `semmae-masks`) never test a datamodule's class 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 
 import lightning as L
@@ -43,7 +44,7 @@ def head(batch: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: v[:n] if (torch.is_tensor(v) and v.ndim) or isinstance(v, list) else v for k, v in batch.items()}
 
 
-class SemmaeDataModule(L.LightningDataModule):
+class SemmaeDataModule(L.LightningDataModule, ABC):
     """Base class of semmae's datamodules (see the module docstring). Subclasses build their splits in `setup`
     (which must be cheap to call again) and implement split_dataset and split_size."""
 
@@ -80,14 +81,14 @@ class SemmaeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the splits; called again before every loader, so it must return at once once they are built."""
 
+    @abstractmethod
     def split_dataset(self, split: str, train: bool) -> Dataset:
         """What the loader of split reads: train=True the training view (augmented), False the evaluation view
         (of either split). A ResidentBatches yields whole batches; any other dataset yields samples."""
-        raise NotImplementedError(f"{type(self).__name__} does not say what its loaders read (split_dataset)")
 
+    @abstractmethod
     def split_size(self, split: str) -> int:
         """Number of images in split, after its subset."""
-        raise NotImplementedError(f"{type(self).__name__} does not say how large its splits are (split_size)")
 
     def collate_fn(self, dataset: Dataset) -> Callable[[list[Any]], Any] | None:
         """How the loader batches dataset's samples (None: torch's default_collate)."""

@@ -5,7 +5,7 @@ augmentation after transfer, no workers) or per-image torchvision transforms in 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any, Callable
 
 import torch
@@ -53,7 +53,7 @@ class ArrayDataset(Dataset):
         return item
 
 
-class ImageDataModule(SemmaeDataModule, ABC):
+class ImageDataModule(SemmaeDataModule):
     """Base class; subclasses implement load_arrays(train) -> (uint8 [N, C, H, W], int64 [N])."""
 
     num_classes: int = 0

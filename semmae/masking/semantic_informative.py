@@ -24,20 +24,13 @@ from semmae.masking.semantic import SemanticMasking
 class SemanticInformativeMasking(SemanticMasking):
     name = "semantic_informative"
 
-    def __init__(
-        self,
-        mask_ratio: float = 0.75,
-        num_regions: int = 8,
-        random_fraction: float = 0.25,
-        segmenter: str = "color_kmeans",
-        pos_weight: float = 0.25,
-        iters: int = 5,
-        compactness: float = 10.0,
-        alpha: float = 1.0,
-        visible_count: str = "official",
-    ):
-        super().__init__(mask_ratio, num_regions, random_fraction, segmenter, pos_weight, iters, compactness,
-                         flat_last=False, visible_count=visible_count)
+    def __init__(self, mask_ratio: float = 0.75, *, alpha: float = 1.0, **semantic: Any):
+        """alpha, and semantic masking's own settings (SemanticMasking) but flat_last and flat_threshold: the
+        content weight orders the regions itself."""
+        refused = sorted({"flat_last", "flat_threshold"} & set(semantic))
+        if refused:
+            raise TypeError(f"SemanticInformativeMasking takes no {refused[0]}: masking.alpha orders the regions")
+        super().__init__(mask_ratio, **semantic)
         self.alpha = to_float("masking.alpha", alpha)
         if not 0.0 <= self.alpha < float("inf"):
             raise ConfigError(f"masking.alpha must be a finite number >= 0, got {alpha}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Mapping
 
 import lightning as L
@@ -94,7 +95,7 @@ class ClippedGroups:
         self._step_supports_amp_scaling = getattr(optimizer, "_step_supports_amp_scaling", False)
 
 
-class TaskBase(L.LightningModule):
+class TaskBase(L.LightningModule, ABC):
     kind = ""  # checkpoint["semmae"]["kind"]
     optim_group = ""  # conf/optim/<optim_group>.yaml: the settings when the task is built without model.optim
     lr_key = "blr"  # "blr": lr = blr x effective batch / 256 (MAE's scaling rule); "lr": the lr as given
@@ -145,11 +146,11 @@ class TaskBase(L.LightningModule):
     def total_steps(self) -> int:
         return max(1, int(self.trainer.estimated_stepping_batches))
 
+    @abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimiser's groups: "params" and "weight_decay", and where they differ "lr_scale" (x the peak lr),
         "lr" (an lr of the group's own instead), "schedule" (its own lr multiplier of the step instead of the
         scheduler node's) and "clip" (False: trainer.gradient_clip_val leaves the group alone)."""
-        raise NotImplementedError
 
     def make_schedule(self, total_steps: int, steps_per_epoch: int, peak_lr: float) -> WarmupDecay:
         """The scheduler node, completed with the run's step counts and peak lr."""
@@ -199,9 +200,9 @@ class ClassifierEvaluation(TaskBase):
         self.val_metrics = accuracy_metrics(num_classes)
         self.test_metrics = accuracy_metrics(num_classes)
 
+    @abstractmethod
     def eval_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits [B, classes] of an evaluation batch."""
-        raise NotImplementedError
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
         logits, labels = valid_part(batch, self.eval_logits(batch), batch["label"])
