@@ -103,6 +103,10 @@ class RequeueOnSignal(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self._armed:
             return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # Lightning resumes a checkpoint of an epoch's last batch in the next epoch, skipping this epoch's
+            # validation and epoch checkpoint: let the epoch end, and hand over at the next step boundary
+            return
         code = self._agreed(trainer, pl_module, batch_idx)
         if code == NONE:
             return

@@ -68,6 +68,22 @@ def test_signal_saves_requeues_and_the_requeued_run_resumes(compose_cfg, fmnist_
     assert (tmp_path / "run" / "results.json").is_file()
 
 
+def test_a_signal_in_an_epochs_last_step_waits_for_the_epoch_end(compose_cfg, fmnist_root, tmp_path, monkeypatch):
+    """Handed over at the epoch's last step, the resumed run would skip that epoch's validation and checkpoint
+    (Lightning resumes such a checkpoint in the next epoch): the hand-over waits for the next step boundary."""
+    monkeypatch.setattr(slurm, "request_requeue", lambda signum, previous: None)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt",
+                                   "+callbacks.signal.step=7"], tmp_path / "run")  # step 8 ends epoch 1 (4 each)
+    cfg.trainer.max_epochs = 3
+    with pytest.raises(Requeued):
+        run(cfg)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
+    saved = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 9 and saved["epoch"] == 2  # one step into epoch 2, after epoch 1 ended whole
+
+
 def test_sigterm_saves_and_stops_without_requeue(compose_cfg, fmnist_root, tmp_path, monkeypatch):
     requests = []
     monkeypatch.setattr(slurm, "request_requeue", lambda signum, previous: requests.append(signum))
