@@ -53,6 +53,7 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
         if trust:
             raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
         raise CheckpointError(refusal(path, exc)) from exc
-    except (EOFError, RuntimeError, OSError, ValueError) as exc:  # truncated zip, wrong magic, unreadable file
+    except Exception as exc:  # truncated zip, wrong magic, unreadable file; garbage can fail the unpickler anyhow
         first = str(exc).split(". ")[0].strip() or type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: damaged or truncated ({first})") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: damaged or truncated, or not a file torch.save wrote "
+                              f"({first})") from exc
