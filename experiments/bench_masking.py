@@ -6,7 +6,10 @@ Fashion-MNIST default), on smooth random images already on the device. The refer
 of the default `vit_micro` at 32 px on a CPU, measured in the same run; every strategy's time is reported as a ratio
 to it. Rows:
 - random, block, grid, semantic (color_kmeans), colored_noise, semantic_informative, semantic_stratified (at
-  progress 0: no batch["progress"], every region stratified), random_units: the whole strategy, scores + keep_lowest;
+  progress 0: no batch["progress"], every region stratified), random_units, semantic_features (after its warm-up, on
+  random patch features of width 768 at 224 px and 128 at 32 px, as ViT-B and vit_micro give; the encoder's
+  full-image forward that produces them is part of the training step, timed by make bench): the whole strategy,
+  scores + keep_lowest;
 - semantic[given]: the device part of the `given` and `slic` segmenters (majority label per patch from a
   pixel-resolution map, components, scores);
 - slic worker: scikit-image SLIC on the CPU per batch on one core (it runs in the DataLoader workers, in parallel
@@ -39,7 +42,8 @@ from bench_pretrain import Timer  # noqa: E402  (experiments/ is on the path whe
 
 SETTINGS = {"224/16": (224, 16, 3), "32/4": (32, 4, 1)}
 STRATEGIES = ("random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-              "random_units", "semantic[given]")
+              "random_units", "semantic_features", "semantic[given]")
+FEATURE_WIDTH = {"224/16": 768, "32/4": 128}  # the encoders' widths at these settings (ViT-B, vit_micro)
 
 
 def timed_ms(fn, device, warmup: int, windows: int, per_window: int) -> float:
@@ -185,13 +189,16 @@ def main(argv=None) -> dict:
         size, patch, channels = SETTINGS[setting]
         grid = (size // patch, size // patch)
         images = smooth_images(args.batch, channels, size, device)
-        batch = {"image": images, "segments": voronoi_maps(args.batch, size, 8, device)}
+        batch = {"image": images, "segments": voronoi_maps(args.batch, size, 8, device),
+                 "features": torch.randn(args.batch, grid[0] * grid[1], FEATURE_WIDTH[setting], device=device)}
         gens = StepGenerator(0)
         for name in names:
             s = strategy(name)
 
-            def call(i, s=s):
-                return s(images, grid, gens(device, 0, 0, 0, i), batch)
+            given = {**batch, "progress": 1.0} if name == "semantic_features" else batch  # after its warm-up
+
+            def call(i, s=s, given=given):
+                return s(images, grid, gens(device, 0, 0, 0, i), given)
 
             ms = timed_ms(call, device, args.warmup, args.windows, per_window=5 if gpu else 1)
             rows[name][setting] = {"ms": ms, "ratio_to_step": ms / ref_ms}

@@ -7,7 +7,9 @@ for semantic itself, so the numbers are comparable), and the per-position visibi
 1 = every position equally likely), and the share of the visible patches that are flat background (a patch is flat
 when its pixel std is at most the reference semantic strategy's flat_threshold x the image's pixel std, the test
 flat_last applies to regions). Strategies that read the training progress (semantic_stratified) are drawn at
-progress 0, the start of training. The figure (figures/masks.png): rows = images, columns = strategies; visible
+progress 0, the start of training; semantic_features at the end of its warm-up, on the patch tokens of the encoder
+that `features_ckpt` names (a pretraining checkpoint, `latest`, ...; null: a randomly initialised encoder of the
+backbone, whose tokens are little more than the patch embedding and position). The figure (figures/masks.png): rows = images, columns = strategies; visible
 patches show the image, hidden ones are greyed; the semantic strategies' region map gets a column of its own (once
 for strategies whose regions are the same)."""
 
@@ -29,6 +31,8 @@ from semmae.masking import MaskingStrategy, SemanticMasking
 from semmae.masking.base import keep_lowest
 from semmae.masking.components import count_components
 from semmae.masking.generator import StepGenerator
+from semmae.models.checkpoints import build_encoder
+from semmae.models.sources import resolve_source
 from semmae.masking.regions import flat_regions
 from semmae.utils.plotting import denormalize, plt, save_figure, to_hwc
 from semmae.utils.run import print_summary, resolved_config, write_results
@@ -56,6 +60,26 @@ def validation_batch(datamodule, num_images: int) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def draw_progress(strategy: MaskingStrategy) -> float:
+    """The training progress a strategy is drawn at: PROGRESS, or the end of semantic_features' warm-up (before it,
+    that strategy is random masking)."""
+    return max(PROGRESS, float(getattr(strategy, "warmup", 0.0)))
+
+
+def patch_features(cfg: DictConfig, images: torch.Tensor, grid: tuple[int, int], chunk: int = 256) -> torch.Tensor:
+    """[M, N, D] patch tokens of the full images from the encoder of cfg.features_ckpt (random init for null), what
+    PretrainTask passes semantic_features in the batch."""
+    source = resolve_source(cfg.features_ckpt, cfg.paths.root_dir)
+    encoder = build_encoder(source, backbone=cfg.backbone, root=cfg.paths.root_dir,
+                            trust=bool(cfg.trust_checkpoint), seed=int(cfg.seed), in_chans=images.shape[1]).eval()
+    if tuple(encoder.grid_size) != tuple(grid):
+        raise ConfigError(f"features_ckpt={cfg.features_ckpt} has a {encoder.grid_size[0]}x{encoder.grid_size[1]} "
+                          f"patch grid, the masks here a {grid[0]}x{grid[1]} one: choose its backbone")
+    with torch.no_grad():
+        tokens = [encoder.forward_features(images[i : i + chunk]) for i in range(0, len(images), chunk)]
+    return torch.cat(tokens)[:, encoder.num_prefix_tokens :]
+
+
 def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str, torch.Tensor],
           grid: tuple[int, int], seed: int, chunk: int = 256) -> dict[str, torch.Tensor]:
     """Masks [M, N] (True = hidden) and reference regions [M, N] over all images, in chunks. The reference regions
@@ -65,7 +89,7 @@ def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str
     for i, start in enumerate(range(0, len(batch["image"]), chunk)):
         part = {k: v[start : start + chunk] for k, v in batch.items()}
         if strategy.uses_progress:
-            part["progress"] = PROGRESS
+            part["progress"] = draw_progress(strategy)
         images = part["image"]
         if isinstance(strategy, SemanticMasking):
             plan = strategy.plan(images, grid, gens(images.device, STREAM, 0, 0, i), part)
@@ -181,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for key, producer in strategy.data_needs().items():
             datamodule.provide(key, producer, needed_by=strategy.describe())
     batch = validation_batch(datamodule, int(cfg.num_images))
+    if any(s.needs_features(draw_progress(s)) for s in strategies.values() if s.uses_progress):
+        batch["features"] = patch_features(cfg, batch["image"], grid)
     if reference.segmenter != "color_kmeans" and "segments" not in batch:
         reference = SemanticMasking()
 
@@ -188,7 +214,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results, stats = {}, {}
     for name, strategy in strategies.items():
         results[name] = apply(strategy, reference, batch, grid, int(cfg.seed))
-        stats[name] = {"strategy": repr(strategy), **({"progress": PROGRESS} if strategy.uses_progress else {}),
+        stats[name] = {"strategy": repr(strategy),
+                       **({"progress": draw_progress(strategy)} if strategy.uses_progress else {}),
                        **mask_statistics(results[name]["mask"], results[name]["regions"], grid, flat)}
         results[name]["strategy"] = strategy
     out = Path(cfg.paths.output_dir)

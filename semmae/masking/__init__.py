@@ -7,11 +7,12 @@ from semmae.masking.grid import GridMasking
 from semmae.masking.random import RandomMasking
 from semmae.masking.random_units import RandomUnitsMasking
 from semmae.masking.semantic import SemanticMasking
+from semmae.masking.semantic_features import SemanticFeaturesMasking
 from semmae.masking.semantic_informative import SemanticInformativeMasking
 from semmae.masking.semantic_stratified import SemanticStratifiedMasking
 
 __all__ = [
     "Mask", "MaskingStrategy", "keep_lowest",
     "RandomMasking", "BlockMasking", "GridMasking", "SemanticMasking", "ColoredNoiseMasking",
-    "SemanticInformativeMasking", "SemanticStratifiedMasking", "RandomUnitsMasking",
+    "SemanticInformativeMasking", "SemanticFeaturesMasking", "SemanticStratifiedMasking", "RandomUnitsMasking",
 ]

@@ -127,6 +127,12 @@ class MaskingStrategy(ABC):
         scores = self.scores(images, grid_size, generator, batch)
         return keep_lowest(scores, self.n_keep(grid_size[0] * grid_size[1]))
 
+    def needs_features(self, progress: float) -> bool:
+        """True when scores() reads batch["features"] at this training progress: the encoder's patch tokens of the
+        full augmented image [B, N, D], which the pretraining task computes (no gradient) and passes in the batch
+        (semantic_features after its warm-up). Default: never."""
+        return False
+
     def data_needs(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
         """Extra batch entries the strategy reads, {key: producer}. A producer is a picklable callable that the data
         loader's workers apply to every augmented image (float [C, H, W] -> tensor); None means the dataset itself

@@ -26,6 +26,11 @@ def _standard_positions(h: int, w: int, device: str) -> torch.Tensor:
     return (pos - pos.mean(0)) / pos.std(0, unbiased=False).clamp_min(_EPS)
 
 
+def standard_positions(grid_size: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+    """[N, 2]: the standardised (row, col) of every patch of the grid (cached per grid and device)."""
+    return _standard_positions(int(grid_size[0]), int(grid_size[1]), str(torch.device(device)))
+
+
 def patch_descriptors(images: torch.Tensor, grid_size: tuple[int, int], pos_weight: float) -> torch.Tensor:
     """[B, C, H, W] -> [B, N, 2C + 2]: per-channel mean and std of every patch's pixels, each standardised over the
     image's patches, then pos_weight x the standardised (row, col) of the patch."""
@@ -39,7 +44,7 @@ def patch_descriptors(images: torch.Tensor, grid_size: tuple[int, int], pos_weig
     feats = torch.cat([mean, std], dim=1).flatten(2).transpose(1, 2)  # [B, N, 2C]
     var, avg = torch.var_mean(feats, dim=1, keepdim=True, unbiased=False)
     feats = (feats - avg) / (var.sqrt() + _EPS)
-    pos = _standard_positions(h, w, str(images.device))
+    pos = standard_positions(grid_size, images.device)
     return torch.cat([feats, (pos_weight * pos).expand(b, -1, -1)], dim=2)
 
 

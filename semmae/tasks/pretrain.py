@@ -67,7 +67,7 @@ class PretrainTask(TaskBase):
             raise ConfigError(f"model.compile must be true, false or auto, got {compile!r}")
         self.compile_model = compile
         self.train_forward = self.mae.forward  # replaced by a compiled version in configure_model if asked
-        self.probe_encoder = self.mae.encoder.forward_cls
+        self.full_encoder = self.mae.encoder.forward_features  # the probe's and semantic_features' forward
         self.save_hyperparameters(ignore=["mae", "masking"])
         self.hparams["masking"] = repr(masking)
         self.hparams["model"] = dict(mae.config)
@@ -79,7 +79,7 @@ class PretrainTask(TaskBase):
         enabled = self.device.type == "cuda" if self.compile_model == "auto" else self.compile_model
         if enabled and self.train_forward == self.mae.forward:
             self.train_forward = torch.compile(self.mae.forward, dynamic=False)
-            self.probe_encoder = torch.compile(self.mae.encoder.forward_cls, dynamic=False)
+            self.full_encoder = torch.compile(self.mae.encoder.forward_features, dynamic=False)
 
     # --- resuming mid-epoch exactly ------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -105,25 +105,43 @@ class PretrainTask(TaskBase):
         return batch
 
     # --- masking ----------------------------------------------------------------------------------------------
+    def masking_inputs(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], torch.Tensor | None]:
+        """The batch as the strategy reads it, and the full-image tokens if they were computed for it. Strategies with
+        uses_progress get "progress" (docs/masking.md#training-progress: a host float from global_step, no sync);
+        those whose needs_features(progress) holds get "features", the patch tokens of the full augmented image
+        (full_image_tokens), unless the batch has them already."""
+        if not self.masking.uses_progress or "progress" in batch:
+            return batch, None
+        progress = training_progress(self.global_step, self.total_steps())
+        batch, tokens = {**batch, "progress": progress}, None
+        if self.masking.needs_features(progress) and "features" not in batch:
+            tokens = self.full_image_tokens(batch["image"])
+            batch["features"] = tokens[:, self.mae.encoder.num_prefix_tokens:]
+        return batch, tokens
+
     def make_mask(self, batch: Mapping[str, Any], stream: int, batch_idx: int) -> Mask:
         images = batch["image"]
         epoch = self.current_epoch if stream == TRAIN_STREAM else 0
         gen = self.generators(images.device, stream, self.global_rank, epoch, batch_idx)
-        if self.masking.uses_progress:  # docs/masking.md#training-progress: a host float from global_step, no sync
-            batch = {**batch, "progress": training_progress(self.global_step, self.total_steps())}
-        return self.masking(images, self.mae.grid_size, gen, batch)
+        return self.masking(images, self.mae.grid_size, gen, self.masking_inputs(batch)[0])
 
-    def probe_features(self, images: torch.Tensor) -> torch.Tensor:
-        """CLS features of full images, detached (no_grad) and float32: the probe only reads them, so the forward may
-        run in bf16 (model.probe.bf16, the base's policy)."""
+    def full_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Normed tokens [B, P + N, D] of full images, detached (no_grad) and float32: the online probe reads the CLS
+        token, masking=semantic_features the patch tokens. Only read, so the forward may run in bf16
+        (model.probe.bf16, the base's policy)."""
         bf16 = self.bf16_enabled(self.probe_cfg["bf16"])
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            encode = self.probe_encoder if self.training else self.mae.encoder.forward_cls
+            encode = self.full_encoder if self.training else self.mae.encoder.forward_features
             return encode(images).float()
+
+    def probe_features(self, images: torch.Tensor) -> torch.Tensor:
+        """CLS features of full images (full_image_tokens)."""
+        return self.full_image_tokens(images)[:, 0]
 
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
+        batch, tokens = self.masking_inputs(batch)
         loss, _ = self.train_forward(images, self.make_mask(batch, TRAIN_STREAM, batch_idx))
         self.train_loss.update(loss.detach())
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
@@ -133,8 +151,11 @@ class PretrainTask(TaskBase):
         total = loss
         if self.probe is not None:
             k = max(2, int(round(images.shape[0] * self.probe_cfg["batch_fraction"])))
-            plain = batch.get("image_plain", images)  # the probe sees un-augmented images, like at evaluation
-            logits = self.probe(self.probe_features(plain[:k]))
+            if tokens is not None:  # share semantic_features' forward: the probe then reads the augmented view
+                features = tokens[:k, 0]
+            else:  # the probe sees un-augmented images, like at evaluation
+                features = self.probe_features(batch.get("image_plain", images)[:k])
+            logits = self.probe(features)
             labels = batch["label"][:k]
             total = total + F.cross_entropy(logits, labels)
             self.train_probe_acc.update(logits.detach(), labels)
@@ -144,16 +165,19 @@ class PretrainTask(TaskBase):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         images, labels = batch["image"], batch["label"]
         valid = batch.get("valid")
+        batch, tokens = self.masking_inputs(batch)
+        cls = None if tokens is None else tokens[:, 0]  # the probe shares semantic_features' forward
         mask = self.make_mask(batch, VAL_STREAM, batch_idx)
         loss, pred = self.mae(images, mask)
         if valid is not None and not bool(valid.all()):  # padded samples (uneven DDP split) do not count
             loss = masked_patch_loss(pred, patchify(images, self.mae.patch_size), mask.mask & valid[:, None],
                                      self.mae.norm_pix_loss)
             images, labels = images[valid], labels[valid]
+            cls = None if cls is None else cls[valid]
         self.val_loss.update(loss, weight=images.shape[0])
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         if self.probe is not None:
-            logits = self.probe(self.probe_features(images))
+            logits = self.probe(self.probe_features(images) if cls is None else cls)
             self.val_probe_acc.update(logits, labels)
             self.log("val/online_probe_acc", self.val_probe_acc, on_step=False, on_epoch=True, prog_bar=True)
 

@@ -10,7 +10,7 @@ from semmae.errors import ConfigError
 from semmae.cli.masks import flat_patches, mask_statistics, run
 
 STRATEGIES = ["random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-              "random_units"]
+              "random_units", "semantic_features"]
 
 
 def test_figure_and_statistics_for_every_strategy(compose_cfg, fmnist_root):
@@ -36,6 +36,8 @@ def test_figure_and_statistics_for_every_strategy(compose_cfg, fmnist_root):
     assert stats["random_units"]["visible_components_mean"] <= 4  # 16 visible patches = 4 whole 2x2 units
     assert stats["semantic_stratified"]["progress"] == 0.0  # drawn at the start of training
     assert "progress" not in stats["semantic"]
+    assert stats["semantic_features"]["progress"] == 0.1  # the end of its warm-up: its own regions, not random's
+    assert stats["semantic_features"]["visible_components_mean"] < stats["random"]["visible_components_mean"]
     # every region shows a piece at progress 0: more, smaller visible components than semantic's whole regions
     assert stats["semantic_stratified"]["visible_components_mean"] > stats["semantic"]["visible_components_mean"]
 

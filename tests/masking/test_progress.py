@@ -83,7 +83,7 @@ def test_a_resumed_run_sees_the_progress_of_an_uninterrupted_one(compose_cfg, fm
     assert [p for _, p in before + after] == [training_progress(s, 6) for s in range(6)]
 
 
-@pytest.mark.parametrize("name", ["semantic_informative", "semantic_stratified", "random_units"])
+@pytest.mark.parametrize("name", ["semantic_informative", "semantic_stratified", "random_units", "semantic_features"])
 def test_the_new_strategies_read_nothing_back_to_the_host(compose_cfg, name):
     from tests.tasks.test_step_sync import count_host_reads
 
@@ -91,5 +91,6 @@ def test_the_new_strategies_read_nothing_back_to_the_host(compose_cfg, name):
     images = torch.randn(4, 1, 32, 32)
     reads: list = []
     with count_host_reads(reads):
-        m = strategy(images, (8, 8), torch.Generator().manual_seed(0), {"image": images, "progress": 0.4})
+        m = strategy(images, (8, 8), torch.Generator().manual_seed(0),
+                     {"image": images, "progress": 0.4, "features": torch.randn(4, 64, 16)})
     assert reads == [] and m.mask.shape == (4, 64)

@@ -14,6 +14,7 @@ from semmae.masking import (
     GridMasking,
     RandomMasking,
     RandomUnitsMasking,
+    SemanticFeaturesMasking,
     SemanticInformativeMasking,
     SemanticMasking,
     SemanticStratifiedMasking,
@@ -41,18 +42,23 @@ def build(name: str, ratio: float, rule: str = "official"):
         "semantic_informative": lambda: SemanticInformativeMasking(ratio, alpha=2.0, visible_count=rule),
         "semantic_stratified": lambda: SemanticStratifiedMasking(ratio, visible_count=rule),  # progress 0: no key
         "random_units_1": lambda: RandomUnitsMasking(ratio, unit=1, visible_count=rule),  # divides every grid
+        # warmup 0: the batch features from the first step (no "progress" in the batch = progress 0)
+        "semantic_features": lambda: SemanticFeaturesMasking(ratio, warmup=0.0, visible_count=rule),
+        "semantic_features_warmup": lambda: SemanticFeaturesMasking(ratio, warmup=0.5, visible_count=rule),
     }[name]()
 
 
 NAMES = ["random", "block", "grid", "semantic", "semantic_r1", "semantic_k1", "semantic_given", "colored_noise",
-         "red_noise", "blue_noise", "purple_noise", "semantic_informative", "semantic_stratified", "random_units_1"]
+         "red_noise", "blue_noise", "purple_noise", "semantic_informative", "semantic_stratified", "random_units_1",
+         "semantic_features", "semantic_features_warmup"]
 
 
 def inputs(b, grid, patch, channels, seed):
     g = torch.Generator().manual_seed(seed)
     images = smooth_images(b, channels, max(grid) * patch, g)[..., : grid[0] * patch, : grid[1] * patch]
     segments = torch.randint(0, 4, (b, grid[0], grid[1]), generator=g)
-    return images, {"image": images, "segments": segments}
+    features = torch.randn(b, grid[0] * grid[1], 8, generator=g)  # what PretrainTask passes semantic_features
+    return images, {"image": images, "segments": segments, "features": features}
 
 
 @st.composite
@@ -122,6 +128,8 @@ def test_ranks_epochs_and_steps_get_different_masks(name):
         (lambda: SemanticInformativeMasking(alpha=-1.0), "alpha"),
         (lambda: SemanticStratifiedMasking(random_fraction=2.0), "random_fraction"),
         (lambda: RandomUnitsMasking(unit=0), "unit"),
+        (lambda: SemanticFeaturesMasking(warmup=1.5), "warmup"),
+        (lambda: SemanticFeaturesMasking(num_regions=0), "num_regions"),
     ],
 )
 def test_invalid_parameters_are_config_errors(build_bad, key):
@@ -132,7 +140,7 @@ def test_invalid_parameters_are_config_errors(build_bad, key):
 def test_every_masking_config_instantiates_and_masks(compose_cfg):
     names = sorted(p.stem for p in (config_dir() / "masking").glob("*.yaml"))
     assert {"random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-            "random_units"} <= set(names)
+            "random_units", "semantic_features"} <= set(names)
     images = torch.randn(2, 1, 32, 32)
     for name in names:
         cfg = compose_cfg("pretrain", [f"masking={name}"])
