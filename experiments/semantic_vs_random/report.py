@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,38 @@ MAIN_COLUMNS = [
     ("fine-tuned: shallow prefix share", "finetune", "attn/shallow_prefix_share", 1.0),
     ("fine-tuned: shallow norm ratio", "finetune", "attn/shallow_norm_ratio", 1.0),
 ]
+# The readings study (run.py --preset cpu-readings): every value of a cell under one key (cell_values).
+# SERIES_METRICS: the shallow_* metrics read after pretraining (semmae-analyze) and along fine-tuning (its series).
+SERIES_METRICS = ("sink_ratio", "prefix_share", "norm_ratio", "high_norm_fraction")
+SERIES_LABELS = {"sink_ratio": "sink ratio", "prefix_share": "prefix share", "norm_ratio": "norm ratio",
+                 "high_norm_fraction": "high-norm fraction"}
+# (column, cell_values key, task it comes from, scale)
+READINGS_COLUMNS = [
+    ("probe CLS top-1 %", "linprobe", "linprobe", 100.0),
+    ("probe mean top-1 %", "linprobe_avg", "linprobe_avg", 100.0),
+    ("fine-tune top-1 %", "finetune", "finetune", 100.0),
+    *((f"pretrained: {SERIES_LABELS[m]}", f"analyze/{m}", "analyze", 1.0) for m in SERIES_METRICS),
+    *((f"fine-tune start: {SERIES_LABELS[m]}", f"ft_start/{m}", "finetune", 1.0) for m in SERIES_METRICS),
+    *((f"fine-tune end: {SERIES_LABELS[m]}", f"ft_end/{m}", "finetune", 1.0) for m in SERIES_METRICS),
+]
+# (row, cell_values key, scale, relative difference shown): the paired differences against random, seed by seed
+PAIRED_METRICS = [
+    ("probe CLS top-1 (points)", "linprobe", 100.0, False),
+    ("probe mean top-1 (points)", "linprobe_avg", 100.0, False),
+    ("fine-tune top-1 (points)", "finetune", 100.0, False),
+    ("fine-tune-time shallow sink ratio (end of series)", "ft_end/sink_ratio", 1.0, True),
+    ("pretrained shallow sink ratio (analyze)", "analyze/sink_ratio", 1.0, True),
+    ("pretrained shallow prefix share", "analyze/prefix_share", 1.0, False),
+    ("pretrained shallow norm ratio", "analyze/norm_ratio", 1.0, False),
+]
+REFERENCE = "random"  # the arm every other one is paired with, seed by seed
+# The study's decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink ratio against random
+# in every confirmation seed (at least RULE_MIN_SEEDS of them), by at least RULE_MIN_SINK_DROP_PCT % on average, and
+# loses at most RULE_MAX_PROBE_LOSS linear-probe (CLS) points on average.
+RULE_MIN_SEEDS = 3
+RULE_MIN_SINK_DROP_PCT = 15.0
+RULE_MAX_PROBE_LOSS = 0.3
+RULE_SINK, RULE_PROBE = "ft_end/sink_ratio", "linprobe"
 ABLATION_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
     ("shallow sink ratio", "analyze", "attn/shallow_sink_ratio", 1.0),
@@ -73,6 +106,35 @@ def metric(task: dict, key: str) -> float | None:
         if isinstance(v, (int, float)) and math.isfinite(v):
             return float(v)
     return None
+
+
+def artifact_series(run_dir: Path) -> list[dict]:
+    """The fine-tuning run's artifact series (results.json "artifact_series": entries {"at", "step", "epoch",
+    "shallow_sink_ratio", ...}, from before the first step to the end); [] without one."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return []
+    series = json.loads(path.read_text()).get("artifact_series") or []
+    return sorted(series, key=lambda entry: entry.get("step", 0))
+
+
+def _finite(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def cell_values(cell: Path) -> dict[str, float | None]:
+    """Every number of a readings cell (<out>/<arm>/seed<k>) under its READINGS_COLUMNS key: the probes' and the
+    fine-tuning's top-1, analyze's shallow_* after pretraining, and the first (ft_start/...) and last (ft_end/...)
+    point of the fine-tuning series (ft_end falls back to the run's final attn/shallow_* without a series)."""
+    tasks = {t: read_task(cell / t) for t in ("linprobe", "linprobe_avg", "finetune", "analyze")}
+    values = {t: metric(tasks[t], "test/top1") for t in ("linprobe", "linprobe_avg", "finetune")}
+    series = artifact_series(cell / "finetune") if tasks["finetune"]["status"] == "ok" else []
+    for m in SERIES_METRICS:
+        values[f"analyze/{m}"] = metric(tasks["analyze"], f"attn/shallow_{m}")
+        values[f"ft_start/{m}"] = _finite(series[0].get(f"shallow_{m}")) if series else None
+        values[f"ft_end/{m}"] = (_finite(series[-1].get(f"shallow_{m}")) if series
+                                 else metric(tasks["finetune"], f"attn/shallow_{m}"))
+    return values
 
 
 # --- portable text: no absolute path of the machine the study ran on ---------------------------------------------
@@ -172,6 +234,173 @@ def sink_over_training(run_dir: Path, key: str = "attn/shallow_sink_ratio") -> d
                     by_step[int(row["step"])] = float(row[key])
     # the callback logs at the end of an epoch's validation, at the step reached by then
     return {round(step / steps_per_epoch): v for step, v in sorted(by_step.items())}
+
+
+# --- the readings: paired differences and the decision rule ------------------------------------------------------
+@dataclass
+class Paired:
+    """arm - reference of one metric, seed by seed, on the seeds where both have it."""
+
+    seeds: list[int]  # the paired seeds
+    missing: list[int]  # seeds where either side has no value
+    diffs: list[float]
+    rel_pct: list[float]  # 100 (arm - ref) / ref, seed by seed (where ref != 0)
+
+    @property
+    def lower(self) -> int:
+        return sum(d < 0 for d in self.diffs)
+
+    @property
+    def higher(self) -> int:
+        return sum(d > 0 for d in self.diffs)
+
+    def signs(self) -> str:
+        """How many seeds agree in sign: "3/3 lower", "2/3 higher", "2/2 equal", "1/2 lower, 1/2 higher" (a tie);
+        "—" without a paired seed."""
+        n = len(self.diffs)
+        if not n:
+            return "—"
+        if not self.lower and not self.higher:
+            return f"{n}/{n} equal"
+        if self.lower == self.higher:
+            return f"{self.lower}/{n} lower, {self.higher}/{n} higher"
+        return f"{self.lower}/{n} lower" if self.lower > self.higher else f"{self.higher}/{n} higher"
+
+
+def paired(arm: dict[int, float | None], ref: dict[int, float | None]) -> Paired:
+    """Pair {seed: value} of an arm with the reference's: seeds where either is missing are left out (and named)."""
+    seeds = sorted(set(arm) | set(ref))
+    both = [k for k in seeds if arm.get(k) is not None and ref.get(k) is not None]
+    diffs = [arm[k] - ref[k] for k in both]
+    rel = [100.0 * (arm[k] - ref[k]) / ref[k] for k in both if ref[k] != 0]
+    return Paired(both, [k for k in seeds if k not in both], diffs, rel)
+
+
+def pm(values: list[float], scale: float = 1.0, d: int | None = None, sign: bool = False) -> str:
+    """`mean ± std` of values (x scale); "—" for none; the std left out for one value."""
+    if not values:
+        return "—"
+    m, s = mean_std([v * scale for v in values])
+    d = decimals(m, scale) if d is None else d
+    fmt = f"{{:{'+' if sign else ''}.{d}f}}"
+    return fmt.format(m) + ("" if s is None else f" ± {s:.{d}f}")
+
+
+def paired_table(values: dict[str, dict[int, dict]], arms: list[str]) -> str:
+    """Rows arm x PAIRED_METRICS: mean ± std over the seeds of (arm - random of the same seed), the relative
+    difference for the sink ratios, the seeds that agree in sign, the paired seeds, and random's own seed spread."""
+    ref = values[REFERENCE]
+    rows = []
+    for arm in arms:
+        if arm == REFERENCE:
+            continue
+        for label, key, scale, relative in PAIRED_METRICS:
+            pair = paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()})
+            d = 2 if scale != 1.0 else 3  # points to 2 decimals: the rule's threshold is 0.3 points
+            spread = [v[key] for v in ref.values() if v[key] is not None]
+            seeds = f"{len(pair.seeds)}" + (f" (seed {', '.join(map(str, pair.missing))} missing)"
+                                            if pair.missing else "")
+            rows.append([arm, label, pm(pair.diffs, scale, d, sign=True),
+                         pm(pair.rel_pct, 1.0, 1, sign=True) if relative else "", pair.signs(), seeds,
+                         f"{statistics.stdev(spread) * scale:.{d}f}" if len(spread) > 1 else "—"])
+    return markdown_table(["arm", "metric", "arm − random (mean ± std)", "relative %", "sign", "paired seeds",
+                           "random's seed std"], rows)
+
+
+def decide(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[str, str]:
+    """The decision rule on one arm -> (verdict: qualifies | does not qualify | cannot be applied yet, why)."""
+    seeds = sorted(set(arm) | set(ref))
+    both = [k for k in seeds if all(side.get(k, {}).get(key) is not None for side in (arm, ref)
+                                    for key in (RULE_SINK, RULE_PROBE))]
+    if len(both) < RULE_MIN_SEEDS:
+        return "cannot be applied yet", f"{len(both)} paired seed{'s' if len(both) != 1 else ''}, the rule needs " \
+                                        f"{RULE_MIN_SEEDS}"
+    sink = paired({k: arm[k][RULE_SINK] for k in both}, {k: ref[k][RULE_SINK] for k in both})
+    probe = paired({k: arm[k][RULE_PROBE] for k in both}, {k: ref[k][RULE_PROBE] for k in both})
+    drop = -statistics.fmean(sink.rel_pct) if len(sink.rel_pct) == len(both) else float("nan")
+    loss = -statistics.fmean(probe.diffs) * 100.0
+    facts = f"sink ratio {sink.lower}/{len(both)} lower, {-drop:+.1f}% on average; probe CLS {-loss:+.2f} points"
+    ok = sink.lower == len(both) and drop >= RULE_MIN_SINK_DROP_PCT and loss <= RULE_MAX_PROBE_LOSS
+    return ("qualifies" if ok else "does not qualify"), facts
+
+
+def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[str]:
+    """The decision rule applied mechanically to every arm but random, one line each, under the rule itself."""
+    lines = [f"Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink ratio vs random in "
+             f"every confirmation seed (≥ {RULE_MIN_SEEDS} seeds) by at least {RULE_MIN_SINK_DROP_PCT:g}% on average "
+             f"and loses at most {RULE_MAX_PROBE_LOSS:g} linear-probe points (CLS). Applied to the numbers above:", ""]
+    if REFERENCE not in values:
+        return [*lines, f"- the rule cannot be applied yet: no `{REFERENCE}` arm to pair with"]
+    for arm in arms:
+        if arm != REFERENCE:
+            verdict, why = decide(values[arm], values[REFERENCE])
+            lines.append(f"- `{arm}`: " + (f"the rule cannot be applied yet ({why})" if verdict.startswith("cannot")
+                                           else f"{verdict} ({why})"))
+    return lines
+
+
+def series_table(values: dict[str, list[list[dict]]], metric_name: str) -> str:
+    """One shallow metric along fine-tuning: rows = arms, columns = the series points (start, fractions of the steps,
+    end), each the mean over the seeds that have it."""
+    points = list(dict.fromkeys(str(e.get("at")) for runs in values.values() for run in runs for e in run))
+    rows = []
+    for arm, runs in values.items():
+        by_point = {p: [v for run in runs for e in run if str(e.get("at")) == p
+                        and (v := _finite(e.get(f"shallow_{metric_name}"))) is not None] for p in points}
+        if any(by_point.values()):
+            rows.append([arm, *(f"{(m := statistics.fmean(v)):.{decimals(m, 1.0)}f}" if v else "—"
+                                for v in by_point.values())])
+    return markdown_table([f"fine-tuning: shallow {SERIES_LABELS[metric_name]} at", *points], rows)
+
+
+def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about: str,
+                     tasks: tuple[str, ...]) -> str:
+    """The readings study: per-arm numbers (mean ± std over seeds), paired differences against random, the decision
+    rule, the sinks over pretraining and along fine-tuning, wall times, failures and commands."""
+    cells = {a: [{t: read_task(out / a / f"seed{k}" / t) for t in tasks} for k in seeds] for a in arms}
+    labels = {a: [f"{a}/seed{k}" for k in seeds] for a in arms}
+    values = {a: {k: cell_values(out / a / f"seed{k}") for k in seeds} for a in arms}
+    rows = []
+    for a in arms:
+        row = [a, str(sum(c["pretrain"]["status"] == "ok" for c in cells[a]))]
+        for _, key, task, scale in READINGS_COLUMNS:
+            got = [v[key] for v in values[a].values() if v[key] is not None]
+            failed = sum(c[task]["status"] == "failed" for c in cells[a])
+            text = pm(got, scale) if got else ("failed" if failed else "—")
+            row.append(text + (f" ({failed} of {len(seeds)} failed)" if got and failed else ""))
+        rows.append(row)
+    parts = [f"## Preset `{preset}`: {', '.join(arms)} x seeds {', '.join(map(str, seeds))}", "",
+             f"Setting: {about}. Every arm and seed this study directory holds (the screening's and the "
+             "confirmation's cells). Mean ± sample std over the seeds; shallow = the first third of the blocks "
+             "(docs/artifacts.md#shallow-blocks); pretrained: semmae-analyze on the pretrained encoder; fine-tune "
+             "start / end: the first and last point of the fine-tuning run's artifact series.", "",
+             markdown_table(["arm", "seeds", *(c[0] for c in READINGS_COLUMNS)], rows), ""]
+    if REFERENCE in arms:
+        parts += ["Paired differences against random (arm − random of the same seed; seeds where either is missing "
+                  "are left out, the paired-seeds column says so; the relative difference is the mean of the "
+                  "per-seed ones):", "", paired_table(values, arms), ""]
+    parts += [*decision_lines(values, arms), ""]
+    during = {a: [sink_over_training(out / a / f"seed{k}" / "pretrain") for k in seeds] for a in arms}
+    if any(c for runs in during.values() for c in runs):
+        plot = plot_sink_over_training(during, figures / "sink_over_training.png")
+        parts += ["Shallow sink ratio during pretraining (the attention callback on the first validation images, "
+                  "after every epoch; mean over the seeds):", "", over_training_table(during), ""]
+        if plot:
+            parts += [f"![sink ratio over training]({(rel / plot.name).as_posix()})", ""]
+    series = {a: [artifact_series(out / a / f"seed{k}" / "finetune") for k in seeds] for a in arms}
+    if any(run for runs in series.values() for run in runs):
+        parts += ["Along fine-tuning (the artifact series: before the first step, at fractions of the optimizer "
+                  "steps, at the end; mean over the seeds):", ""]
+        for m in SERIES_METRICS:
+            parts += [series_table(series, m), ""]
+    table, total = timing_table(cells, tasks)
+    parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
+              f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
+    fails = failures(cells, labels, tasks, out)
+    if fails:
+        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
+    parts += [commands_block(cells, tasks, out)]
+    return "\n".join(parts)
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
@@ -379,14 +608,18 @@ def replace_section(text: str, key: str, body: str) -> str:
 
 
 def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str,
-          tasks: tuple[str, ...] = TASKS) -> Path:
+          tasks: tuple[str, ...] = TASKS, readings: bool = False) -> Path:
     """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/."""
     key = f"{preset}-ablation" if ablation else preset
     figures = path.parent / "figures" / key
     figures.mkdir(parents=True, exist_ok=True)
     rel = Path("figures") / key
-    body = (ablation_section(out, preset, variants, seeds[0], about) if ablation
-            else main_section(out, figures, rel, preset, strategies, seeds, about, tasks))
+    if ablation:
+        body = ablation_section(out, preset, variants, seeds[0], about)
+    elif readings:  # run.py --preset cpu-readings (and smoke-readings): paired differences and the decision rule
+        body = readings_section(out, figures, rel, preset, strategies, seeds, about, tasks)
+    else:
+        body = main_section(out, figures, rel, preset, strategies, seeds, about, tasks)
     text = path.read_text() if path.is_file() else (
         "# Replication study: semantic vs random masking\n\n"
         "Written by `experiments/semantic_vs_random/run.py` from the runs' results.json files; each preset's "

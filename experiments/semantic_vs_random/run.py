@@ -9,13 +9,27 @@ recorded and the other cells go on (the tasks that need its checkpoint are recor
 `--ablation` runs the one-factor-at-a-time ablation of the semantic spec instead (one seed; pretrain, linear probe,
 analyze). At the end, report.py writes RESULTS.md from the results.json files.
 
+`--preset cpu-readings` compares the readings of semantic masking (semantic, semantic_informative at alpha 1 and 3,
+semantic_stratified, semantic_features), the contiguity controls (random_units, block) and random with registers
+against random at equal epochs:
+pretrain, linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg), fine-tuning with the
+artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm; `--mode confirmation` seeds 0 1 2
+of the arms named with --strategies, plus random and random_registers, into the same --out, so the screening's seed-0
+cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
+takes ~20 min on 2 cores: pretraining 60,000 images x 6 epochs at ~420 img/s is ~15 min, the two probes ~1.5 min,
+fine-tuning 2 epochs on 8,000 with the series on 1,000 images ~4-5 min (the cpu preset's 1 epoch took ~3 min).
+
     python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~40 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu --ablation     # ablation, ~25 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu-long           # the longer-run check, ~1.5 h on 2 cores
+    python experiments/semantic_vs_random/run.py --preset cpu-readings       # screening: 9 arms x seed 0, ~3 h
+    python experiments/semantic_vs_random/run.py --preset cpu-readings --mode confirmation \
+        --strategies semantic_stratified semantic_features    # 4 arms x seeds 0 1 2, the 4 seed-0 cells reused: ~2.7 h
     python experiments/semantic_vs_random/run.py --preset gpu                # one GPU, longer schedules, ViT-T
     python experiments/semantic_vs_random/run.py --preset paper --data-root /data/imagenet \
         --seg-root /data/ADEChallengeData2016 --set train:trainer.devices=8 --dry-run
     python experiments/semantic_vs_random/run.py --preset smoke --data-root DIR --out /tmp/study   # seconds per task
+    python experiments/semantic_vs_random/run.py --preset smoke-readings --data-root DIR --out /tmp/readings
 """
 
 from __future__ import annotations
@@ -37,12 +51,32 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
-TRAINING = ("pretrain", "linprobe", "finetune", "segment")
+# the readings study: the linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg)
+READINGS_TASKS = ("pretrain", "linprobe", "linprobe_avg", "finetune", "analyze")
+ALL_TASKS = (*TASKS, "linprobe_avg")
+MODULES = {"linprobe_avg": "linprobe"}  # a task (its run directory) -> its semmae.<module> when the names differ
+TRAINING = ("pretrain", "linprobe", "linprobe_avg", "finetune", "segment")
 FLOOR = "random_init"  # the floor every probe is read against (docs/masking.md#comparing-strategies): no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
 STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"],
               # the ablation's flat-region variant, as a strategy of its own for the longer run
-              "semantic_flat_last": ["masking=semantic", "masking.flat_last=true"]}
+              "semantic_flat_last": ["masking=semantic", "masking.flat_last=true"],
+              # the readings of semantic masking (the cpu-readings preset), each against random at equal epochs
+              "semantic_informative_a1": ["masking=semantic_informative", "masking.alpha=1"],
+              "semantic_informative_a3": ["masking=semantic_informative", "masking.alpha=3"],
+              "semantic_stratified": ["masking=semantic_stratified"],
+              "semantic_features": ["masking=semantic_features"],
+              "random_units": ["masking=random_units"],
+              # the control with a known effect on the sinks. Only pretraining needs the override: every later task
+              # builds its encoder from the checkpoint, whose weights (reg_token) fix the registers
+              # (semmae.models.checkpoints.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
+              "random_registers": ["masking=random", "backbone.reg_tokens=4"]}
+# the screening's arms in run order: the reference and the control first, today's reading, the new readings, then
+# the contiguity controls and the second alpha (a study cut short has compared the most telling arms)
+READINGS_ARMS = ("random", "random_registers", "semantic", "semantic_informative_a1", "semantic_stratified",
+                 "semantic_features", "random_units", "block", "semantic_informative_a3")
+READINGS_CONTROLS = ("random", "random_registers")  # always in a confirmation: the reference and the known effect
+MODES = ("screening", "confirmation")
 
 # One factor at a time around conf/masking/semantic.yaml (K = 8, r = 0.25, color_kmeans, flat regions in random
 # order), plus random and block as controls. (name = its directory, factor, overrides of the pretraining run)
@@ -77,6 +111,8 @@ class Preset:
     strategies: tuple[str, ...] = ("random", "semantic", "block")  # the defaults of --strategies, --seeds, --floor
     seeds: tuple[int, ...] = (0, 1, 2)
     floor: bool = True
+    readings: bool = False  # --mode screening | confirmation, and the readings report (paired differences)
+    confirmation_seeds: tuple[int, ...] = (0, 1, 2)
 
     def overrides(self, task: str, ablation: bool = False) -> list[str]:
         extra = self.ablation.get(task, []) if ablation else []
@@ -89,19 +125,37 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
         "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
 
+SMOKE = {
+    "train": ["logger=none", "trainer.max_epochs=1"],
+    "pretrain": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128", "dataset.batch_size=64"],
+    "linprobe": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128"],  # TINY: the floor's encoder
+    "finetune": ["dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
+                 "callbacks.attention_maps.num_images=32"],
+    "segment": ["dataset.train_subset=64", "dataset.val_subset=32", "dataset.batch_size=32",
+                "dataset.eval_batch_size=32"],
+    "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
+}
+CPU_PROBE = ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"]
+SERIES_AT = "callbacks.attention_maps.series_at=[0.1,0.25,0.5,0.75]"  # the fine-tuning series of the readings
+
 PRESETS = {
     "smoke": Preset(
         about="seconds per task: a 3-block width-32 ViT on a few hundred images (the test's preset)",
-        tasks={
-            "train": ["logger=none", "trainer.max_epochs=1"],
-            "pretrain": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128", "dataset.batch_size=64"],
-            "linprobe": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128"],  # TINY: the floor's encoder
-            "finetune": ["dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
-                         "callbacks.attention_maps.num_images=32"],
-            "segment": ["dataset.train_subset=64", "dataset.val_subset=32", "dataset.batch_size=32",
-                        "dataset.eval_batch_size=32"],
-            "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
-        },
+        tasks=SMOKE,
+    ),
+    "smoke-readings": Preset(
+        about="seconds per task: the cpu-readings tasks (probes on the CLS and the mean token, fine-tuning with "
+              "the artifact series, analysis) with the smoke preset's 3-block width-32 ViT on a few hundred images",
+        tasks={**SMOKE, "train": ["logger=csv", "trainer.max_epochs=1"],  # csv: the sinks over pretraining
+               "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                            "callbacks.attention_maps.num_images=32"],
+               "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+               "finetune": [*SMOKE["finetune"], SERIES_AT]},
+        run_tasks=READINGS_TASKS,
+        strategies=READINGS_ARMS,
+        seeds=(0,),
+        floor=False,
+        readings=True,
     ),
     "cpu": Preset(
         about="2 CPU cores: vit_micro, pretrain 2 epochs on 15,000 images; probe on cached features of 10,000 + "
@@ -111,7 +165,7 @@ PRESETS = {
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
             "pretrain": ["dataset.train_subset=15000", "dataset.val_subset=2000", "trainer.max_epochs=2"],
-            "linprobe": ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"],
+            "linprobe": CPU_PROBE,
             # 125 steps at the default run's per-step lr (blr 1e-3 at batch 128 = lr 5e-4): 31 steps of batch 128
             # on 4,000 images left the head near chance (14% top-1 in a timed trial)
             "finetune": ["dataset.train_subset=8000", "dataset.val_subset=2000", "dataset.batch_size=64",
@@ -142,6 +196,32 @@ PRESETS = {
         strategies=("random", "semantic", "semantic_flat_last", "block"),
         seeds=(0,),
         floor=False,
+    ),
+    "cpu-readings": Preset(
+        about="the readings of semantic masking against random on 2 CPU cores, every arm at equal epochs: vit_micro "
+              "pretrained 6 epochs on all 60,000 images without the online probe, the attention callback measuring "
+              "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
+              "the CLS token and on the mean patch token; fine-tuning 2 epochs on 8,000 (batch 64) with the "
+              "artifact series on 1,000 validation images (start, 10/25/50/75% of the steps, end); semmae-analyze "
+              "(1,000 images); no segmentation, no floor row (~20 min per cell)",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv", "trainer=cpu"],
+            "pretrain": ["dataset.train_subset=null", "dataset.val_subset=2000", "trainer.max_epochs=6",
+                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                         "callbacks.attention_maps.num_images=256"],
+            "linprobe": CPU_PROBE,
+            "linprobe_avg": [*CPU_PROBE, "model.pool=avg"],
+            "finetune": ["dataset.train_subset=8000", "dataset.val_subset=2000", "dataset.batch_size=64",
+                         "model.optim.blr=2.0e-3", "trainer.max_epochs=2", "callbacks.attention_maps.num_images=1000",
+                         SERIES_AT],
+            "analyze": ["num_images=1000"],
+        },
+        run_tasks=READINGS_TASKS,
+        strategies=READINGS_ARMS,
+        seeds=(0,),
+        floor=False,
+        readings=True,
     ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
@@ -193,6 +273,11 @@ class Job:
     def done(self) -> bool:
         return (self.run_dir / "results.json").is_file()
 
+    @property
+    def module(self) -> str:
+        """The semmae.<module> (and conf/<module>.yaml) the task runs: linprobe_avg is a linprobe."""
+        return MODULES.get(self.task, self.task)
+
 
 def data_overrides(preset: Preset, task: str, data_root: str | None, seg_root: str | None) -> list[str]:
     """dataset.root of a task: --data-root (or the preset's default); segmentation reads --seg-root, else the same."""
@@ -235,7 +320,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
             else:
                 inputs = [f"ckpt={ckpt}"]
             user = [*extra.get("all", []), *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, [])]
-            argv = [sys.executable, "-m", f"semmae.{task}", *preset.overrides(task, args.ablation),
+            module = MODULES.get(task, task)  # linprobe_avg runs semmae.linprobe
+            argv = [sys.executable, "-m", f"semmae.{module}", *preset.overrides(task, args.ablation),
                     *data_overrides(preset, task, args.data_root, args.seg_root), *inputs, f"seed={seed}", *user,
                     f"hydra.run.dir={run_dir}"]
             jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" or floor else ckpt.parents[1]))
@@ -289,14 +375,35 @@ def hardware() -> dict:
     return info
 
 
+def confirmation_arms(named: list[str]) -> list[str]:
+    """The arms of a confirmation: the controls (random, random_registers) first, then the named ones, once each."""
+    return list(dict.fromkeys([*READINGS_CONTROLS, *named]))
+
+
+def readings_scope(out: Path, strategies: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
+    """The arms and seeds the readings report covers: this run's and every other one the study directory holds, so
+    that a confirmation's report keeps the screening's arms and the other way round. Arms in the screening's order
+    (random first), seeds ascending."""
+    found = {s for s in STRATEGIES if (out / s).is_dir()}
+    arms = [s for s in dict.fromkeys([*READINGS_ARMS, *STRATEGIES]) if s in found or s in strategies]
+    on_disk = {int(d.name[4:]) for s in arms for d in (out / s).glob("seed*") if d.name[4:].isdigit()}
+    return arms, sorted(set(seeds) | on_disk)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="\n".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
     p.add_argument("--out", help="study directory (default experiments/semantic_vs_random/runs/<preset>)")
     p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES),
-                   help="default: the preset's (random semantic block; cpu-long adds semantic_flat_last)")
-    p.add_argument("--seeds", nargs="+", type=int, help="default: the preset's (0 1 2; cpu-long: 0)")
+                   help="default: the preset's (random semantic block; cpu-long adds semantic_flat_last;\n"
+                   "cpu-readings: " + " ".join(READINGS_ARMS) + ")")
+    p.add_argument("--seeds", nargs="+", type=int,
+                   help="default: the preset's (0 1 2; cpu-long and a screening: 0; a confirmation: 0 1 2)")
+    p.add_argument("--mode", choices=MODES,
+                   help="the readings presets (cpu-readings, smoke-readings) only: screening (the default: seed 0,\n"
+                   "every arm) or confirmation (seeds 0 1 2, the arms of --strategies plus random and\n"
+                   "random_registers); both into the same --out, so the screening's seed-0 cells are reused")
     p.add_argument("--ablation", action="store_true", help="the ablation of the semantic spec (first seed only)")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction,
                    help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row "
@@ -310,10 +417,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "e.g. train:trainer.devices=8")
     p.add_argument("--results", help="RESULTS.md to write (default: next to run.py for cpu/gpu/paper in their default "
                    "--out, else <out>/RESULTS.md); each preset and the ablation own a marked section in it")
+    p.add_argument("--budget-min", type=float, metavar="MINUTES",
+                   help="start no task after MINUTES of this run (the one running finishes); the next run resumes:\n"
+                   "a long study in pieces that each end within a working session")
     p.add_argument("--dry-run", action="store_true", help="print the commands (those already done marked) and stop")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from what is there; run nothing")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.mode is not None and not preset.readings:
+        p.error(f"--mode is for the readings presets ({', '.join(k for k, v in PRESETS.items() if v.readings)}), "
+                f"not --preset {args.preset}")
+    if preset.readings:
+        args.mode = args.mode or "screening"
+    if args.mode == "confirmation":
+        if not args.strategies:
+            p.error("--mode confirmation needs --strategies: the arms to confirm (random and random_registers are "
+                    "added)")
+        args.strategies = confirmation_arms(args.strategies)
+        args.seeds = args.seeds or list(preset.confirmation_seeds)
     args.strategies = args.strategies or list(preset.strategies)
     args.seeds = args.seeds or list(preset.seeds)
     args.floor = preset.floor if args.floor is None else args.floor
@@ -321,12 +442,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = str(default_out)
     if args.results is None:
-        own = args.preset != "smoke" and Path(args.out).resolve() == default_out
+        own = not args.preset.startswith("smoke") and Path(args.out).resolve() == default_out
         args.results = str(HERE / "RESULTS.md") if own else str(Path(args.out) / "RESULTS.md")
     for item in args.set:
         task, sep, _ = item.partition(":")
-        if not sep or task not in ("all", "train", *TASKS):
-            p.error(f"--set {item!r}: expected TASK:OVERRIDE with TASK one of all, train, {', '.join(TASKS)}")
+        if not sep or task not in ("all", "train", *ALL_TASKS):
+            p.error(f"--set {item!r}: expected TASK:OVERRIDE with TASK one of all, train, {', '.join(ALL_TASKS)}")
     if PRESETS[args.preset].needs_roots and not args.dry_run and not (args.data_root and args.seg_root):
         p.error(f"--preset {args.preset} needs --data-root (ImageNet-1K) and --seg-root (ADE20K)")
     return args
@@ -349,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(jobs) - len(todo)} of {len(jobs)} tasks already done; running {len(todo)} into {out}", flush=True)
         t0 = time.perf_counter()
         for i, job in enumerate(todo, 1):
+            if args.budget_min is not None and time.perf_counter() - t0 > 60 * args.budget_min:
+                stopped = len(todo) - i + 1
+                print(f"--budget-min {args.budget_min:g} reached: {stopped} tasks left, not started; run the same "
+                      "command again to resume", flush=True)
+                break
             rec = execute(job, env)
             status = "ok" if "error" not in rec else "FAILED: " + rec["error"]
             print(f"[{i}/{len(todo)}] {job.cell} {job.task}: {rec['wall_s']:.0f} s {status}", flush=True)
@@ -361,11 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     import report  # next to this file
 
+    preset = PRESETS[args.preset]
+    strategies, seeds = args.strategies, args.seeds
+    readings = preset.readings and not args.ablation
+    if readings:
+        strategies, seeds = readings_scope(out, strategies, seeds)
     path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
-                        strategies=args.strategies, seeds=args.seeds, variants=ABLATION,
-                        about=PRESETS[args.preset].about, tasks=PRESETS[args.preset].run_tasks)
+                        strategies=strategies, seeds=seeds, variants=ABLATION,
+                        about=preset.about, tasks=preset.run_tasks, readings=readings)
     print(f"wrote {path}")
-    failed = [j for j in jobs if not j.done]
+    failed = [j for j in jobs if not j.done and (j.run_dir / "runner.json").is_file()]  # tried, no results
     return 1 if failed else 0
 
 

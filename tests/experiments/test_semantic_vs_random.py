@@ -248,3 +248,29 @@ def test_results_hold_no_absolute_path_of_the_machine(tmp_path, monkeypatch):
     assert report.portable_command(command, inside.parents[1]) == (
         "python -m semmae.linprobe ckpt=experiments/semantic_vs_random/runs/cpu/random/seed0/pretrain/last.ckpt "
         "'names=[random]'")
+
+
+def test_a_budget_stops_between_tasks_and_the_next_run_resumes(tmp_path, monkeypatch, capsys):
+    """--budget-min: no task starts once the budget is spent (the running one finishes); the next run picks up the
+    tasks left, and an unfinished study is not a failure."""
+    real_run = run.subprocess.run
+    started = []
+
+    def fake_run(argv, **kwargs):  # each task takes 2 s of the runner's clock and writes its results.json
+        if argv[1:2] != ["-m"]:
+            return real_run(argv, **kwargs)
+        started.append(argv[-1])
+        clock[0] += 2.0
+        (Path(argv[-1].split("=", 1)[1]) / "results.json").write_text(json.dumps({"metrics": {"test/top1": 0.5}}))
+        return run.subprocess.CompletedProcess(argv, 0, None, "")
+
+    clock = [0.0]
+    monkeypatch.setattr(run.subprocess, "run", fake_run)
+    monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+    out = tmp_path / "study"
+    argv = ["--preset", "smoke", "--strategies", "random", "--seeds", "0", "--no-floor", "--out", str(out),
+            "--data-root", "/data/fmnist", "--budget-min", str(3.0 / 60)]  # 3 s: two tasks start, then it stops
+    assert run.main(argv) == 0
+    assert len(started) == 2 and "--budget-min 0.05 reached: 3 tasks left, not started" in capsys.readouterr().out
+    assert run.main(argv[:-2]) == 0 and len(started) == 5  # the rest, and nothing twice
+    assert "2 of 5 tasks already done; running 3" in capsys.readouterr().out

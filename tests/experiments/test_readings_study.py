@@ -1,0 +1,206 @@
+"""The readings study of the runner (experiments/semantic_vs_random/run.py --preset cpu-readings): its arms and modes,
+every command composes, the paired differences against random and the decision rule are computed as documented, and
+the smoke-readings preset runs the same tasks end to end on the fixture Fashion-MNIST and resumes."""
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import compose
+from tests.experiments.test_semantic_vs_random import fake_task, report, run
+
+MASKINGS = {"random": "RandomMasking", "random_registers": "RandomMasking", "semantic": "SemanticMasking",
+            "block": "BlockMasking",
+            "semantic_informative_a1": "SemanticInformativeMasking",
+            "semantic_informative_a3": "SemanticInformativeMasking",
+            "semantic_stratified": "SemanticStratifiedMasking", "semantic_features": "SemanticFeaturesMasking",
+            "random_units": "RandomUnitsMasking"}
+
+
+def test_screening_is_every_arm_at_seed_0_and_confirmation_adds_the_controls(capsys):
+    args = run.parse_args(["--preset", "cpu-readings", "--dry-run"])
+    assert args.mode == "screening" and args.seeds == [0] and args.strategies == list(run.READINGS_ARMS)
+    assert not args.floor and args.out == str(run.HERE / "runs" / "cpu-readings")
+    assert set(run.READINGS_ARMS) == set(MASKINGS)
+    args = run.parse_args(["--preset", "cpu-readings", "--mode", "confirmation", "--strategies",
+                           "semantic_stratified", "random_units"])
+    assert args.strategies == ["random", "random_registers", "semantic_stratified", "random_units"]
+    assert args.seeds == [0, 1, 2] and args.out == str(run.HERE / "runs" / "cpu-readings")  # the screening's --out
+    args = run.parse_args(["--preset", "cpu-readings", "--mode", "confirmation", "--strategies", "random",
+                           "semantic_features", "--seeds", "3", "4"])
+    assert args.strategies == ["random", "random_registers", "semantic_features"] and args.seeds == [3, 4]
+    jobs = run.plan(args)  # seed-major, arm by arm: a study cut short still compares arms
+    assert [j.cell for j in jobs[::len(run.READINGS_TASKS)]] == [
+        f"{a}/seed{k}" for k in (3, 4) for a in ("random", "random_registers", "semantic_features")]
+    for argv, message in (
+            (["--preset", "cpu-readings", "--mode", "confirmation"], "--mode confirmation needs --strategies"),
+            (["--preset", "cpu", "--mode", "screening"], "--mode is for the readings presets")):
+        with pytest.raises(SystemExit):
+            run.parse_args(argv)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "error: " + message in err, err
+
+
+def test_every_cpu_readings_command_composes(tmp_path):
+    args = run.parse_args(["--preset", "cpu-readings", "--seeds", "1", "--out", str(tmp_path / "study")])
+    jobs = run.plan(args)
+    assert [j.task for j in jobs] == list(run.READINGS_TASKS) * len(run.READINGS_ARMS)
+    assert [j.cell for j in jobs[::len(run.READINGS_TASKS)]] == [f"{a}/seed1" for a in run.READINGS_ARMS]
+    for job in jobs:
+        assert job.argv[1:3] == ["-m", f"semmae.{job.module}"]
+        assert job.run_dir == tmp_path / "study" / job.cell / job.task
+        overrides = [a for a in job.argv[3:] if not a.startswith("hydra.run.dir=")]
+        keys = [o.split("=", 1)[0] for o in overrides]
+        assert len(keys) == len(set(keys)), overrides
+        cfg = compose(job.module, overrides, tmp_path / "cfg")
+        arm = job.cell.split("/")[0]
+        assert cfg.seed == 1 and cfg.dataset.root == run.FMNIST
+        if job.task == "pretrain":
+            assert OmegaConf.to_container(cfg.masking)["_target_"].endswith(MASKINGS[arm])
+            assert cfg.backbone.reg_tokens == (4 if arm == "random_registers" else 0)
+            if arm.startswith("semantic_informative"):
+                assert cfg.masking.alpha == int(arm[-1])
+            assert cfg.dataset.train_subset is None and cfg.dataset.val_subset == 2000
+            assert cfg.trainer.max_epochs == 6 and cfg.model.probe.enabled is False
+            assert cfg.callbacks.attention_maps.num_images == 256 and cfg.callbacks.attention_maps.every_n_epochs == 1
+            continue
+        # the later tasks read the registers from the checkpoint's weights: no backbone override needed
+        assert cfg.ckpt == str(job.run_dir.parent / "pretrain" / "checkpoints" / "last.ckpt")
+        if job.task in ("linprobe", "linprobe_avg"):
+            assert cfg.model.pool == ("avg" if job.task == "linprobe_avg" else "token")
+            assert (cfg.dataset.train_subset, cfg.dataset.val_subset, cfg.trainer.max_epochs) == (10000, 5000, 30)
+        elif job.task == "finetune":
+            assert (cfg.dataset.train_subset, cfg.dataset.batch_size, cfg.trainer.max_epochs) == (8000, 64, 2)
+            assert cfg.model.optim.blr == 2.0e-3 and cfg.callbacks.attention_maps.num_images == 1000
+            assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
+        else:
+            assert job.task == "analyze" and cfg.num_images == 1000 and list(cfg.names) == [arm]
+
+
+def fake_cell(cell: Path, probe=0.8, probe_avg=0.78, top1=0.85, sink=2.0, ft_sink=(3.0, 2.0), prefix=0.1,
+              norm=1.5, high=0.01):
+    """A readings cell of fake results.json files; ft_sink: the fine-tuning series' sink ratio, start and end."""
+    fake_task(cell / "pretrain", {})
+    fake_task(cell / "linprobe", {"test/top1": probe})
+    fake_task(cell / "linprobe_avg", {"test/top1": probe_avg})
+    fake_task(cell / "finetune", {"test/top1": top1})
+    series = [{"at": at, "step": step, "epoch": 0, "shallow_sink_ratio": v, "shallow_prefix_share": prefix,
+               "shallow_norm_ratio": norm, "shallow_high_norm_fraction": high}
+              for at, step, v in (("start", 0, ft_sink[0]), (0.5, 5, statistics.fmean(ft_sink)),
+                                  ("end", 10, ft_sink[1]))]
+    (cell / "finetune" / "results.json").write_text(json.dumps({"metrics": {"test/top1": top1},
+                                                                "artifact_series": series}))
+    fake_task(cell / "analyze", {"attn/shallow_sink_ratio": sink, "attn/shallow_prefix_share": prefix,
+                                 "attn/shallow_norm_ratio": norm, "attn/shallow_high_norm_fraction": high})
+
+
+def row_of(text: str, arm: str, metric: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {arm} | {metric} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_paired_differences_against_random_seed_by_seed(tmp_path):
+    out = tmp_path / "study"
+    rand = {0: (0.80, 2.0), 1: (0.82, 2.2), 2: (0.81, 2.4)}  # probe CLS, fine-tuning-end sink ratio
+    arm = {0: (0.79, 1.5), 1: (0.83, 1.8), 2: (0.80, 2.5)}
+    for k in rand:
+        fake_cell(out / "random" / f"seed{k}", probe=rand[k][0], ft_sink=(3.0, rand[k][1]), sink=1.0 + k)
+        fake_cell(out / "semantic_stratified" / f"seed{k}", probe=arm[k][0], ft_sink=(3.0, arm[k][1]), sink=1.0 + k)
+    fake_task(out / "semantic_stratified" / "seed2" / "linprobe_avg", error="semmae-linprobe: error: boom")
+    (out / "semantic_stratified" / "seed2" / "linprobe_avg" / "results.json").unlink(missing_ok=True)
+    arms, seeds = run.readings_scope(out, ["random"], [0])  # a confirmation's report keeps every cell on disk
+    assert arms == ["random", "semantic_stratified"] and seeds == [0, 1, 2]
+    path = report.write(tmp_path / "RESULTS.md", out, "cpu-readings", ablation=False, strategies=arms, seeds=seeds,
+                        variants=run.ABLATION, about="test", tasks=run.READINGS_TASKS, readings=True)
+    text = path.read_text()
+    assert text.count("<!-- BEGIN cpu-readings (written by run.py) -->") == 1
+    diffs = [arm[k][1] - rand[k][1] for k in rand]
+    rel = [100 * (arm[k][1] - rand[k][1]) / rand[k][1] for k in rand]
+    row = row_of(text, "semantic_stratified", "fine-tune-time shallow sink ratio (end of series)")
+    assert row[2] == f"{statistics.fmean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}"
+    assert row[3] == f"{statistics.fmean(rel):+.1f} ± {statistics.stdev(rel):.1f}"
+    assert row[4:7] == ["2/3 lower", "3", f"{statistics.stdev(v[1] for v in rand.values()):.3f}"]
+    probe = [100 * (arm[k][0] - rand[k][0]) for k in rand]
+    row = row_of(text, "semantic_stratified", "probe CLS top-1 (points)")
+    assert row[2] == f"{statistics.fmean(probe):+.2f} ± {statistics.stdev(probe):.2f}" and row[3] == ""
+    assert row[4] == "2/3 lower"
+    row = row_of(text, "semantic_stratified", "probe mean top-1 (points)")  # seed 2 failed: left out, and said so
+    assert row[2] == "+0.00 ± 0.00" and row[4:6] == ["2/2 equal", "2 (seed 2 missing)"]
+    assert row_of(text, "semantic_stratified", "pretrained shallow sink ratio (analyze)")[4] == "3/3 equal"
+    # the per-arm table: the fine-tuning series' first and last point, and the failed probe named
+    line = next(ln for ln in text.splitlines() if ln.startswith("| semantic_stratified | 3 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    header = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| arm | seeds |"))
+              .strip("|").split("|")]
+    assert cells[header.index("fine-tune start: sink ratio")] == "3.00 ± 0.00"
+    ends = [v[1] for v in arm.values()]
+    end = cells[header.index("fine-tune end: sink ratio")]
+    assert end == f"{statistics.fmean(ends):.2f} ± {statistics.stdev(ends):.2f}"
+    assert cells[header.index("probe mean top-1 %")] == "78.0 ± 0.0 (1 of 3 failed)"
+    assert "| fine-tuning: shallow sink ratio at | start | 0.5 | end |" in text
+    assert f"| semantic_stratified | 3.00 | {statistics.fmean((3.0 + e) / 2 for e in ends):.2f} | " \
+        f"{statistics.fmean(ends):.2f} |" in text
+    # one seed lowers the sink ratio less than the rest: 2/3 lower, so the rule says no
+    assert "- `semantic_stratified`: does not qualify (sink ratio 2/3 lower" in text
+
+
+def rule_values(sinks, probes):
+    return {k: {report.RULE_SINK: s, report.RULE_PROBE: p} for k, (s, p) in enumerate(zip(sinks, probes))}
+
+
+def test_decision_rule_qualifies_does_not_or_cannot_be_applied_yet():
+    ref = rule_values([2.0, 2.0, 2.0], [0.800, 0.800, 0.800])
+    assert report.RULE_MIN_SEEDS == 3 and report.RULE_MIN_SINK_DROP_PCT == 15.0 and report.RULE_MAX_PROBE_LOSS == 0.3
+    verdict, why = report.decide(rule_values([1.6, 1.7, 1.5], [0.799, 0.798, 0.800]), ref)  # -20%, -0.1 points
+    assert verdict == "qualifies" and why == "sink ratio 3/3 lower, -20.0% on average; probe CLS -0.10 points", why
+    assert report.decide(rule_values([1.6, 1.7, 1.5], [0.79, 0.80, 0.80]), ref)[0] == "does not qualify"  # -0.33 pt
+    assert report.decide(rule_values([1.8, 1.8, 1.8], [0.80, 0.80, 0.80]), ref)[0] == "does not qualify"  # -10%
+    assert report.decide(rule_values([1.0, 1.0, 2.1], [0.80, 0.80, 0.80]), ref)[0] == "does not qualify"  # 2/3 lower
+    verdict, why = report.decide(rule_values([1.0, 1.0, None], [0.80, 0.80, 0.80]), ref)  # seed 2 not paired
+    assert verdict == "cannot be applied yet" and why == "2 paired seeds, the rule needs 3"
+    lines = report.decision_lines({"random": ref, "a": rule_values([1.6, 1.7, 1.5], [0.80] * 3),
+                                   "b": rule_values([1.6], [0.80])}, ["random", "a", "b"])
+    assert lines[0].startswith("Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink "
+                               "ratio vs random in every confirmation seed (≥ 3 seeds) by at least 15% on average "
+                               "and loses at most 0.3 linear-probe points (CLS).")
+    assert lines[2] == "- `a`: qualifies (sink ratio 3/3 lower, -20.0% on average; probe CLS +0.00 points)"
+    assert lines[3] == "- `b`: the rule cannot be applied yet (1 paired seed, the rule needs 3)"
+    assert report.paired({0: 1.0, 1: None, 2: 3.0}, {0: 2.0, 1: 2.0}).missing == [1, 2]
+    assert report.paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}).signs() == "1/2 lower, 1/2 higher"
+
+
+@pytest.mark.slow
+def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
+    from semmae.models.checkpoints import load_encoder
+
+    out = tmp_path / "study"
+    arms = ["random", "random_registers", "semantic_features"]
+    argv = ["--preset", "smoke-readings", "--mode", "confirmation", "--strategies", "semantic_features",
+            "--seeds", "0", "1", "--out", str(out), "--data-root", str(fmnist_root)]
+    assert run.main(argv) == 0, capsys.readouterr()
+    for arm in arms:
+        for k in (0, 1):
+            for task in run.READINGS_TASKS:
+                results = json.loads((out / arm / f"seed{k}" / task / "results.json").read_text())
+                assert results["metrics"], (arm, k, task)
+            series = json.loads((out / arm / f"seed{k}" / "finetune" / "results.json").read_text())["artifact_series"]
+            assert series[0]["at"] == "start" and "shallow_sink_ratio" in series[-1]
+    for task in ("pretrain", "finetune"):  # the registers come with the checkpoint into fine-tuning
+        ckpt = next((out / "random_registers" / "seed0" / task / "checkpoints").glob("*.ckpt"))
+        assert load_encoder(ckpt).num_reg_tokens == 4
+    assert load_encoder(out / "random" / "seed0" / "pretrain" / "checkpoints" / "last.ckpt").num_reg_tokens == 0
+    text = (out / "RESULTS.md").read_text()
+    for arm in arms[1:]:
+        signs = [row_of(text, arm, label)[4] for label, *_ in report.PAIRED_METRICS]
+        assert all(re.fullmatch(r"[0-2]/2 (lower|higher|equal)|1/2 lower, 1/2 higher", s) for s in signs), signs
+        assert f"- `{arm}`: the rule cannot be applied yet (2 paired seeds, the rule needs 3)" in text
+    assert "| shallow sink ratio after epoch | 1 |" in text
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    capsys.readouterr()
+    assert run.main(argv) == 0
+    assert "30 of 30 tasks already done; running 0" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
