@@ -26,6 +26,7 @@ fine-tuning 2 epochs on 8,000 with the series on 1,000 images ~4-5 min (the cpu 
     python experiments/semantic_vs_random/run.py --preset cpu-readings --mode confirmation \
         --strategies semantic_stratified semantic_features    # 4 arms x seeds 0 1 2, the 4 seed-0 cells reused: ~2.7 h
     python experiments/semantic_vs_random/run.py --preset gpu                # one GPU, longer schedules, ViT-T
+    python experiments/semantic_vs_random/run.py --preset gpu-readings       # the readings study on one GPU
     python experiments/semantic_vs_random/run.py --preset paper --data-root /data/imagenet \
         --seg-root /data/ADEChallengeData2016 --set train:trainer.devices=8 --dry-run
     python experiments/semantic_vs_random/run.py --preset smoke --data-root DIR --out /tmp/study   # seconds per task
@@ -136,6 +137,7 @@ SMOKE = {
     "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
 }
 CPU_PROBE = ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"]
+VIT_TINY_GPU = ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4"]
 SERIES_AT = "callbacks.attention_maps.series_at=[0.1,0.25,0.5,0.75]"  # the fine-tuning series of the readings
 
 PRESETS = {
@@ -243,6 +245,33 @@ PRESETS = {
         },
         # The ablation on a GPU: ViT-T for about a minute per variant is enough to show the sinks.
         ablation={"pretrain": ["trainer.max_epochs=30"]},
+    ),
+    "gpu-readings": Preset(
+        about="the readings study on one GPU: every cpu-readings arm with ViT-T/4 at 32 px "
+              "(experiment=fmnist_vit_tiny_gpu), pretrained 100 epochs on all 60,000 images without the online "
+              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token) on all "
+              "cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
+              "(1,000 images)",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv"],
+            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=null",
+                         "trainer.max_epochs=100", "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                         "callbacks.attention_maps.num_images=1000", "callbacks.attention_maps.every_n_epochs=10"],
+            "linprobe": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "trainer.max_epochs=30"],
+            "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                             "trainer.max_epochs=30", "model.pool=avg"],
+            "finetune": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "dataset.batch_size=256", "trainer.max_epochs=10", "model.optim.warmup_epochs=1",
+                         "callbacks.attention_maps.num_images=1000", SERIES_AT],
+            "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
+        },
+        run_tasks=READINGS_TASKS,
+        strategies=READINGS_ARMS,
+        seeds=(0,),
+        floor=False,
+        readings=True,
     ),
     "paper": Preset(
         about="the paper's scale: ViT-B/16 MAE recipes on ImageNet-1K (conf/experiment/mae_vit_base_in1k_*) and "

@@ -204,3 +204,25 @@ def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root,
     assert run.main(argv) == 0
     assert "30 of 30 tasks already done; running 0" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
+
+
+def test_the_gpu_readings_preset_runs_the_same_arms_and_every_command_composes(tmp_path):
+    args = run.parse_args(["--preset", "gpu-readings", "--out", str(tmp_path / "study")])
+    assert args.mode == "screening" and args.strategies == list(run.READINGS_ARMS)
+    jobs = run.plan(args)
+    assert [j.task for j in jobs] == list(run.READINGS_TASKS) * len(run.READINGS_ARMS)
+    for job in jobs:
+        overrides = [a for a in job.argv[3:] if not a.startswith("hydra.run.dir=")]
+        cfg = compose(job.module, overrides, tmp_path / "cfg")
+        if job.task == "analyze":
+            assert cfg.backbone.embed_dim == 192 and cfg.num_images == 1000
+            continue
+        assert cfg.trainer.accelerator == "gpu" and cfg.backbone.embed_dim == 192  # ViT-T/4 everywhere
+        assert (cfg.backbone.img_size, cfg.backbone.patch_size) == (32, 4)
+        if job.task == "pretrain":
+            assert cfg.trainer.max_epochs == 100 and cfg.model.probe.enabled is False  # equal epochs, every arm
+            assert cfg.backbone.reg_tokens == (4 if job.cell.startswith("random_registers/") else 0)
+        if job.task == "linprobe_avg":
+            assert cfg.model.pool == "avg"
+        if job.task == "finetune":
+            assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
