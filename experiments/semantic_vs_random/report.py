@@ -393,6 +393,10 @@ def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, see
                   "steps, at the end; mean over the seeds):", ""]
         for m in SERIES_METRICS:
             parts += [series_table(series, m), ""]
+        plot = plot_sink_over_finetuning(series, figures / "sink_over_finetuning.png")
+        if plot:
+            parts += [f"![sink ratio over fine-tuning]({(rel / plot.name).as_posix()})", ""]
+    parts += attention_figures(out, figures, rel, arms, seeds[0])
     table, total = timing_table(cells, tasks)
     parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
               f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
@@ -453,6 +457,38 @@ def plot_sink_over_training(curves: dict[str, list[dict[int, float]]], path: Pat
         if epochs:
             series.append((name, epochs, [[c[e] for e in epochs] for c in runs], "-", i))
     return plot_series(series, "pretraining epoch", "shallow sink ratio (1 = even attention)", path)
+
+
+def plot_sink_over_finetuning(series: dict[str, list[list[dict]]], path: Path) -> Path | None:
+    """series[arm] = per-seed artifact series of the fine-tuning runs -> the shallow sink ratio against the share of
+    the fine-tuning steps done, one mean ± std line an arm (on the points all its seeds have)."""
+    lines = []
+    for i, (name, runs) in enumerate(series.items()):
+        curves = []
+        for run in runs:
+            last = max((e.get("step", 0) for e in run), default=0)
+            points = {round(e.get("step", 0) / last, 3) if last else 0.0: _finite(e.get("shallow_sink_ratio"))
+                      for e in run}
+            curves.append({x: v for x, v in points.items() if v is not None})
+        curves = [c for c in curves if c]
+        xs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if xs:
+            lines.append((name, xs, [[c[x] for x in xs] for c in curves], "-", i % 10))
+    return plot_series(lines, "share of the fine-tuning steps done", "shallow sink ratio (1 = even attention)", path)
+
+
+def attention_figures(out: Path, figures: Path, rel: Path, arms, seed: int) -> list[str]:
+    """Every arm's attention maps (semmae-analyze's attention_blocks.png of the given seed; the same first validation
+    images for every arm), copied next to RESULTS.md."""
+    parts = []
+    for arm in arms:
+        src = out / arm / f"seed{seed}" / "analyze" / "attention_blocks.png"
+        if src.is_file():
+            dst = figures / f"attention_{arm}.png"
+            shutil.copyfile(src, dst)
+            parts += [f"Attention maps, `{arm}` (seed {seed}, the same first validation images for every arm):", "",
+                      f"![attention {arm}]({(rel / dst.name).as_posix()})", ""]
+    return parts
 
 
 def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:

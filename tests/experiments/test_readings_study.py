@@ -144,6 +144,12 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     assert "| fine-tuning: shallow sink ratio at | start | 0.5 | end |" in text
     assert f"| semantic_stratified | 3.00 | {statistics.fmean((3.0 + e) / 2 for e in ends):.2f} | " \
         f"{statistics.fmean(ends):.2f} |" in text
+    # the sink ratio along fine-tuning, one line an arm, is drawn and linked
+    assert (tmp_path / "figures" / "cpu-readings" / "sink_over_finetuning.png").stat().st_size > 10_000
+    assert "![sink ratio over fine-tuning](figures/cpu-readings/sink_over_finetuning.png)" in text
+    curves = {"random": [[{"step": 0, "shallow_sink_ratio": 3.0}, {"step": 10, "shallow_sink_ratio": 2.0}]]}
+    assert report.plot_sink_over_finetuning(curves, tmp_path / "one.png") == tmp_path / "one.png"
+    assert report.plot_sink_over_finetuning({"random": [[]]}, tmp_path / "none.png") is None
     # one seed lowers the sink ratio less than the rest: 2/3 lower, so the rule says no
     assert "- `semantic_stratified`: does not qualify (sink ratio 2/3 lower" in text
 
