@@ -74,7 +74,7 @@ def test_every_cpu_readings_command_composes(tmp_path):
             assert cfg.model.pool == ("avg" if job.task == "linprobe_avg" else "token")
             assert (cfg.dataset.train_subset, cfg.dataset.val_subset, cfg.trainer.max_epochs) == (10000, 5000, 30)
         elif job.task == "finetune":
-            assert (cfg.dataset.train_subset, cfg.dataset.batch_size, cfg.trainer.max_epochs) == (8000, 64, 2)
+            assert (cfg.dataset.train_subset, cfg.dataset.batch_size, cfg.trainer.max_epochs) == (16000, 64, 4)
             assert cfg.model.optim.blr == 2.0e-3 and cfg.callbacks.attention_maps.num_images == 1000
             assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
         else:
