@@ -290,9 +290,13 @@ def paired_table(values: dict[str, dict[int, dict]], arms: list[str]) -> str:
     """Rows arm x PAIRED_METRICS: mean ± std over the seeds of (arm - random of the same seed), the relative
     difference for the sink ratios, the seeds that agree in sign, the paired seeds, and random's own seed spread."""
     ref = values[REFERENCE]
-    rows = []
+    rows, unpaired = [], []
     for arm in arms:
         if arm == REFERENCE:
+            continue
+        if not any(paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()}).seeds
+                   for _, key, _, _ in PAIRED_METRICS):
+            unpaired.append(arm)  # no seed with numbers on both sides yet: one line below the table, not 7 rows
             continue
         for label, key, scale, relative in PAIRED_METRICS:
             pair = paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()})
@@ -303,8 +307,12 @@ def paired_table(values: dict[str, dict[int, dict]], arms: list[str]) -> str:
             rows.append([arm, label, pm(pair.diffs, scale, d, sign=True),
                          pm(pair.rel_pct, 1.0, 1, sign=True) if relative else "", pair.signs(), seeds,
                          f"{statistics.stdev(spread) * scale:.{d}f}" if len(spread) > 1 else "—"])
-    return markdown_table(["arm", "metric", "arm − random (mean ± std)", "relative %", "sign", "paired seeds",
-                           "random's seed std"], rows)
+    table = markdown_table(["arm", "metric", "arm − random (mean ± std)", "relative %", "sign", "paired seeds",
+                            "random's seed std"], rows) if rows else "No arm has a seed paired with random yet."
+    if unpaired:
+        table += "\n\nNot paired with random yet (no seed with results on both sides): " + \
+            ", ".join(f"`{a}`" for a in unpaired) + "."
+    return table
 
 
 def decide(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[str, str]:
