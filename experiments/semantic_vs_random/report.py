@@ -405,13 +405,7 @@ def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, see
         if plot:
             parts += [f"![sink ratio over fine-tuning]({(rel / plot.name).as_posix()})", ""]
     parts += attention_figures(out, figures, rel, arms, seeds[0])
-    table, total = timing_table(cells, tasks)
-    parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
-              f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
-    fails = failures(cells, labels, tasks, out)
-    if fails:
-        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
-    parts += [commands_block(cells, tasks, out)]
+    parts += closing_parts(cells, labels, tasks, out)
     return "\n".join(parts)
 
 
@@ -485,18 +479,29 @@ def plot_sink_over_finetuning(series: dict[str, list[list[dict]]], path: Path) -
     return plot_series(lines, "share of the fine-tuning steps done", "shallow sink ratio (1 = even attention)", path)
 
 
-def attention_figures(out: Path, figures: Path, rel: Path, arms, seed: int) -> list[str]:
-    """Every arm's attention maps (semmae-analyze's attention_blocks.png of the given seed; the same first validation
-    images for every arm), copied next to RESULTS.md."""
+def attention_figures(out: Path, figures: Path, rel: Path, arms, seed: int, noun: str = "arm") -> list[str]:
+    """Every arm's (strategy's) attention maps: semmae-analyze's attention_blocks.png of the given seed, the same
+    first validation images for every one, copied next to RESULTS.md."""
     parts = []
     for arm in arms:
         src = out / arm / f"seed{seed}" / "analyze" / "attention_blocks.png"
         if src.is_file():
             dst = figures / f"attention_{arm}.png"
             shutil.copyfile(src, dst)
-            parts += [f"Attention maps, `{arm}` (seed {seed}, the same first validation images for every arm):", "",
-                      f"![attention {arm}]({(rel / dst.name).as_posix()})", ""]
+            parts += [f"Attention maps, `{arm}` (seed {seed}, the same first validation images for every {noun}):",
+                      "", f"![attention {arm}]({(rel / dst.name).as_posix()})", ""]
     return parts
+
+
+def closing_parts(cells, labels, tasks: tuple[str, ...], out: Path) -> list[str]:
+    """What every study section ends with: the runner's wall times and hardware, the failed tasks, the commands."""
+    table, total = timing_table(cells, tasks)
+    parts = ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
+             f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
+    fails = failures(cells, labels, tasks, out)
+    if fails:
+        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
+    return [*parts, commands_block(cells, tasks, out)]
 
 
 def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:
@@ -583,26 +588,14 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
         parts += ["Sink ratio by block (mean ± std over seeds" + ("; dashed: after fine-tuning):" if "finetune" in tasks
                                                                   else "):"), "",
                   f"![sink ratio vs block]({(rel / plot.name).as_posix()})", ""]
-    for s in strategies:
-        src = out / s / f"seed{seeds[0]}" / "analyze" / "attention_blocks.png"
-        if src.is_file():
-            dst = figures / f"attention_{s}.png"
-            shutil.copyfile(src, dst)
-            parts += [f"Attention maps, `{s}` (seed {seeds[0]}, the same first validation images for every "
-                      f"strategy):", "", f"![attention {s}]({(rel / dst.name).as_posix()})", ""]
+    parts += attention_figures(out, figures, rel, strategies, seeds[0], noun="strategy")
     during = {s: [sink_over_training(out / s / f"seed{k}" / "pretrain") for k in seeds] for s in strategies}
     plot = plot_sink_over_training(during, figures / "sink_over_training.png")
     if plot:
         parts += ["Shallow sink ratio during pretraining (the attention callback on the first validation images, "
                   "after every epoch):", "", over_training_table(during), "",
                   f"![sink ratio over training]({(rel / plot.name).as_posix()})", ""]
-    table, total = timing_table(cells, tasks)
-    parts += ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
-              f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
-    fails = failures(cells, labels, tasks, out)
-    if fails:
-        parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
-    parts += [commands_block(cells, tasks, out)]
+    parts += closing_parts(cells, labels, tasks, out)
     return "\n".join(parts)
 
 
