@@ -122,6 +122,9 @@ class Preset:
         return list(merged.values())
 
 
+# what every readings preset shares: its tasks, its arms, the screening's seed, no floor row, the readings report
+READINGS = dict(run_tasks=READINGS_TASKS, strategies=READINGS_ARMS, seeds=(0,), floor=False, readings=True)
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
         "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
@@ -153,11 +156,7 @@ PRESETS = {
                             "callbacks.attention_maps.num_images=32"],
                "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
                "finetune": [*SMOKE["finetune"], SERIES_AT]},
-        run_tasks=READINGS_TASKS,
-        strategies=READINGS_ARMS,
-        seeds=(0,),
-        floor=False,
-        readings=True,
+        **READINGS,
     ),
     "cpu": Preset(
         about="2 CPU cores: vit_micro, pretrain 2 epochs on 15,000 images; probe on cached features of 10,000 + "
@@ -221,11 +220,7 @@ PRESETS = {
                          SERIES_AT],
             "analyze": ["num_images=1000"],
         },
-        run_tasks=READINGS_TASKS,
-        strategies=READINGS_ARMS,
-        seeds=(0,),
-        floor=False,
-        readings=True,
+        **READINGS,
     ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
@@ -269,11 +264,7 @@ PRESETS = {
                          "callbacks.attention_maps.num_images=1000", SERIES_AT],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
-        run_tasks=READINGS_TASKS,
-        strategies=READINGS_ARMS,
-        seeds=(0,),
-        floor=False,
-        readings=True,
+        **READINGS,
     ),
     "paper": Preset(
         about="the paper's scale: ViT-B/16 MAE recipes on ImageNet-1K (conf/experiment/mae_vit_base_in1k_*) and "
