@@ -161,7 +161,8 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     import lightning as L
     from hydra.utils import instantiate
 
-    overrides = [f"backbone={args.backbone}", f"masking={masking}", *MASKING_EXTRA.get(masking, []), f"dataset.batch_size={args.batch}",
+    overrides = [f"backbone={args.backbone}", f"masking={masking}", *MASKING_EXTRA.get(masking, []),
+                 f"dataset.batch_size={args.batch}",
                  f"model.compile={str(compiled).lower()}", f"model.probe.enabled={str(args.probe).lower()}",
                  f"dataset.channels={args.channels}", "seed=0", *args.override, *extra]
     if args.img_size:

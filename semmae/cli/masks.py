@@ -9,9 +9,9 @@ when its pixel std is at most the reference semantic strategy's flat_threshold x
 flat_last applies to regions). Strategies that read the training progress (semantic_stratified) are drawn at
 progress 0, the start of training; semantic_features at the end of its warm-up, on the patch tokens of the encoder
 that `features_ckpt` names (a pretraining checkpoint, `latest`, ...; null: a randomly initialised encoder of the
-backbone, whose tokens are little more than the patch embedding and position). The figure (figures/masks.png): rows = images, columns = strategies; visible
-patches show the image, hidden ones are greyed; the semantic strategies' region map gets a column of its own (once
-for strategies whose regions are the same)."""
+backbone, whose tokens are little more than the patch embedding and position). The figure (figures/masks.png):
+rows = images, columns = strategies; visible patches show the image, hidden ones are greyed; the semantic
+strategies' region map gets a column of its own (once for strategies whose regions are the same)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from semmae.masking import MaskingStrategy, SemanticMasking
 from semmae.masking.base import keep_lowest
 from semmae.masking.components import count_components
 from semmae.masking.generator import StepGenerator
+from semmae.masking.regions import flat_regions
 from semmae.models.checkpoints import build_encoder
 from semmae.models.sources import resolve_source
-from semmae.masking.regions import flat_regions
 from semmae.utils.plotting import denormalize, plt, save_figure, to_hwc
 from semmae.utils.run import print_summary, resolved_config, write_results
 

@@ -13,7 +13,7 @@ import torchmetrics
 
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
-from semmae.masking.base import Mask, MaskingStrategy, training_progress
+from semmae.masking.base import Mask, MaskingStrategy, batch_progress, training_progress
 from semmae.masking.generator import StepGenerator, mix_seed
 from semmae.models.heads import ProbeHead
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
@@ -108,16 +108,14 @@ class PretrainTask(TaskBase):
     def masking_inputs(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], torch.Tensor | None]:
         """The batch as the strategy reads it, and the full-image tokens if they were computed for it. Strategies with
         uses_progress get "progress" (docs/masking.md#training-progress: a host float from global_step, no sync);
-        those whose needs_features(progress) holds get "features", the patch tokens of the full augmented image
-        (full_image_tokens), unless the batch has them already."""
-        if not self.masking.uses_progress or "progress" in batch:
+        those whose needs_features(progress) holds (progress 0 for a strategy that does not read it) get
+        "features", the patch tokens of the full augmented image (full_image_tokens), unless the batch has them."""
+        if self.masking.uses_progress and "progress" not in batch:
+            batch = {**batch, "progress": training_progress(self.global_step, self.total_steps())}
+        if "features" in batch or not self.masking.needs_features(batch_progress(batch)):
             return batch, None
-        progress = training_progress(self.global_step, self.total_steps())
-        batch, tokens = {**batch, "progress": progress}, None
-        if self.masking.needs_features(progress) and "features" not in batch:
-            tokens = self.full_image_tokens(batch["image"])
-            batch["features"] = tokens[:, self.mae.encoder.num_prefix_tokens:]
-        return batch, tokens
+        tokens = self.full_image_tokens(batch["image"])
+        return {**batch, "features": tokens[:, self.mae.encoder.num_prefix_tokens:]}, tokens
 
     def make_mask(self, batch: Mapping[str, Any], stream: int, batch_idx: int) -> Mask:
         images = batch["image"]
