@@ -70,6 +70,10 @@ RULE_MIN_SEEDS = 3
 RULE_MIN_SINK_DROP_PCT = 15.0
 RULE_MAX_PROBE_LOSS = 0.3
 RULE_SINK, RULE_PROBE = "ft_end/sink_ratio", "linprobe"
+# Arms the rule is applied to for comparison only: they are controls, not readings of semantic masking, so the outcome
+# never makes one of them what masking=semantic means.
+CONTROLS = {"random_registers": "the control with a known effect", "random_units": "a contiguity control",
+            "block": "a contiguity control"}
 ABLATION_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
     ("shallow sink ratio", "analyze", "attn/shallow_sink_ratio", 1.0),
@@ -332,19 +336,49 @@ def decide(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[str, str]:
     return ("qualifies" if ok else "does not qualify"), facts
 
 
+def mean_sink_change(arm: dict[int, dict], ref: dict[int, dict]) -> float:
+    """Mean per-seed relative change (%) of the rule's sink ratio against the reference."""
+    pair = paired({k: v[RULE_SINK] for k, v in arm.items()}, {k: v[RULE_SINK] for k, v in ref.items()})
+    return statistics.fmean(pair.rel_pct) if pair.rel_pct else float("inf")
+
+
+def arm_names(arms: list[str]) -> str:
+    return ", ".join(f"`{a}`" for a in arms)
+
+
 def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[str]:
-    """The decision rule applied mechanically to every arm but random, one line each, under the rule itself."""
+    """The decision rule applied mechanically to every arm but random, one line each, under the rule itself, and
+    the outcome for the readings (controls are marked and left out of it)."""
     lines = [f"Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink ratio vs random in "
              f"every confirmation seed (≥ {RULE_MIN_SEEDS} seeds) by at least {RULE_MIN_SINK_DROP_PCT:g}% on average "
              f"and loses at most {RULE_MAX_PROBE_LOSS:g} linear-probe points (CLS). Applied to the numbers above:", ""]
     if REFERENCE not in values:
         return [*lines, f"- the rule cannot be applied yet: no `{REFERENCE}` arm to pair with"]
+    verdicts = {}
     for arm in arms:
         if arm != REFERENCE:
             verdict, why = decide(values[arm], values[REFERENCE])
-            lines.append(f"- `{arm}`: " + (f"the rule cannot be applied yet ({why})" if verdict.startswith("cannot")
-                                           else f"{verdict} ({why})"))
-    return lines
+            verdicts[arm] = verdict
+            role = f", {CONTROLS[arm]}, not a reading" if arm in CONTROLS else ""
+            said = "the rule cannot be applied yet" if verdict.startswith("cannot") else verdict
+            lines.append(f"- `{arm}`: {said} ({why}{role})")
+    readings = [a for a in verdicts if a not in CONTROLS]
+    decided = [a for a in readings if not verdicts[a].startswith("cannot")]
+    undecided = [a for a in readings if a not in decided]
+    winners = [a for a in decided if verdicts[a] == "qualifies"]
+    if winners:
+        best = min(winners, key=lambda a: mean_sink_change(values[a], values[REFERENCE]))
+        outcome = f"{arm_names(winners)} qualif{'ies' if len(winners) == 1 else 'y'}; " + (
+            "`masking=semantic` keeps its meaning, now with the evidence" if best == "semantic" else
+            f"`{best}` (the largest sink drop) is to become what `masking=semantic` means")
+    elif decided:
+        outcome = f"no reading qualifies ({arm_names(decided)} decided on ≥ {RULE_MIN_SEEDS} seeds); " \
+                  "the defaults stay"
+    else:
+        outcome = f"not reached yet: no reading has {RULE_MIN_SEEDS} seeds paired with random"
+    if decided and undecided:
+        outcome += f"; not decided (fewer seeds): {arm_names(undecided)}"
+    return [*lines, "", f"Outcome: {outcome}."]
 
 
 def series_table(values: dict[str, list[list[dict]]], metric_name: str) -> str:

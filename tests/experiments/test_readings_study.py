@@ -175,6 +175,25 @@ def test_decision_rule_qualifies_does_not_or_cannot_be_applied_yet():
                                "and loses at most 0.3 linear-probe points (CLS).")
     assert lines[2] == "- `a`: qualifies (sink ratio 3/3 lower, -20.0% on average; probe CLS +0.00 points)"
     assert lines[3] == "- `b`: the rule cannot be applied yet (1 paired seed, the rule needs 3)"
+    assert lines[-1] == "Outcome: `a` qualifies; `a` (the largest sink drop) is to become what `masking=semantic` " \
+                        "means; not decided (fewer seeds): `b`."
+
+
+def test_decision_outcome_leaves_controls_out_and_names_the_largest_drop():
+    ref = rule_values([2.0, 2.0, 2.0], [0.800] * 3)
+    strong, weak, none = (rule_values(s, [0.80] * 3) for s in ([1.4] * 3, [1.6] * 3, [1.9] * 3))
+    # registers lower the sinks most, but a control never becomes the default
+    lines = report.decision_lines({"random": ref, "random_registers": strong, "x": weak, "y": none},
+                                  ["random", "random_registers", "x", "y"])
+    assert lines[2] == ("- `random_registers`: qualifies (sink ratio 3/3 lower, -30.0% on average; probe CLS +0.00 "
+                        "points, the control with a known effect, not a reading)")
+    assert lines[-1] == "Outcome: `x` qualifies; `x` (the largest sink drop) is to become what `masking=semantic` means."
+    lines = report.decision_lines({"random": ref, "x": weak, "semantic": strong}, ["random", "x", "semantic"])
+    assert lines[-1] == "Outcome: `x`, `semantic` qualify; `masking=semantic` keeps its meaning, now with the evidence."
+    lines = report.decision_lines({"random": ref, "block": strong, "y": none}, ["random", "block", "y"])
+    assert lines[-1] == "Outcome: no reading qualifies (`y` decided on ≥ 3 seeds); the defaults stay."
+    lines = report.decision_lines({"random": ref, "y": rule_values([1.0], [0.8])}, ["random", "y"])
+    assert lines[-1] == "Outcome: not reached yet: no reading has 3 seeds paired with random."
     assert report.paired({0: 1.0, 1: None, 2: 3.0}, {0: 2.0, 1: 2.0}).missing == [1, 2]
     assert report.paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}).signs() == "1/2 lower, 1/2 higher"
 
