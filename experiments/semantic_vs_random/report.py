@@ -377,7 +377,7 @@ def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[
     else:
         outcome = f"not reached yet: no reading has {RULE_MIN_SEEDS} seeds paired with random"
     if decided and undecided:
-        outcome += f"; not decided (fewer seeds): {arm_names(undecided)}"
+        outcome += f"; left at the screening (fewer than {RULE_MIN_SEEDS} seeds): {arm_names(undecided)}"
     return [*lines, "", f"Outcome: {outcome}."]
 
 

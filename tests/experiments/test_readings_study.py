@@ -176,7 +176,7 @@ def test_decision_rule_qualifies_does_not_or_cannot_be_applied_yet():
     assert lines[2] == "- `a`: qualifies (sink ratio 3/3 lower, -20.0% on average; probe CLS +0.00 points)"
     assert lines[3] == "- `b`: the rule cannot be applied yet (1 paired seed, the rule needs 3)"
     assert lines[-1] == "Outcome: `a` qualifies; `a` (the largest sink drop) is to become what `masking=semantic` " \
-                        "means; not decided (fewer seeds): `b`."
+                        "means; left at the screening (fewer than 3 seeds): `b`."
 
 
 def test_decision_outcome_leaves_controls_out_and_names_the_largest_drop():
@@ -187,7 +187,8 @@ def test_decision_outcome_leaves_controls_out_and_names_the_largest_drop():
                                   ["random", "random_registers", "x", "y"])
     assert lines[2] == ("- `random_registers`: qualifies (sink ratio 3/3 lower, -30.0% on average; probe CLS +0.00 "
                         "points, the control with a known effect, not a reading)")
-    assert lines[-1] == "Outcome: `x` qualifies; `x` (the largest sink drop) is to become what `masking=semantic` means."
+    assert lines[-1] == ("Outcome: `x` qualifies; `x` (the largest sink drop) is to become what `masking=semantic` "
+                         "means.")
     lines = report.decision_lines({"random": ref, "x": weak, "semantic": strong}, ["random", "x", "semantic"])
     assert lines[-1] == "Outcome: `x`, `semantic` qualify; `masking=semantic` keeps its meaning, now with the evidence."
     lines = report.decision_lines({"random": ref, "block": strong, "y": none}, ["random", "block", "y"])
