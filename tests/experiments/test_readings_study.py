@@ -223,7 +223,9 @@ def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root,
     for arm in arms[1:]:
         signs = [row_of(text, arm, label)[4] for label, *_ in report.PAIRED_METRICS]
         assert all(re.fullmatch(r"[0-2]/2 (lower|higher|equal)|1/2 lower, 1/2 higher", s) for s in signs), signs
-        assert f"- `{arm}`: the rule cannot be applied yet (2 paired seeds, the rule needs 3)" in text
+        role = f", {report.CONTROLS[arm]}, not a reading" if arm in report.CONTROLS else ""
+        assert f"- `{arm}`: the rule cannot be applied yet (2 paired seeds, the rule needs 3{role})" in text
+    assert "Outcome: not reached yet: no reading has 3 seeds paired with random." in text
     assert "| shallow sink ratio after epoch | 1 |" in text
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     capsys.readouterr()
