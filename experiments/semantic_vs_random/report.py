@@ -319,27 +319,26 @@ def paired_table(values: dict[str, dict[int, dict]], arms: list[str]) -> str:
     return table
 
 
+def rule_pairs(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[Paired, Paired]:
+    """The rule's sink ratio and probe of an arm paired with the reference's, on the seeds where both sides have
+    both values."""
+    both = [k for k in sorted(set(arm) | set(ref)) if all(side.get(k, {}).get(key) is not None for side in (arm, ref)
+                                                          for key in (RULE_SINK, RULE_PROBE))]
+    return tuple(paired({k: arm[k][key] for k in both}, {k: ref[k][key] for k in both})
+                 for key in (RULE_SINK, RULE_PROBE))
+
+
 def decide(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[str, str]:
     """The decision rule on one arm -> (verdict: qualifies | does not qualify | cannot be applied yet, why)."""
-    seeds = sorted(set(arm) | set(ref))
-    both = [k for k in seeds if all(side.get(k, {}).get(key) is not None for side in (arm, ref)
-                                    for key in (RULE_SINK, RULE_PROBE))]
-    if len(both) < RULE_MIN_SEEDS:
-        return "cannot be applied yet", f"{len(both)} paired seed{'s' if len(both) != 1 else ''}, the rule needs " \
-                                        f"{RULE_MIN_SEEDS}"
-    sink = paired({k: arm[k][RULE_SINK] for k in both}, {k: ref[k][RULE_SINK] for k in both})
-    probe = paired({k: arm[k][RULE_PROBE] for k in both}, {k: ref[k][RULE_PROBE] for k in both})
-    drop = -statistics.fmean(sink.rel_pct) if len(sink.rel_pct) == len(both) else float("nan")
+    sink, probe = rule_pairs(arm, ref)
+    n = len(sink.seeds)
+    if n < RULE_MIN_SEEDS:
+        return "cannot be applied yet", f"{n} paired seed{'s' if n != 1 else ''}, the rule needs {RULE_MIN_SEEDS}"
+    drop = -statistics.fmean(sink.rel_pct) if len(sink.rel_pct) == n else float("nan")
     loss = -statistics.fmean(probe.diffs) * 100.0
-    facts = f"sink ratio {sink.lower}/{len(both)} lower, {-drop:+.1f}% on average; probe CLS {-loss:+.2f} points"
-    ok = sink.lower == len(both) and drop >= RULE_MIN_SINK_DROP_PCT and loss <= RULE_MAX_PROBE_LOSS
+    facts = f"sink ratio {sink.lower}/{n} lower, {-drop:+.1f}% on average; probe CLS {-loss:+.2f} points"
+    ok = sink.lower == n and drop >= RULE_MIN_SINK_DROP_PCT and loss <= RULE_MAX_PROBE_LOSS
     return ("qualifies" if ok else "does not qualify"), facts
-
-
-def mean_sink_change(arm: dict[int, dict], ref: dict[int, dict]) -> float:
-    """Mean per-seed relative change (%) of the rule's sink ratio against the reference."""
-    pair = paired({k: v[RULE_SINK] for k, v in arm.items()}, {k: v[RULE_SINK] for k, v in ref.items()})
-    return statistics.fmean(pair.rel_pct) if pair.rel_pct else float("inf")
 
 
 def arm_names(arms: list[str]) -> str:
@@ -367,7 +366,8 @@ def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[
     undecided = [a for a in readings if a not in decided]
     winners = [a for a in decided if verdicts[a] == "qualifies"]
     if winners:
-        best = min(winners, key=lambda a: mean_sink_change(values[a], values[REFERENCE]))
+        # a qualifying arm has a relative sink change on every paired seed: rank by the rule's own mean
+        best = min(winners, key=lambda a: statistics.fmean(rule_pairs(values[a], values[REFERENCE])[0].rel_pct))
         outcome = f"{arm_names(winners)} qualif{'ies' if len(winners) == 1 else 'y'}; " + (
             "`masking=semantic` keeps its meaning, now with the evidence" if best == "semantic" else
             f"`{best}` (the largest sink drop) is to become what `masking=semantic` means")
