@@ -40,7 +40,7 @@ def test_the_source_keys_are_written_once(compose_cfg):
 
 def test_the_encoder_node_is_written_once(compose_cfg):
     encoder = OmegaConf.to_container(node("encoder/checkpoint.yaml"))
-    users = [p for p in CONF.rglob("*.yaml") if "semmae.models.checkpoints.build_encoder" in p.read_text()]
+    users = [p for p in CONF.rglob("*.yaml") if "semmae.models.loading.build_encoder" in p.read_text()]
     assert [str(p.relative_to(CONF)) for p in users] == ["encoder/checkpoint.yaml"]
     for task, where in ENCODER_NODE.items():
         cfg = compose_cfg(task, ["ckpt=x.ckpt", "ckpt_file=w.safetensors", "trust_checkpoint=true"])
@@ -76,7 +76,7 @@ def test_the_artifact_settings_are_one_node_for_analyze_and_the_callback(compose
 
 @pytest.mark.parametrize("task", ["linprobe", "finetune", "segment"])
 def test_null_and_random_build_the_same_random_encoder(compose_cfg, task):
-    from semmae.cli.analyze import RANDOM, build_encoder
+    from semmae.cli.analyze import RANDOM, analysis_encoder
     from semmae.models.sources import resolve_source
 
     states = []
@@ -89,14 +89,14 @@ def test_null_and_random_build_the_same_random_encoder(compose_cfg, task):
         states.append(encoder.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     if task == "linprobe":  # the study's floor: linprobe's ckpt=null and analyze's ckpt=random are one encoder
-        analyzed = build_encoder(compose_cfg("analyze", ["ckpt=random"]), RANDOM).state_dict()
+        analyzed = analysis_encoder(compose_cfg("analyze", ["ckpt=random"]), RANDOM).state_dict()
         assert analyzed.keys() == states[0].keys()
         assert all(torch.equal(states[0][k], analyzed[k]) for k in analyzed)
 
 
 def test_export_refuses_null_and_random_alike(compose_cfg):
-    from semmae.errors import ConfigError
     from semmae.cli.export import run
+    from semmae.errors import ConfigError
 
     for spelling in ("null", "random"):
         with pytest.raises(ConfigError, match="semmae-export needs ckpt=PATH"):

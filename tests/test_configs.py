@@ -64,7 +64,7 @@ def test_large_backbones_have_the_published_encoder_size(compose_cfg, backbone, 
 
 
 def test_trainer_and_callbacks_instantiate(compose_cfg, tmp_path):
-    from semmae.utils.run import instantiate_group
+    from semmae.cli.run_steps import instantiate_group
 
     cfg = compose_cfg("pretrain", ["logger=csv"])
     callbacks = instantiate_group(cfg.callbacks)

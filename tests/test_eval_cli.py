@@ -1,6 +1,6 @@
 """The evaluation entry points from the command line: export prints a line that really loads the encoder into
 timm; a bad checkpoint source ends the run with one line and exit code 2 (the messages for every kind of bad or
-mismatched checkpoint are tested in-process in tests/models/test_checkpoints.py)."""
+mismatched checkpoint are tested in-process in tests/models/test_loading.py)."""
 
 import os
 import subprocess

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from semmae.models.checkpoints import ENCODER_KEYS, HEAD_KEYS, load_encoder
 from semmae.models.encoder import ViTEncoder
+from semmae.models.loading import load_encoder
+from semmae.models.weights import ENCODER_KEYS, HEAD_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

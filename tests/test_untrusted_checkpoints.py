@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from semmae.errors import CheckpointError
-from semmae.models.checkpoints import read_checkpoint
+from semmae.models.weights import read_checkpoint
 from semmae.utils.safe_load import load_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "b
               "random_units": ["masking=random_units"],
               # the control with a known effect on the sinks. Only pretraining needs the override: every later task
               # builds its encoder from the checkpoint, whose weights (reg_token) fix the registers
-              # (semmae.models.checkpoints.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
+              # (semmae.models.weights.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
               "random_registers": ["masking=random", "backbone.reg_tokens=4"]}
 # the screening's arms in run order: the reference and the control first, today's reading, the new readings, then
 # the contiguity controls and the second alpha (a study cut short has compared the most telling arms)

@@ -1,13 +1,13 @@
 """Attention analysis: capture every block's attention on full images, measure artifacts (docs/artifacts.md),
 draw them. Reads a model, never trains one."""
 
-from semmae.analysis.artifacts import ArtifactReport, ArtifactSettings, block_key, measure
+from semmae.analysis.artifacts import ArtifactMeasurement, ArtifactSettings, block_key, measure
 from semmae.analysis.capture import Capture, attention_capture, capture, find_encoder
 from semmae.analysis.metrics import METRICS
 
 __all__ = [
     "METRICS",
-    "ArtifactReport",
+    "ArtifactMeasurement",
     "ArtifactSettings",
     "Capture",
     "attention_capture",

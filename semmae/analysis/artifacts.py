@@ -44,7 +44,7 @@ def block_key(index: int, depth: int) -> str:
 
 
 @dataclass
-class ArtifactReport:
+class ArtifactMeasurement:
     blocks: list[dict[str, float]]  # blocks[i] = metrics of block i + 1
     shallow: dict[str, float]  # "shallow_<metric>": mean over the shallow blocks
     shallow_blocks: list[int]  # 1-based
@@ -109,7 +109,7 @@ def measure(
     batches: Iterable[torch.Tensor],
     settings: ArtifactSettings = ArtifactSettings(),
     keep_images: int = 0,
-) -> ArtifactReport:
+) -> ArtifactMeasurement:
     """Metrics of every block of `encoder` on full images streamed as batches [b, C, H, W] (already normalised as
     the model sees them). Only per-image statistics are kept between batches, so any number of images fits;
     the maps of the first `keep_images` images are kept for figures."""
@@ -166,7 +166,7 @@ def measure(
     spec = settings.shallow_blocks
     shallow_idx = M.shallow_blocks(len(blocks), list(spec) if isinstance(spec, tuple) else spec)
     shallow = {f"shallow_{name}": sum(blocks[i - 1][name] for i in shallow_idx) / len(shallow_idx) for name in M.METRICS}
-    return ArtifactReport(
+    return ArtifactMeasurement(
         blocks=blocks,
         shallow=shallow,
         shallow_blocks=shallow_idx,

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import torch
 from matplotlib.colors import LogNorm
 
-from semmae.analysis.artifacts import ArtifactReport
+from semmae.analysis.artifacts import ArtifactMeasurement
 from semmae.analysis.metrics import METRICS
 from semmae.errors import ConfigError
 from semmae.utils.plotting import denormalize, plt, to_hwc
@@ -69,11 +69,11 @@ def attention_grid(
     return fig
 
 
-def block_titles(report: ArtifactReport) -> list[str]:
+def block_titles(report: ArtifactMeasurement) -> list[str]:
     return [f"block {i + 1}\nsink {b['sink_ratio']:.1f}" for i, b in enumerate(report.blocks)]
 
 
-def metrics_vs_depth(reports: Mapping[str, ArtifactReport], title: str = "attention artifacts by block"):
+def metrics_vs_depth(reports: Mapping[str, ArtifactMeasurement], title: str = "attention artifacts by block"):
     """One panel per metric, block index (1-based) on x, one line per encoder; shallow blocks shaded."""
     cols = (len(METRICS) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 6.5), squeeze=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from semmae.analysis.artifacts import ArtifactReport
-from semmae.utils.atomic import atomic_write_json, atomic_write_text
+from semmae.analysis.artifacts import ArtifactMeasurement
 from semmae.analysis.metrics import METRICS
+from semmae.utils.atomic import atomic_write_json, atomic_write_text
 
 
 def fmt(name: str, value: float | None) -> str:
@@ -22,7 +22,7 @@ def _blocks_text(blocks: list[int]) -> str:
     return f"{blocks[0]}–{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) else ",".join(map(str, blocks))
 
 
-def settings_line(report: ArtifactReport) -> str:
+def settings_line(report: ArtifactMeasurement) -> str:
     s = report.settings
     return (
         f"{report.num_images} images, {report.grid_size[0]}x{report.grid_size[1]} patches; tau = {s.tau:g}, "
@@ -31,7 +31,7 @@ def settings_line(report: ArtifactReport) -> str:
     )
 
 
-def artifacts_markdown(report: ArtifactReport, title: str) -> str:
+def artifacts_markdown(report: ArtifactMeasurement, title: str) -> str:
     """Rows = blocks (1-based) plus the shallow mean, columns = the metrics of docs/artifacts.md#metrics."""
     lines = [f"# Attention artifacts: {title}", "", settings_line(report), ""]
     lines.append("| block | " + " | ".join(METRICS) + " |")
@@ -46,7 +46,7 @@ def artifacts_markdown(report: ArtifactReport, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(reports: Mapping[str, ArtifactReport]) -> str:
+def comparison_markdown(reports: Mapping[str, ArtifactMeasurement]) -> str:
     """One table of the model-level shallow_* numbers (rows = encoders), then one table per metric with
     rows = encoders and columns = blocks."""
     first = next(iter(reports.values()))

@@ -17,16 +17,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from semmae.analysis import ArtifactReport, ArtifactSettings, measure
+from semmae.analysis import ArtifactMeasurement, ArtifactSettings, measure
 from semmae.analysis.artifacts import batch_images
 from semmae.analysis.figures import attention_grid, block_titles, display_images, metrics_vs_depth
 from semmae.analysis.tables import artifacts_markdown, comparison_markdown, write_json, write_text
 from semmae.cli.entry import hydra_entry
+from semmae.cli.run_steps import print_summary, resolved_config, write_results
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import build_encoder as build_from_source
+from semmae.models.loading import build_encoder
 from semmae.models.sources import resolve_source
 from semmae.utils.plotting import save_figure
-from semmae.utils.run import print_summary, resolved_config, write_results
 
 RANDOM = "random"  # how a randomly initialised encoder (ckpt=random or ckpt=null) is named in the outputs
 
@@ -71,17 +71,17 @@ def labels_for(cfg: DictConfig, srcs: list[str]) -> list[str]:
     return labels
 
 
-def build_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
-    """semmae.models.checkpoints.build_encoder, the builder of every task. RANDOM: the encoder of a freshly
+def analysis_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
+    """semmae.models.loading.build_encoder, the builder of every task. RANDOM: the encoder of a freshly
     initialised MAE (the state pretraining starts from; linprobe's ckpt=null) with the backbone group's geometry and
     the dataset's channels, seeded by cfg.seed wherever it sits in ckpt=[...]. A file or timm:NAME: its weights at
     its own geometry (the images are prepared for it). cfg.encoder overrides either."""
     overrides = OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else {}
     if source == RANDOM:
         geometry = {"img_size": cfg.backbone.img_size, "in_chans": cfg.dataset.channels}
-        return build_from_source(None, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+        return build_encoder(None, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
                                  seed=int(cfg.seed), **{**geometry, **overrides})
-    return build_from_source(source, weights_file=cfg.get("ckpt_file") if source.startswith("timm:") else None,
+    return build_encoder(source, weights_file=cfg.get("ckpt_file") if source.startswith("timm:") else None,
                              root=cfg.paths.root_dir, trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
 
 
@@ -124,7 +124,7 @@ class ValImages:
             yield images.float()
 
 
-def write_one(report: ArtifactReport, label: str, out: Path, mean, std, vmax: float) -> dict[str, str]:
+def write_one(report: ArtifactMeasurement, label: str, out: Path, mean, std, vmax: float) -> dict[str, str]:
     """The five files for one encoder in `out`."""
     shown = display_images(report.images, mean, std)
     titles = block_titles(report)
@@ -161,10 +161,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     data = ValImages(cfg)
 
-    reports: dict[str, ArtifactReport] = {}
+    reports: dict[str, ArtifactMeasurement] = {}
     files: dict[str, dict[str, str]] = {}
     for n, (source, label) in enumerate(zip(srcs, labels), start=1):
-        encoder = build_encoder(cfg, source).to(device)
+        encoder = analysis_encoder(cfg, source).to(device)
         size, channels = geometry(encoder)
         report = measure(encoder, data.batches(size, channels), settings, keep_images=int(cfg.figure_images))
         dm = data.datamodule(size, channels)

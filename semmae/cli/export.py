@@ -10,10 +10,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from semmae.cli.entry import hydra_entry
+from semmae.cli.run_steps import print_summary, resolve_ckpt, resolved_config, write_results
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import describe, export_encoder, load_encoder, timm_load_line
-from semmae.tasks.evaluation import resolve_ckpt
-from semmae.utils.run import print_summary, resolved_config, write_results
+from semmae.models.export import export_encoder, timm_load_line
+from semmae.models.loading import describe, load_encoder
 
 
 def run(cfg: DictConfig) -> dict[str, str]:

@@ -9,8 +9,16 @@ from omegaconf import DictConfig
 
 from semmae.callbacks.attention_maps import artifact_series
 from semmae.cli.entry import hydra_entry
-from semmae.tasks.evaluation import report, resolve_ckpt, test_best
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
+from semmae.cli.run_steps import (
+    begin_run,
+    build_trainer,
+    check_ckpt_path,
+    check_resume,
+    finish_evaluation,
+    fit,
+    resolve_ckpt,
+    test_best,
+)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -29,7 +37,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     series = artifact_series(trainer)  # shallow_* artifact metrics over fine-tuning (docs/artifacts.md#series)
     if series is not None:
         extra["artifact_series"] = series
-    return report("finetune", cfg, trainer, loggers, source, best, test_metrics, start, extra)
+    return finish_evaluation("finetune", cfg, trainer, loggers, source, best, test_metrics, start, extra)
 
 
 main = hydra_entry("finetune", run)

@@ -10,9 +10,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from semmae.cli.entry import hydra_entry
-from semmae.tasks.evaluation import report, resolve_ckpt, test_best
-from semmae.tasks.feature_cache import FeatureDataModule
-from semmae.utils.run import begin_run, build_trainer, check_ckpt_path, check_resume, fit
+from semmae.cli.run_steps import (
+    begin_run,
+    build_trainer,
+    check_ckpt_path,
+    check_resume,
+    finish_evaluation,
+    fit,
+    resolve_ckpt,
+    test_best,
+)
+from semmae.data.feature_cache import FeatureDataModule
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -39,7 +47,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        f"images encoded in {extract_s:.0f} s")
     fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
-    return report("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,
+    return finish_evaluation("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,
                   {"feature_cache": bool(cache), "feature_extraction_s": extract_s})
 
 

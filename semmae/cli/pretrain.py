@@ -7,8 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli.entry import hydra_entry
-from semmae.utils.ddp import rerun_this_job
-from semmae.utils.run import (
+from semmae.cli.run_steps import (
     begin_run,
     build_trainer,
     check_ckpt_path,
@@ -18,6 +17,7 @@ from semmae.utils.run import (
     fit,
     scalar_metrics,
 )
+from semmae.utils.ddp import rerun_this_job
 from semmae.utils.slurm import resume_checkpoint
 
 

@@ -8,10 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.cli.entry import hydra_entry
-from semmae.errors import ConfigError
-from semmae.tasks.evaluation import resolve_ckpt
-from semmae.tasks.seg_metrics import iou_table
-from semmae.utils.run import (
+from semmae.cli.run_steps import (
     begin_run,
     build_trainer,
     check_ckpt_path,
@@ -19,8 +16,11 @@ from semmae.utils.run import (
     checkpoint_on_disk,
     finish_run,
     fit,
+    resolve_ckpt,
     scalar_metrics,
 )
+from semmae.errors import ConfigError
+from semmae.tasks.seg_metrics import iou_table
 
 
 def format_table(rows: list[dict]) -> str:

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from semmae.data.base import SemmaeDataModule
-from semmae.data.image_files import find_files
+from semmae.data.disk_images import find_files
+from semmae.data.interface import SemmaeDataModule
 from semmae.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255

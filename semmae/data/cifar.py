@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from semmae.data.datamodule import ImageDataModule
+from semmae.data.in_memory import ImageDataModule
 from semmae.errors import ConfigError, DataError
 
 READERS = {10: CIFAR10, 100: CIFAR100}

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semmae.data.datamodule import ImageDataModule
 from semmae.data.idx import read_idx
+from semmae.data.in_memory import ImageDataModule
 from semmae.errors import ConfigError, DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

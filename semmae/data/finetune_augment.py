@@ -16,7 +16,7 @@ import torch
 from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
 
-from semmae.data.base import SemmaeDataModule
+from semmae.data.interface import SemmaeDataModule
 from semmae.errors import ConfigError
 
 

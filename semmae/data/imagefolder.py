@@ -20,15 +20,15 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from semmae.data import image_files, jpeg_decode
-from semmae.data.base import SemmaeDataModule
+from semmae.data import disk_images, jpeg_decode
+from semmae.data.interface import SemmaeDataModule
 from semmae.errors import ConfigError, DataError
 
 
 class DictDataset(Dataset):
     """ImageFolder samples as dicts; training samples also carry the un-augmented view for the online probe.
     An image that cannot be read is a DataError naming it, or with skip_corrupt {"corrupt": path} (the loader's
-    image_files.collate_readable drops it)."""
+    disk_images.collate_readable drops it)."""
 
     def __init__(self, base: ImageFolder, indices: list[int] | None, transform, plain_transform=None,
                  skip_corrupt: bool = False):
@@ -45,7 +45,7 @@ class DictDataset(Dataset):
         try:
             image = self.base.loader(path)
         except Exception as exc:  # PIL says "bad file" with OSError, SyntaxError, ValueError, DecompressionBombError...
-            image_files.corrupt(path, str(exc) or type(exc).__name__, self.skip_corrupt)
+            disk_images.corrupt(path, str(exc) or type(exc).__name__, self.skip_corrupt)
             return {"corrupt": path}
         item = {"image": self.transform(image), "label": label, "index": i}
         if self.plain_transform is not None:
@@ -120,7 +120,7 @@ class ImageFolderDataModule(SemmaeDataModule):
             path = self.root / name
             if not path.is_dir():
                 raise DataError(f"ImageFolder split not found: {path} (expected {path}/<class>/<image>)")
-            self._scans[name] = image_files.image_folder(path)
+            self._scans[name] = disk_images.image_folder(path)
         return self._scans[name]
 
     def _folder(self, split: str, train: bool) -> Dataset:
@@ -155,7 +155,7 @@ class ImageFolderDataModule(SemmaeDataModule):
 
     def collate_fn(self, dataset: Dataset) -> Callable[[list[Any]], Any]:
         encoded = isinstance(getattr(dataset, "dataset", dataset), jpeg_decode.EncodedImageFolder)  # also in a Subset
-        return jpeg_decode.collate_encoded if encoded else image_files.collate_readable
+        return jpeg_decode.collate_encoded if encoded else disk_images.collate_readable
 
     @property
     def train_augmentation_kind(self) -> str | None:

@@ -2,7 +2,7 @@
 training device (nvJPEG through torchvision.io.decode_jpeg on CUDA, libjpeg on CPU) and cropped, resized
 (antialiased), flipped and normalised there. Crop boxes are drawn on the CPU for the whole batch at once, so the
 device never waits on the host for them. A batch that fails to decode is decoded image by image to name the bad
-file (semmae.data.image_files: stop, or skip it with dataset.skip_corrupt=true)."""
+file (semmae.data.disk_images: stop, or skip it with dataset.skip_corrupt=true)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from semmae.data import image_files
+from semmae.data import disk_images
 from semmae.data.augment import normalize, sample_crop_boxes
 from semmae.errors import DataError
 
@@ -29,7 +29,7 @@ class EncodedImageFolder(Dataset):
     worker. An unreadable file is {"corrupt": path} with skip_corrupt (collate_encoded drops it), else a DataError."""
 
     def __init__(self, root: str | Path | ImageFolder, indices: list[int] | None = None, skip_corrupt: bool = False):
-        folder = root if isinstance(root, ImageFolder) else image_files.image_folder(Path(root))
+        folder = root if isinstance(root, ImageFolder) else disk_images.image_folder(Path(root))
         self.classes, self.samples = folder.classes, folder.samples
         self.indices, self.skip_corrupt = indices, skip_corrupt
 
@@ -38,7 +38,7 @@ class EncodedImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, label = self.samples[self.indices[i] if self.indices is not None else i]
-        data = image_files.read_bytes(path, self.skip_corrupt)
+        data = disk_images.read_bytes(path, self.skip_corrupt)
         if data is None:
             return {"corrupt": path}
         return {"jpeg": data, "label": label, "index": i, "path": path}
@@ -46,7 +46,7 @@ class EncodedImageFolder(Dataset):
 
 def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Variable-length byte strings and paths stay lists; labels and indices become tensors."""
-    items = image_files.readable(items)
+    items = disk_images.readable(items)
     return {
         "jpeg": [it["jpeg"] for it in items],
         "path": [it["path"] for it in items],
@@ -80,7 +80,7 @@ def decode_checked(jpegs: list[torch.Tensor], paths: list[str], device: torch.de
         try:
             images.append(decode([jpeg], device)[0])
         except RuntimeError as exc:
-            image_files.corrupt(path, _reason(exc), skip_corrupt)
+            disk_images.corrupt(path, _reason(exc), skip_corrupt)
             continue
         keep.append(i)
     if not images:

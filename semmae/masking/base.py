@@ -133,6 +133,11 @@ class MaskingStrategy(ABC):
         (semantic_features after its warm-up). Default: never."""
         return False
 
+    def reads_features(self, progress: float) -> bool:
+        """Whether a batch at this training progress must carry "features": needs_features at the progress the
+        strategy is given (0.0 for one that does not read it, uses_progress False). The one rule every caller asks."""
+        return self.needs_features(progress if self.uses_progress else 0.0)
+
     def data_needs(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor] | None]:
         """Extra batch entries the strategy reads, {key: producer}. A producer is a picklable callable that the data
         loader's workers apply to every augmented image (float [C, H, W] -> tensor); None means the dataset itself

@@ -18,7 +18,7 @@ pos_weight weighs position against content as it does for color_kmeans.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

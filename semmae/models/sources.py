@@ -1,5 +1,5 @@
 """What ckpt= names, before anything is read: a file, `latest` (the newest checkpoint matching a glob), timm:NAME, or
-null / `random` (a randomly initialised encoder). semmae.models.checkpoints reads the sources; every entry point
+null / `random` (a randomly initialised encoder). semmae.models.weights reads the sources; every entry point
 resolves ckpt= here (semmae.tasks.evaluation.resolve_ckpt, semmae.cli.analyze)."""
 
 from __future__ import annotations

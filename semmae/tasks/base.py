@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Mapping
 
@@ -23,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from semmae.errors import ConfigError
 from semmae.optim import scaled_lr
 from semmae.optim.schedule import WarmupDecay
-from semmae.tasks.common import accuracy_metrics, effective_batch, settings, steps_per_epoch, valid_part
+from semmae.tasks.settings import settings
 from semmae.utils.hardware import cpu_has_native_bf16
 
 NODES = ("optimizer", "scheduler")  # the model.optim nodes with a _target_; every other key is a setting
@@ -76,9 +77,39 @@ def optim_settings(given: Mapping[str, Any], reads: Iterable[str]) -> dict[str, 
 def checkpoint_record(task: nn.Module, encoder: nn.Module, kind: str, **extra: Any) -> dict[str, Any]:
     """checkpoint["semmae"] of any task: its kind, the encoder's geometry, and the key prefix under which the
     encoder's weights sit in the task's state dict, so that every checkpoint the project writes loads as an encoder
-    by one rule (semmae.models.checkpoints)."""
+    by one rule (semmae.models.weights)."""
     prefix = next(name for name, module in task.named_modules() if module is encoder)
     return {"kind": kind, "encoder_prefix": f"{prefix}." if prefix else "", "model": dict(encoder.config), **extra}
+
+
+def effective_batch(trainer, batch_size: int) -> int:
+    """Per-device batch x devices x nodes x gradient accumulation: the batch the lr scaling rule reads."""
+    return int(batch_size) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def steps_per_epoch(trainer) -> int:
+    """Optimiser steps per epoch (after limit_train_batches and gradient accumulation)."""
+    total = max(1, int(trainer.estimated_stepping_batches))  # sets up the train loader if it is not yet
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        return max(1, math.ceil(total / max(1, trainer.max_epochs or 1)))
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+
+def accuracy_metrics(num_classes: int) -> nn.ModuleDict:
+    """top1, and top5 where there are at least 5 classes."""
+    metrics = {"top1": torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=1)}
+    if num_classes >= 5:
+        metrics["top5"] = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, top_k=5)
+    return nn.ModuleDict(metrics)
+
+
+def valid_part(batch: Mapping[str, Any], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the padding samples (valid=False) that even out the last evaluation batches across DDP ranks."""
+    valid = batch.get("valid")
+    if valid is None or bool(valid.all()):
+        return tensors
+    return tuple(t[valid] for t in tensors)
 
 
 def as_function(schedule: Callable[[int], float]) -> Callable[[int], float]:

@@ -14,11 +14,11 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import head_layout
 from semmae.models.encoder import ViTEncoder
+from semmae.models.export import head_layout
 from semmae.optim.layer_decay import layer_decay_groups
 from semmae.tasks.base import ClassifierEvaluation, plain
-from semmae.tasks.common import settings
+from semmae.tasks.settings import settings
 
 
 def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mixup | None:

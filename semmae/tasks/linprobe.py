@@ -1,7 +1,7 @@
 """Linear probing as a LightningModule: a frozen encoder, MAE's probe head (BatchNorm1d without affine + Linear) on
 the CLS token (or the mean patch token), the optimiser of model.optim (conf/optim/lars_probe.yaml: LARS, lr scaling
 rule, per-step warmup + cosine) over the head; top-1 / top-5. Batches carry either images (the encoder runs,
-without gradients) or cached features ("feature", see semmae.tasks.feature_cache), so the same module trains on
+without gradients) or cached features ("feature", see semmae.data.feature_cache), so the same module trains on
 both."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torchmetrics
 
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import head_layout
 from semmae.models.encoder import ViTEncoder
+from semmae.models.export import head_layout
 from semmae.models.heads import POOLS, ProbeHead, pool_tokens
 from semmae.tasks.base import ClassifierEvaluation, plain
 

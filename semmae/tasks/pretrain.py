@@ -20,7 +20,7 @@ from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
 from semmae.optim import weight_decay_groups
 from semmae.optim.schedule import WarmupDecay
 from semmae.tasks.base import TaskBase, plain
-from semmae.tasks.common import settings
+from semmae.tasks.settings import settings
 
 # on_before_batch_transfer below only seeds the augmentation; the datamodule's own batch hooks still run.
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
@@ -108,11 +108,11 @@ class PretrainTask(TaskBase):
     def masking_inputs(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], torch.Tensor | None]:
         """The batch as the strategy reads it, and the full-image tokens if they were computed for it. Strategies with
         uses_progress get "progress" (docs/masking.md#training-progress: a host float from global_step, no sync);
-        those whose needs_features(progress) holds (progress 0 for a strategy that does not read it) get
-        "features", the patch tokens of the full augmented image (full_image_tokens), unless the batch has them."""
+        those whose reads_features(progress) holds get "features", the patch tokens of the full augmented image
+        (full_image_tokens), unless the batch has them."""
         if self.masking.uses_progress and "progress" not in batch:
             batch = {**batch, "progress": training_progress(self.global_step, self.total_steps())}
-        if "features" in batch or not self.masking.needs_features(batch_progress(batch)):
+        if "features" in batch or not self.masking.reads_features(batch_progress(batch)):
             return batch, None
         tokens = self.full_image_tokens(batch["image"])
         return {**batch, "features": tokens[:, self.mae.encoder.num_prefix_tokens:]}, tokens

@@ -20,8 +20,8 @@ from semmae.models.segmenter import Segmenter, slide_inference
 from semmae.models.upernet import resize
 from semmae.optim.layer_decay import layer_decay_groups
 from semmae.tasks.base import TaskBase, plain
-from semmae.tasks.common import settings
 from semmae.tasks.seg_metrics import segmentation_scores
+from semmae.tasks.settings import settings
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, int]:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from semmae.cli.analyze import RANDOM, build_encoder, run, sources
+from semmae.cli.analyze import RANDOM, analysis_encoder, run, sources
 from semmae.errors import ConfigError
-from semmae.models.checkpoints import find_latest, random_encoder
+from semmae.models.loading import random_encoder
 from semmae.models.mae import MaskedAutoencoder
+from semmae.models.sources import find_latest
 from tests.conftest import REPO
 
 TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "num_images=24", "batch_size=16",
@@ -97,14 +98,14 @@ def test_latest_glob_can_name_any_tasks_checkpoints(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("spelling", ["ckpt=random", "ckpt=null", "ckpt=[random]", "ckpt=[null]"])
 def test_random_encoder_is_the_one_every_task_builds(compose_cfg, spelling):
-    """ckpt=random and ckpt=null are one source, built by semmae.models.checkpoints.random_encoder: MAE's
+    """ckpt=random and ckpt=null are one source, built by semmae.models.loading.random_encoder: MAE's
     initialisation, seeded by cfg.seed, the same weights as analyze built before it used the shared builder."""
     cfg = compose_cfg("analyze", [spelling, "seed=3"])
     assert sources(cfg) == [RANDOM]
-    enc = build_encoder(cfg, RANDOM)
+    enc = analysis_encoder(cfg, RANDOM)
     assert enc.source is None
     torch.manual_seed(123)  # the global state does not matter: the encoder is seeded by cfg.seed
-    again = build_encoder(cfg, RANDOM).state_dict()
+    again = analysis_encoder(cfg, RANDOM).state_dict()
     shared = random_encoder(dict(cfg.backbone), seed=3, img_size=32, in_chans=cfg.dataset.channels).state_dict()
     b = cfg.backbone
     torch.manual_seed(3)  # what analyze built before (its own copy of the recipe)

@@ -119,8 +119,8 @@ def test_bad_settings_are_config_errors():
 def test_fine_tuning_writes_the_artifact_series_to_results_json(compose_cfg, fmnist_root, tmp_path):
     """finetune_default's attention callback: shallow_* before the first step, at 25/50/75% of the steps
     (4 steps: steps 1, 2, 3) and at the end (step 4, the final analysis), into results.json."""
-    from semmae.cli.finetune import run as finetune
     from semmae.analysis.metrics import METRICS
+    from semmae.cli.finetune import run as finetune
 
     tiny = [*TINY[:3], "dataset.batch_size=32", "dataset.eval_batch_size=64",
             "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=1"]

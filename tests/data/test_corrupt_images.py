@@ -4,7 +4,7 @@ leaves its batch with a warning naming it; both decoding paths, in the main proc
 import pytest
 import torch
 
-from semmae.data.image_files import CorruptImageWarning
+from semmae.data.disk_images import CorruptImageWarning
 from semmae.data.imagefolder import ImageFolderDataModule
 from semmae.errors import DataError
 from tests.data.test_imagefolder import truncate, write_tree

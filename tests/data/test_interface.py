@@ -1,4 +1,4 @@
-"""The datamodule interface (semmae.data.base.SemmaeDataModule): every datamodule answers it, and its callers (the
+"""The datamodule interface (semmae.data.interface.SemmaeDataModule): every datamodule answers it, and its callers (the
 feature cache, fine-tuning's augmentation, semmae-masks, semmae-analyze, the linear probe) use it, not the
 datamodules' classes or internals: a datamodule of none of semmae's classes (Toy) serves them all."""
 
@@ -13,18 +13,18 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.datasets import ImageFolder
 
-from semmae.data import image_files, jpeg_decode
+from semmae.data import disk_images, jpeg_decode
 from semmae.data.ade20k import ADE20KDataModule
-from semmae.data.base import SemmaeDataModule
 from semmae.data.cifar import CIFARDataModule
 from semmae.data.fashion_mnist import FashionMNISTDataModule
 from semmae.data.fashion_mnist_seg import FashionMNISTSegDataModule, garment_masks
+from semmae.data.feature_cache import FeatureDataModule
 from semmae.data.finetune_augment import BatchRandomErasing, FinetuneAugment
 from semmae.data.imagefolder import ImageFolderDataModule
+from semmae.data.interface import SemmaeDataModule
 from semmae.data.loaders import split_loader, subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
-from semmae.tasks.feature_cache import FeatureDataModule
 from tests.data.test_ade20k import write_ade20k
 from tests.data.test_cifar import write_cifar
 from tests.data.test_imagefolder import write_tree
@@ -193,10 +193,10 @@ def test_the_file_scan_lists_what_torchvision_lists(tmp_path):
                 "c/notes.md"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    ours = image_files.ScannedImageFolder(str(tmp_path), allow_empty=True)  # c/ has no image: empty is allowed
+    ours = disk_images.ScannedImageFolder(str(tmp_path), allow_empty=True)  # c/ has no image: empty is allowed
     theirs = ImageFolder(str(tmp_path), allow_empty=True)
     assert ours.samples == theirs.samples and ours.classes == theirs.classes
-    flat = image_files.find_files(tmp_path / "b", (".jpg", ".png"), recursive=False)
+    flat = disk_images.find_files(tmp_path / "b", (".jpg", ".png"), recursive=False)
     assert flat == [os.path.join(str(tmp_path / "b"), "1.png")]
 
 
@@ -214,7 +214,7 @@ def test_imagefolder_set_up_before_its_trainer_keeps_decoding_in_the_workers(roo
     dm = ImageFolderDataModule(root=str(roots["folder"]), img_size=32, batch_size=3, num_workers=0, decode="auto")
     dm.setup()  # no trainer yet (fine-tuning's augmentation, the feature cache): the workers decode
     assert not dm.on_device()
-    assert dm.collate_fn(dm.split_dataset("train", True)) is image_files.collate_readable
+    assert dm.collate_fn(dm.split_dataset("train", True)) is disk_images.collate_readable
     device = ImageFolderDataModule(root=str(roots["folder"]), img_size=32, batch_size=3, num_workers=0,
                                    decode="device")
     device.setup()

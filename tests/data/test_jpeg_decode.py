@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from semmae.data import image_files, jpeg_decode
+from semmae.data import disk_images, jpeg_decode
 from semmae.data.imagefolder import ImageFolderDataModule
 from tests.data.test_imagefolder import write_tree
 
@@ -84,6 +84,6 @@ def test_device_decode_with_workers_runs_to_completion(tmp_path):
 def test_read_bytes_is_ordinary_memory(tmp_path):
     write_tree(tmp_path, per_class=1)
     path = next((tmp_path / "train").rglob("*.JPEG"))
-    data = image_files.read_bytes(str(path), skip=False)
+    data = disk_images.read_bytes(str(path), skip=False)
     assert not data.untyped_storage().is_shared()  # a file-mapped storage cannot be sent from a worker
     assert bytes(data.numpy()) == path.read_bytes()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from semmae.data.datamodule import ImageDataModule
+from semmae.data.in_memory import ImageDataModule
 
 N, SIZE = 2000, 28
 

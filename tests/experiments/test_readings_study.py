@@ -201,7 +201,7 @@ def test_decision_outcome_leaves_controls_out_and_names_the_largest_drop():
 
 @pytest.mark.slow
 def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
-    from semmae.models.checkpoints import load_encoder
+    from semmae.models.loading import load_encoder
 
     out = tmp_path / "study"
     arms = ["random", "random_registers", "semantic_features"]

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from semmae.analysis.mask_shapes import flat_patches, mask_statistics
+from semmae.cli.masks import run
 from semmae.errors import ConfigError
-from semmae.cli.masks import flat_patches, mask_statistics, run
 
 STRATEGIES = ["random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
               "random_units", "semantic_features"]

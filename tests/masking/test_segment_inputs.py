@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semmae.data.datamodule import ImageDataModule
 from semmae.data.fashion_mnist import FashionMNISTDataModule, foreground_segments
+from semmae.data.in_memory import ImageDataModule
 from semmae.errors import ConfigError
 from semmae.masking import SemanticMasking
 

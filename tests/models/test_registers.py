@@ -12,17 +12,12 @@ import torch
 
 from semmae.analysis.capture import capture
 from semmae.masking.base import keep_lowest
-from semmae.models.checkpoints import (
-    export_encoder,
-    infer_geometry,
-    load_encoder,
-    random_encoder,
-    timm_kwargs,
-    timm_load_line,
-)
 from semmae.models.encoder import ViTEncoder
+from semmae.models.export import export_encoder, timm_kwargs, timm_load_line
+from semmae.models.loading import load_encoder, random_encoder
 from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify
 from semmae.models.segmenter import Segmenter
+from semmae.models.weights import infer_geometry
 from tests.conftest import REPO
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)

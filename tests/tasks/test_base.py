@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import semmae
+from semmae.cli.pretrain import run
 from semmae.models.heads import ProbeHead
 from semmae.optim.lars import LARS
 from semmae.optim.schedule import warmup_cosine
-from semmae.cli.pretrain import run
 from semmae.tasks.base import NODES, ClassifierEvaluation, optim_group
 from tests.tasks.test_pretrain import TINY
 

@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from semmae.cli.finetune import run
 from semmae.data.finetune_augment import BatchRandomErasing, FinetuneAugment
 from semmae.errors import ConfigError
-from semmae.cli.finetune import run
-from semmae.models.checkpoints import load_encoder
+from semmae.models.loading import load_encoder
 from semmae.tasks.finetune import build_mixup
 
 TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",

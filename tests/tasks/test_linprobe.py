@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from semmae.cli.linprobe import run
-from semmae.tasks.feature_cache import FeatureDataModule
+from semmae.data.feature_cache import FeatureDataModule
 
 TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
         "backbone.decoder_depth=1", "backbone.decoder_num_heads=2", "dataset.batch_size=64",

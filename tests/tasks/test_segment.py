@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from semmae.cli.segment import run
 from semmae.errors import ConfigError
 from semmae.models.mae import MaskedAutoencoder
-from semmae.cli.segment import run
 
 GEOMETRY = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2)
 

@@ -77,7 +77,7 @@ def test_temp_files_of_live_writers_are_kept(tmp_path):
 
 
 def test_runs_write_their_checkpoints_through_it(compose_cfg, fmnist_root):
-    from semmae.utils.run import build_trainer
+    from semmae.cli.run_steps import build_trainer
 
     cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", "logger=none"])
     trainer, _ = build_trainer(cfg)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from semmae.cli.run_steps import check_resume
 from semmae.errors import CheckpointError
 from semmae.models.mae import MaskedAutoencoder
-from semmae.utils.run import check_resume
 
 
 class Task(torch.nn.Module):

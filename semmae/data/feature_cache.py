@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from semmae.data.base import SemmaeDataModule
+from semmae.data.interface import SemmaeDataModule
 from semmae.data.loaders import subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError

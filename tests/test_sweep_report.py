@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semmae.cli.sweep_report import collect, main, report, series
+from semmae.analysis.sweep_table import collect, series
+from semmae.cli.sweep_report import main, write_sweep_report
 
 TARGETS = {"random": "semmae.masking.random.RandomMasking", "semantic": "semmae.masking.semantic.SemanticMasking"}
 
@@ -66,7 +67,7 @@ def test_collect_reads_every_job_in_numeric_order(sweep):
 
 
 def test_report_writes_csv_markdown_and_plot(sweep):
-    out = report(sweep)
+    out = write_sweep_report(sweep)
     assert set(out) == {"csv", "md", "png"} and all(p.parent == sweep for p in out.values())
 
     rows = list(csv.DictReader(open(out["csv"])))
@@ -105,7 +106,7 @@ def test_other_swept_overrides_become_columns_and_lines(tmp_path):
     root = tmp_path / "sweep"
     for num, (ratio, seed) in enumerate([(0.5, 1), (0.5, 2), (0.75, 1), (0.75, 2)]):
         fake_job(root, num, "random", ratio, metrics=metrics(0.5 + num / 100, 0.5), seed=seed)
-    out = report(root)
+    out = write_sweep_report(root)
     header = next(csv.reader(open(out["csv"])))
     assert "seed" in header and "trainer.max_epochs" not in header  # only the overrides that vary
     assert set(series(collect(root), "val/loss")) == {"random (seed=1)", "random (seed=2)"}

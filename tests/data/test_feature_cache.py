@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from semmae.data.loaders import subset_indices
 from semmae.cli.linprobe import run
-from semmae.tasks.feature_cache import FeatureDataModule, images_read
+from semmae.data.feature_cache import FeatureDataModule, images_read
+from semmae.data.loaders import subset_indices
 from semmae.tasks.linprobe import LinearProbeTask
 from tests.tasks.test_linprobe import TINY
 

@@ -1,5 +1,6 @@
-"""What every task entry point does the same way: seed, build callbacks, loggers and the trainer from config,
-check paths, and report the run (console lines + results.json in the run directory)."""
+"""The steps every entry point takes the same way: seed, build callbacks, loggers and the trainer from config, check
+paths and the checkpoint a run resumes, resolve the encoder source, test the best checkpoint, and report the run
+(console lines + results.json in the run directory)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from semmae.callbacks.finite_loss import FiniteLoss
 from semmae.errors import CheckpointError, ConfigError
+from semmae.models.sources import resolve_source
 from semmae.utils.atomic import atomic_write_json
+from semmae.utils.checkpoint_io import AtomicCheckpointIO
 from semmae.utils.safe_load import load_file
 
 
@@ -27,8 +32,6 @@ def configure_torch() -> None:
 
 def begin_run(cfg: DictConfig) -> float:
     """The start of every training entry point: torch settings and seeds; -> the start time (for wall_time_s)."""
-    import lightning as L
-
     start = time.time()
     configure_torch()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -39,9 +42,6 @@ def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
     logger as hyperparameters; -> (trainer, loggers). Whatever the groups say, every run stops at a non-finite loss
     (FiniteLoss) and writes its checkpoints atomically (AtomicCheckpointIO)."""
-    from semmae.callbacks.finite_loss import FiniteLoss
-    from semmae.utils.checkpoint_io import AtomicCheckpointIO
-
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not any(isinstance(cb, FiniteLoss) for cb in callbacks):
         callbacks.append(FiniteLoss())
@@ -179,3 +179,38 @@ def finish_run(task: str, cfg: DictConfig, trainer: Any, loggers: list[Any], sta
     print_summary({**(summary or {}), "W&B offline run": wandb_dir or "(no W&B logger)",
                    "wall time": f"{payload['wall_time_s']:.0f} s", "run directory": cfg.paths.output_dir})
     return payload
+
+
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    """cfg.ckpt -> the checkpoint actually used ('latest' becomes a path), written back so that the config the
+    run records (and every ${ckpt} interpolation) names it."""
+    source = resolve_source(cfg.get("ckpt"), cfg.paths.root_dir)
+    with open_dict(cfg):
+        cfg.ckpt = source
+    return source
+
+
+def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[dict, str]:
+    """Test with the best checkpoint (ModelCheckpoint's monitor) if one was written, else with the final weights.
+    Returns fit's last metrics (train/val, attention metrics) updated with the test metrics; trainer.test resets
+    trainer.callback_metrics, so fit's are read first."""
+    fit_metrics = scalar_metrics(trainer.callback_metrics)
+    best = checkpoint_on_disk(trainer, "best") or ""
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    return {**fit_metrics, **scalar_metrics(results[0] if results else {})}, best
+
+
+def finish_evaluation(task: str, cfg: DictConfig, trainer: L.Trainer, loggers: list, source: str | None, best: str,
+           test_metrics: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> dict[str, float]:
+    metrics = dict(test_metrics)
+    top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
+    finish_run(task, cfg, trainer, loggers, start, metrics,
+               fields={"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
+                       **(extra or {})},
+               summary={
+                   "encoder": source or "random initialisation (ckpt=null)",
+                   "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
+                   "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
+                   "best checkpoint": best or "(none written)",
+               })
+    return metrics

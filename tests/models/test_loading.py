@@ -11,17 +11,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from semmae.errors import CheckpointError
-from semmae.models.checkpoints import (
-    build_encoder,
-    export_encoder,
-    find_latest,
-    load_encoder,
-    random_encoder,
-    timm_kwargs,
-    timm_load_line,
-)
 from semmae.models.encoder import ViTEncoder
+from semmae.models.export import export_encoder, timm_kwargs, timm_load_line
+from semmae.models.loading import build_encoder, load_encoder, random_encoder
 from semmae.models.mae import MaskedAutoencoder
+from semmae.models.sources import find_latest
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 
@@ -224,7 +218,7 @@ def test_a_foreign_width_needs_its_head_count(tmp_path):
 
 def test_the_backbone_supplies_the_head_count_of_its_width(tmp_path):
     """A width-128 official-format file has no head count; backbone=vit_micro (width 128, 4 heads) gives it."""
-    from semmae.models.checkpoints import build_encoder
+    from semmae.models.loading import build_encoder
 
     mae = MaskedAutoencoder(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=2, num_heads=4,
                             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from semmae.data.augment import BatchEvalTransform, BatchTrainAugment, expand_channels
-from semmae.data.base import SemmaeDataModule
+from semmae.data.interface import SemmaeDataModule
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
