@@ -1,4 +1,5 @@
-"""Errors that mean "the user asked for something we cannot do": reported as one line, exit code 2."""
+"""Errors whose message is the one line a user sees: what the user asked for that cannot be done (exit code 2), a
+run that diverged (3), a fault of the machine the run is on (1), a run stopped by a signal (128 + the signal)."""
 
 
 class SemmaeError(Exception):
@@ -40,6 +41,21 @@ class DivergedError(SemmaeError, ArithmeticError):
     """Training produced a non-finite loss: the run stops (exit code 3) and keeps its last finite checkpoint."""
 
     exit_code = 3
+
+
+class StorageError(SemmaeError, OSError):
+    """The machine cannot store what the run writes (no space left, a read-only or forbidden directory): an
+    environment fault, not a bad setting; the message names the path and what was kept."""
+
+    exit_code = 1
+
+
+class StoppedError(SemmaeError):
+    """A run stopped by a signal after saving its last checkpoint; the message says where it is and how to resume."""
+
+    def __init__(self, message: str = "", signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 def find_semmae_error(exc: BaseException) -> SemmaeError | None:

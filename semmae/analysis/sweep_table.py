@@ -34,7 +34,7 @@ SWEEP_AXES = ("masking", "masking.mask_ratio")  # shown as their own columns
 class Job:
     name: str
     path: Path
-    status: str  # ok | failed | incomplete
+    status: str  # ok | failed | incomplete | corrupt (a results.json or failed.json that cannot be read)
     overrides: list[str] = field(default_factory=list)
     strategy: str | None = None
     mask_ratio: float | None = None
@@ -59,12 +59,17 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_record(path: Path) -> tuple[dict | None, str]:
+    """(the JSON object in path, "") or (None, what is wrong with the file)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"{path.name} is corrupt: not valid JSON ({getattr(exc, 'msg', exc)}, truncated or damaged)"
+    if not isinstance(data, dict):
+        return None, f"{path.name} is corrupt: it holds a {type(data).__name__}, not a record"
+    return data, ""
 
 
 def _is_job_dir(path: Path) -> bool:
@@ -95,16 +100,25 @@ def read_job(path: Path) -> Job:
     job = Job(name=path.name, path=path, status="incomplete", overrides=[str(o) for o in overrides])
 
     # the newer of results.json and failed.json describes the job (a resumed run may follow a failed attempt)
-    res = _read_json(results) if results.is_file() else None
-    fail = _read_json(failed) if failed.is_file() else None
-    if res is not None and (fail is None or results.stat().st_mtime >= failed.stat().st_mtime):
+    res, res_problem = _read_record(results) if results.is_file() else (None, "")
+    fail, fail_problem = _read_record(failed) if failed.is_file() else (None, "")
+    newer = not failed.is_file() or (results.is_file() and results.stat().st_mtime >= failed.stat().st_mtime)
+    metrics = res.get("metrics", {}) if res is not None else None
+    if res is not None and metrics is not None and not isinstance(metrics, dict):
+        res, res_problem = None, f"results.json is corrupt: its metrics are a {type(metrics).__name__}, not a table"
+    if results.is_file() and newer and res_problem:
+        job.status, job.error = "corrupt", res_problem
+    elif res is not None and newer:
         job.status = "ok"
-        job.metrics = {k: float(v) for k, v in (res.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        job.metrics = {k: float(v) for k, v in (metrics or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         job.info = {k: res.get(k) for k in ("epochs", "global_step", "wall_time_s", "checkpoint")}
-        config = config or res.get("config") or {}
+        config = config or (res.get("config") if isinstance(res.get("config"), dict) else {})
     elif fail is not None:
         job.status = "failed"
         job.error = " ".join(str(fail.get("error") or fail.get("type") or "failed").split())
+    elif fail_problem:
+        job.status, job.error = "corrupt", fail_problem
 
     masking = config.get("masking") if isinstance(config, dict) else None
     job.strategy = choices.get("masking") or job.override_map().get("masking")

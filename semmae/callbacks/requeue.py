@@ -1,12 +1,15 @@
-"""Pre-emption and time limits on SLURM: on the requeue signal the run saves checkpoints/last.ckpt at the next
-training-step boundary (every rank at the same step), asks SLURM to requeue the job, and exits; the requeued job
-finds that checkpoint (semmae.utils.slurm.resume_checkpoint) and continues at the same optimiser step.
+"""Stopping a run on a signal without losing it. SIGTERM (kill, scancel, the end of a pre-emption grace time), in
+any run: the run saves checkpoints/last.ckpt at the next training-step boundary (every rank at the same step) and
+stops with one line that says where the checkpoint is and how to resume (exit code 128 + 15). Pre-emption and time
+limits on SLURM (enabled=auto: inside a SLURM job; true: anywhere): on the requeue signal the run saves the same
+way, asks SLURM to requeue the job, and exits; the requeued job finds that checkpoint
+(semmae.utils.slurm.resume_checkpoint) and continues at the same optimiser step.
 
 Signals: SIGUSR2 is what submitit asks SLURM to send `hydra.launcher.signal_delay_s` before the time limit (and what
 `scancel --signal=USR2 <job>` sends), SIGUSR1 is Lightning's convention for plain sbatch scripts; both save and
-requeue. SIGTERM (scancel, the end of a pre-emption grace time) saves and exits without requeueing. The handlers
-only set a flag: saving from inside a signal handler could catch the optimiser half-way through a step, and
-ranks of a DDP job would disagree on the step. Outside SLURM the callback does nothing (enabled=auto)."""
+requeue. The handlers only set a flag: saving from inside a signal handler could catch the optimiser half-way
+through a step, and ranks of a DDP job would disagree on the step. Every training run has this callback
+(semmae.cli.run_steps.build_trainer adds it when the callbacks group does not)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from semmae.errors import StoppedError
 from semmae.utils import slurm
 
 NONE, SAVE_AND_EXIT, SAVE_AND_REQUEUE = 0, 1, 2
@@ -29,10 +33,6 @@ NONE, SAVE_AND_EXIT, SAVE_AND_REQUEUE = 0, 1, 2
 class Requeued(SystemExit):
     """Raised on every rank once the job is requeued; SystemExit, so no failed.json is written and submitit does
     not record a result: the requeued job will."""
-
-
-class StoppedBySignal(RuntimeError):
-    """The run saved last.ckpt and stopped without a requeue; failed.json records why and how to resume."""
 
 
 class RequeueOnSignal(L.Callback):
@@ -45,6 +45,7 @@ class RequeueOnSignal(L.Callback):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._armed = False
+        self._requeue = False  # the requeue signals are handled too (SLURM, or enabled=true)
 
     # --- signal handling --------------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
@@ -73,16 +74,16 @@ class RequeueOnSignal(L.Callback):
                 signal.signal(sig, previous)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        active = self.enabled is True or (self.enabled == "auto" and slurm.in_slurm_job())
-        if stage != "fit" or not active or self._armed:
+        if stage != "fit" or self._armed:
             return
+        self._requeue = self.enabled is True or (self.enabled == "auto" and slurm.in_slurm_job())
         self.received, self._armed = NONE, True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Over Lightning's handlers (registered just before): its SIGUSR1 auto-requeue saves from inside the handler,
         # its SIGTERM handler stops without saving. Lightning puts back the handlers it found when fit ends.
         if self._armed:
-            self._install([*self.requeue_signals, signal.SIGTERM])
+            self._install([*(self.requeue_signals if self._requeue else []), signal.SIGTERM])
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
@@ -114,7 +115,7 @@ class RequeueOnSignal(L.Callback):
         if threading.current_thread() is threading.main_thread():
             # from here on, SLURM's SIGTERM (sent by the requeue itself) must not interrupt the hand-over
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        why_not = "the signal was SIGTERM (cancelled or pre-empted)"
+        why_not = None
         if code == SAVE_AND_REQUEUE:
             if trainer.is_global_zero:
                 signum = self.signum if self.signum is not None else signal.SIGUSR2
@@ -128,9 +129,13 @@ class RequeueOnSignal(L.Callback):
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
             raise Requeued(-1)
-        rank_zero_info(f"Stopped at step {trainer.global_step}, checkpoint {path}; not requeued: {why_not}")
-        raise StoppedBySignal(f"stopped by signal {self.signum} at step {trainer.global_step}, not requeued "
-                              f"({why_not}); resume with ckpt_path={path}")
+        signum = self.signum if self.signum is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        not_requeued = f", not requeued ({why_not})" if code == SAVE_AND_REQUEUE else ""
+        raise StoppedError(f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch})"
+                           f"{not_requeued}; its last checkpoint is {path}: resume with ckpt_path={path} "
+                           f"hydra.run.dir={run_dir} and the run's other settings", signum=signum)
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write last.ckpt where ModelCheckpoint keeps it (all ranks take part, rank 0 writes), atomically."""

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from semmae.cli.config_checks import check_config
 from semmae.errors import find_semmae_error
 from semmae.utils.atomic import atomic_write_json
 
@@ -57,8 +58,19 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def close_progress_bars() -> None:
+    """End every open progress bar on its own line, so that nothing is printed after the error line (a bar left open
+    redraws itself when the interpreter exits)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
 def report_and_exit(prog: str, exc: BaseException) -> None:
-    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    close_progress_bars()
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr, flush=True)
     err = find_semmae_error(exc)
     sys.exit(err.exit_code if err is not None else 2)
 
@@ -78,6 +90,7 @@ def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
     @functools.wraps(fn)
     def wrapped(cfg):
         try:
+            check_config(cfg)
             result = fn(cfg)
             finish_wandb(0)
             return result

@@ -16,6 +16,17 @@ from semmae.models.export import export_encoder, timm_load_line
 from semmae.models.loading import describe, load_encoder
 
 
+def check_out(out: Path, source: str, overwrite: bool) -> None:
+    """out may be written: not the file the encoder is read from, not a directory, and not an existing file unless
+    the user asked (overwrite=true): an export must never replace a run's checkpoint by accident."""
+    if out.is_dir():
+        raise ConfigError(f"out={out} is a directory: give a file name ending in .pth or .safetensors")
+    if not source.startswith("timm:") and out.resolve() == Path(source).resolve():
+        raise ConfigError(f"out={out} is the checkpoint the encoder is read from (ckpt={source}): write it elsewhere")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"out={out} exists: choose another file, or add overwrite=true to replace it")
+
+
 def run(cfg: DictConfig) -> dict[str, str]:
     start = time.time()
     source = resolve_ckpt(cfg)
@@ -25,6 +36,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
                            trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "encoder.pth"
+    check_out(out, source, bool(cfg.get("overwrite", False)))
     export_encoder(encoder, out, source)
     line = timm_load_line(encoder, out)
     write_results(cfg.paths.output_dir, {"task": "export", "source": source, "out": str(out), "timm": line,

@@ -17,6 +17,7 @@ from semmae.cli.run_steps import (
     check_resume,
     finish_evaluation,
     fit,
+    prepare_datamodule,
     resolve_ckpt,
     test_best,
 )
@@ -27,8 +28,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     start = begin_run(cfg)
     source = resolve_ckpt(cfg)
     resume = check_ckpt_path(cfg.get("ckpt_path"))
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
+    datamodule = prepare_datamodule(cfg)
     model = instantiate(cfg.model)
     check_resume(cfg, model, resume)
     trainer, loggers = build_trainer(cfg)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from semmae.analysis.mask_shapes import flat_patches, mask_statistics, masks_figure
 from semmae.cli.entry import hydra_entry
-from semmae.cli.run_steps import print_summary, resolved_config, write_results
+from semmae.cli.run_steps import prepare_datamodule, print_summary, resolved_config, write_results
 from semmae.errors import ConfigError
 from semmae.masking import MaskingStrategy, SemanticMasking
 from semmae.masking.base import keep_lowest
@@ -106,8 +106,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     grid = (img_size // patch, img_size // patch)
     if int(cfg.num_images) < 1 or int(cfg.num_shown) < 1:
         raise ConfigError("num_images and num_shown must be >= 1")
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
+    datamodule = prepare_datamodule(cfg)
     strategies = build_strategies(cfg)
     semantic = [s for s in strategies.values() if isinstance(s, SemanticMasking)]
     reference = semantic[0] if semantic else SemanticMasking()

@@ -15,6 +15,7 @@ from semmae.cli.run_steps import (
     checkpoint_on_disk,
     finish_run,
     fit,
+    prepare_datamodule,
     scalar_metrics,
 )
 from semmae.utils.ddp import rerun_this_job
@@ -24,8 +25,7 @@ from semmae.utils.slurm import resume_checkpoint
 def run(cfg: DictConfig) -> dict[str, float]:
     start = begin_run(cfg)
     ckpt_path = resume_checkpoint(cfg.paths.output_dir, check_ckpt_path(cfg.get("ckpt_path")))  # requeued SLURM job
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
+    datamodule = prepare_datamodule(cfg)
     model = instantiate(cfg.model)
     check_resume(cfg, model, ckpt_path)
     for key, producer in model.masking.data_needs().items():  # e.g. segment maps for semantic masking
@@ -39,7 +39,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     acc = metrics.get("val/online_probe_acc")
     finish_run("pretrain", cfg, trainer, loggers, start, metrics, fields={"checkpoint": ckpt}, summary={
         "checkpoint": ckpt or "(none written)",
-        "online probe accuracy": f"{100 * acc:.2f}%" if acc is not None else "(probe disabled)",
+        "online probe accuracy": f"{100 * acc:.2f}%" if acc is not None else
+        "(probe disabled)" if not cfg.model.probe.enabled else "(not measured: no validation epoch ran)",
         "val reconstruction loss": f"{metrics['val/loss']:.4f}" if "val/loss" in metrics else "-",
     })
     return metrics

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semmae.callbacks.finite_loss import FiniteLoss
+from semmae.callbacks.requeue import RequeueOnSignal
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.sources import resolve_source
 from semmae.utils.atomic import atomic_write_json
@@ -41,10 +42,12 @@ def begin_run(cfg: DictConfig) -> float:
 def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
     logger as hyperparameters; -> (trainer, loggers). Whatever the groups say, every run stops at a non-finite loss
-    (FiniteLoss) and writes its checkpoints atomically (AtomicCheckpointIO)."""
+    (FiniteLoss), saves and stops at SIGTERM (RequeueOnSignal), and writes its checkpoints atomically
+    (AtomicCheckpointIO)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if not any(isinstance(cb, FiniteLoss) for cb in callbacks):
-        callbacks.append(FiniteLoss())
+    for kind in (FiniteLoss, RequeueOnSignal):
+        if not any(isinstance(cb, kind) for cb in callbacks):
+            callbacks.append(kind())
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     config = resolved_config(cfg)
@@ -58,6 +61,19 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def prepare_datamodule(cfg: DictConfig) -> Any:
+    """The dataset group's datamodule with its data found and checked (prepare_data), and the class count it found
+    written into the config where the config leaves it open (dataset.num_classes=null: ImageFolder data), so that
+    every ${dataset.num_classes} the model reads is the data's."""
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    found = getattr(datamodule, "num_classes", None)
+    if found and "num_classes" in cfg.dataset and cfg.dataset.num_classes is None:
+        with open_dict(cfg):
+            cfg.dataset.num_classes = int(found)
+    return datamodule
 
 
 def check_ckpt_path(path: str | None) -> str | None:

@@ -31,10 +31,11 @@ class DictDataset(Dataset):
     disk_images.collate_readable drops it)."""
 
     def __init__(self, base: ImageFolder, indices: list[int] | None, transform, plain_transform=None,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False, hooks: dict[str, Callable] | None = None):
         self.base, self.indices = base, indices
         self.transform, self.plain_transform = transform, plain_transform
         self.skip_corrupt = skip_corrupt
+        self.hooks = dict(hooks or {})  # {key: fn(augmented image)} run per sample, e.g. SLIC superpixels
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.base)
@@ -50,6 +51,8 @@ class DictDataset(Dataset):
         item = {"image": self.transform(image), "label": label, "index": i}
         if self.plain_transform is not None:
             item["image_plain"] = self.plain_transform(image)
+        for key, hook in self.hooks.items():
+            item[key] = hook(item["image"])
         return item
 
 
@@ -90,6 +93,7 @@ class ImageFolderDataModule(SemmaeDataModule):
         self.skip_corrupt = bool(skip_corrupt)
         self.datasets: dict[str, Dataset] = {}
         self._scans: dict[str, ImageFolder] = {}
+        self.sample_hooks: dict[str, Callable] = {}  # key -> fn(augmented image) run in the workers (provide)
 
     def transform(self, train: bool):
         norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
@@ -125,17 +129,26 @@ class ImageFolderDataModule(SemmaeDataModule):
 
     def _folder(self, split: str, train: bool) -> Dataset:
         ds = self._scan(self.train_dir if split == "train" else self.val_dir)
-        if self.num_classes is None:
-            self.num_classes = len(ds.classes)
         indices = self.subset(len(ds), split)
         if self.on_device():
             return jpeg_decode.EncodedImageFolder(ds, indices, skip_corrupt=self.skip_corrupt)
         return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None,
-                           skip_corrupt=self.skip_corrupt)
+                           skip_corrupt=self.skip_corrupt, hooks=self.sample_hooks)
 
     def prepare_data(self) -> None:
-        for name in (self.train_dir, self.val_dir):
-            self._scan(name)
+        """Scan both splits (a bad tree fails before training starts) and take the class count from the folders:
+        the training split's class folders are the classes, the validation split must have the same ones, and a
+        dataset.num_classes that was given must agree (labels are folder indices)."""
+        train, val = (self._scan(name) for name in (self.train_dir, self.val_dir))
+        if train.classes != val.classes:
+            only = sorted(set(train.classes) ^ set(val.classes))
+            raise DataError(f"{self.root / self.train_dir} and {self.root / self.val_dir} have different class "
+                            f"folders (e.g. {', '.join(only[:3]) or 'in another order'}): the labels would not agree")
+        found = len(train.classes)
+        if self.num_classes is not None and int(self.num_classes) != found:
+            raise ConfigError(f"dataset.num_classes={self.num_classes}, but {self.root / self.train_dir} has {found} "
+                              "class folders: drop dataset.num_classes (null takes it from the folders) or fix the tree")
+        self.num_classes = found
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
@@ -151,7 +164,7 @@ class ImageFolderDataModule(SemmaeDataModule):
         if train == (split == "train") or not isinstance(ds, DictDataset):  # encoded bytes: the view is decided later
             return ds
         return DictDataset(ds.base, ds.indices, self.transform(train), self.transform(False) if train else None,
-                           skip_corrupt=self.skip_corrupt)
+                           skip_corrupt=self.skip_corrupt, hooks=self.sample_hooks)
 
     def collate_fn(self, dataset: Dataset) -> Callable[[list[Any]], Any]:
         encoded = isinstance(getattr(dataset, "dataset", dataset), jpeg_decode.EncodedImageFolder)  # also in a Subset
@@ -176,6 +189,20 @@ class ImageFolderDataModule(SemmaeDataModule):
             raise ConfigError(f"{self.name}: dataset.decode=device decodes and augments the batch on the device; "
                               "a per-image training augmentation needs dataset.decode=workers")
         train.transform, train.plain_transform = transform, None
+
+    def provide(self, key: str, producer: Callable | None = None, needed_by: str = "the model") -> None:
+        """A producer runs on each augmented image in the DataLoader workers, so the workers must decode (decode=auto
+        then decodes there; decode=device is refused). An ImageFolder holds no per-image maps: producer None is
+        refused."""
+        if producer is None:
+            raise ConfigError(f"{needed_by} reads batch['{key}'] from the dataset, and an ImageFolder has none: use "
+                              "masking.segmenter=slic or color_kmeans with ImageFolder data")
+        if self.decode == "device":
+            raise ConfigError(f"{needed_by} computes batch['{key}'] per image in the DataLoader workers, but "
+                              "dataset.decode=device decodes on the device: use dataset.decode=workers (or auto)")
+        self.decode = "workers"
+        self.datasets = {}
+        self.sample_hooks[key] = producer
 
     # --- device decoding (decode=device) -------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

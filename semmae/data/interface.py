@@ -13,10 +13,13 @@ augmentation, `semmae-analyze`, `semmae-masks`) never test a datamodule's class 
 - `split_size(split)`: how many images a split has (after its subset);
 - `in_memory`: True when the whole data set is held in memory (the linear probe's feature cache is then the default);
 - `train_augmentation_kind` / `train_augmentation` / `set_train_augmentation(transform)`: the training augmentation,
-  replaceable by a per-image ("image") or a batched ("batch") transform, or not at all (None)."""
+  replaceable by a per-image ("image") or a batched ("batch") transform, or not at all (None);
+- `provide(key, producer, needed_by)`: make batches carry an entry a masking strategy reads (segment maps,
+  superpixels), or say in one line why this data cannot."""
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 
@@ -27,6 +30,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
+
+
+class SubsetWarning(UserWarning):
+    """A dataset.train_subset / val_subset larger than its split: all of the split is used."""
 
 
 def batch_length(batch: dict[str, Any]) -> int:
@@ -65,6 +72,11 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         super().__init__()
         if int(batch_size) < 1:
             raise ConfigError(f"dataset.batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and int(eval_batch_size) < 1:
+            raise ConfigError(f"dataset.eval_batch_size must be >= 1 (or null: dataset.batch_size), got {eval_batch_size}")
+        for key, value in (("train_subset", train_subset), ("val_subset", val_subset)):
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ConfigError(f"dataset.{key}={value}: must be a number of images >= 1, or null for all of them")
         if float(loader_timeout_s) < 0:
             raise ConfigError(f"dataset.loader_timeout_s must be >= 0 (0: wait forever), got {loader_timeout_s}")
         self.name = name or type(self).__name__
@@ -101,8 +113,14 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
 
     # --- loaders -----------------------------------------------------------------------------------------
     def subset(self, total: int, split: str) -> list[int] | None:
-        """The fixed random subset of a split of total items (dataset.train_subset / val_subset); None: all."""
-        return subset_indices(total, self.train_subset if split == "train" else self.val_subset, self.seed)
+        """The fixed random subset of a split of total items (dataset.train_subset / val_subset); None: all. A subset
+        larger than the split is all of it, with a warning that says so."""
+        key = "train_subset" if split == "train" else "val_subset"
+        n = getattr(self, key)
+        if n is not None and int(n) > total:
+            warnings.warn(f"dataset.{key}={n} is more than the {total} images of {self.name}'s {split} split: "
+                          f"using all {total}", SubsetWarning, stacklevel=2)
+        return subset_indices(total, n, self.seed)
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
         """The one DataLoader builder: split_loader with this datamodule's settings."""
@@ -114,7 +132,12 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
 
     def dataloader(self, split: str, train: bool) -> DataLoader:
         self.setup()
-        return self.loader(self.split_dataset(split, train), train)
+        loader = self.loader(self.split_dataset(split, train), train)
+        if train and len(loader) == 0:  # training drops the incomplete batch: a run that would train nothing
+            raise ConfigError(f"dataset.batch_size={self.batch_size} is more than the {self.split_size(split)} training "
+                              f"images of {self.name} (per process): there is no training batch; lower "
+                              "dataset.batch_size or train on more images (dataset.train_subset)")
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train", True)
@@ -179,3 +202,10 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
     def set_train_augmentation(self, transform: Callable) -> None:
         """Replace the training augmentation with transform, of the train_augmentation_kind."""
         raise ConfigError(f"{self.name} ({type(self).__name__}): the training augmentation cannot be replaced")
+
+    def provide(self, key: str, producer: Callable | None = None, needed_by: str = "the model") -> None:
+        """Make every batch carry batch[key], which a masking strategy asks for (MaskingStrategy.data_needs):
+        producer None means the data set must hold it (e.g. segment maps); a function fn(augmented image [C, H, W])
+        is run per image where the images are augmented. Default: nothing can be provided (one line says so)."""
+        raise ConfigError(f"{needed_by} reads batch['{key}'], which {self.name} ({type(self).__name__}) cannot "
+                          "provide: choose another masking.segmenter or another dataset")

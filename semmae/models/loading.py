@@ -55,8 +55,13 @@ def filter_state(state: Mapping[str, torch.Tensor], encoder: ViTEncoder) -> dict
 
 
 def load_state(encoder: ViTEncoder, state: Mapping[str, torch.Tensor], origin: str) -> ViTEncoder:
-    """filter_state, then load; every key that does not fit is named. head.* / fc_norm.* may be missing (new head)."""
+    """filter_state, then load; every key that does not fit is named, and so is a tensor that is not finite (the
+    weights of a run that diverged cannot be evaluated). head.* / fc_norm.* may be missing (new head)."""
     state = filter_state(state, encoder)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{origin} holds weights that are not finite ({bad} has NaN or inf values): the "
+                              "checkpoint cannot be evaluated; take a checkpoint from before its run diverged")
     target = encoder.state_dict()
     missing = [k for k in target if k not in state and not k.startswith(NEW_HEAD_PREFIXES)]
     unexpected = [k for k in state if k not in target]

@@ -117,6 +117,23 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
     return config, ("num_heads",)
 
 
+def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], origin: str) -> None:
+    """A semmae record's geometry must be its tensors' (checked before anything is built: a record altered to ask
+    for depth=100000 or img_size=32000 would otherwise allocate that model first)."""
+    shapes, _ = infer_geometry(state, origin)
+    differ = [f"{k}={config[k]!r} (its tensors: {shapes[k]!r})" for k in
+              ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias") if k in config and config[k] != shapes[k]]
+    ratio = config.get("mlp_ratio", shapes["mlp_ratio"])
+    if not isinstance(ratio, (int, float)) or abs(float(ratio) - shapes["mlp_ratio"]) > 1e-6:
+        differ.append(f"mlp_ratio={ratio!r} (its tensors: {shapes['mlp_ratio']})")
+    heads = config.get("num_heads", 1)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or shapes["embed_dim"] % heads:
+        differ.append(f"num_heads={heads!r} (does not divide the width {shapes['embed_dim']})")
+    if differ:
+        raise CheckpointError(f"{origin}: its semmae record does not describe its weights ({'; '.join(differ[:3])}): "
+                              "the file is damaged or was altered")
+
+
 def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
     """A loaded checkpoint (any of the file sources) -> EncoderWeights."""
     if not isinstance(ckpt, dict):
@@ -135,6 +152,7 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
         config = {k: model[k] for k in (*ENCODER_KEYS, "qkv_bias") if k in model}
         config.update({k: v for k, v in (meta.get("head") or {}).items() if k in HEAD_KEYS})
         config["reg_tokens"] = num_registers(state)  # the weights decide (records before registers lack the key)
+        check_record(config, state, origin)
         return EncoderWeights(config, state, kind, origin)
     if isinstance(ckpt.get("model"), dict):
         kind, state = "mae", ckpt["model"]

@@ -6,11 +6,15 @@ to the same target on that host removes the temp files of processes that no long
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import socket
 from pathlib import Path
 from typing import IO, Any, Callable
+
+from semmae.errors import StorageError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -55,11 +59,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only",
+                  errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EIO: "input/output error"}
+
+
+def storage_reason(exc: BaseException) -> str | None:
+    """What about the machine's storage stopped a write, or None if it was something else. torch.save reports a
+    full disk as a RuntimeError from its zip writer whose text carries the OS message."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return STORAGE_ERRNOS[err.errno]
+        if isinstance(err, RuntimeError) and "No space left on device" in str(err):
+            return STORAGE_ERRNOS[errno.ENOSPC]
+    return None
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that path is on (the 'device' a full disk is)."""
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call write(binary file) on a temp file beside `path`, make it durable, rename it to `path`."""
+    """Call write(binary file) on a temp file beside `path`, make it durable, rename it to `path`. A write the
+    storage refuses (full, read-only, forbidden) is a StorageError naming the filesystem and what was kept."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
@@ -67,16 +98,43 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if storage_reason(exc) is not None:
+            raise storage_error(exc, path) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def storage_error(exc: BaseException, path: Path) -> BaseException:
+    """exc as one line (StorageError) when the storage refused the write, else exc itself."""
+    reason = storage_reason(exc)
+    if reason is None:
+        return exc
+    kept = f"; the earlier {path.name} is kept whole" if path.is_file() else ""
+    return StorageError(f"{reason} on {mount_point(path.parent if path.parent.exists() else Path('/'))} while "
+                        f"writing {path}{kept}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def strict_json(value: Any) -> Any:
+    """value with every non-finite float (NaN, inf: not JSON) replaced by None, so that json.dumps(allow_nan=False)
+    writes it; floats are Python floats (torch / numpy scalars are converted)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a 0-d torch tensor or numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    """payload as strict JSON (non-finite numbers become null), written atomically."""
+    return atomic_write_text(path, json.dumps(strict_json(payload), indent=2, default=str, allow_nan=False) + "\n")

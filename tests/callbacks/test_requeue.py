@@ -9,7 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from semmae.callbacks.requeue import Requeued, RequeueOnSignal, StoppedBySignal
+from semmae.callbacks.requeue import Requeued, RequeueOnSignal
+from semmae.errors import StoppedError
 from semmae.cli.pretrain import run
 from semmae.utils import slurm
 from tests.tasks.test_pretrain import TINY
@@ -90,22 +91,26 @@ def test_sigterm_saves_and_stops_without_requeue(compose_cfg, fmnist_root, tmp_p
     before = signal.getsignal(signal.SIGTERM)
     cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt",
                                    "+callbacks.signal.step=1", "+callbacks.signal.signum=SIGTERM"], tmp_path / "run")
-    with pytest.raises(StoppedBySignal, match="not requeued"):
+    with pytest.raises(StoppedError, match=r"stopped by SIGTERM at step 2 .*resume with ckpt_path=\S+last.ckpt") as err:
         run(cfg)
+    assert err.value.exit_code == 128 + signal.SIGTERM
     assert requests == []
     assert signal.getsignal(signal.SIGTERM) == before
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2
 
 
-def test_outside_slurm_it_installs_nothing(monkeypatch):
+def test_outside_slurm_it_handles_only_sigterm(monkeypatch):
     for var in ("SLURM_JOB_ID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
     before = signal.getsignal(signal.SIGUSR2)
     cb = RequeueOnSignal()
     cb.setup(None, None, "fit")
     cb.on_train_start(None, None)
-    assert signal.getsignal(signal.SIGUSR2) == before and not cb._armed
+    try:
+        assert signal.getsignal(signal.SIGUSR2) == before and signal.getsignal(signal.SIGTERM) == cb._handler
+    finally:
+        cb.teardown(None, None, "fit")
 
     monkeypatch.setenv("SLURM_JOB_ID", "9")
     monkeypatch.setenv("SLURM_NTASKS", "1")
