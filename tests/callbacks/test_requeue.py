@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from semmae.callbacks.requeue import Requeued, RequeueOnSignal
-from semmae.errors import StoppedError
 from semmae.cli.pretrain import run
+from semmae.errors import StoppedError
 from semmae.utils import slurm
 from tests.tasks.test_pretrain import TINY
 
