@@ -121,3 +121,20 @@ def test_cli_prints_the_table_and_rejects_a_directory_without_jobs(sweep, capsys
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("semmae-report: error: no sweep jobs") and str(sweep) in err[0]
+
+
+def test_corrupt_records_are_named_not_a_traceback(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    fake_job(root, 0, "random", 0.5, metrics=metrics(0.70, 0.50))
+    bad = fake_job(root, 1, "random", 0.75, metrics=metrics(0.72, 0.60))
+    (bad / "results.json").write_text(json.dumps({"task": "pretrain", "metrics": "notadict"}))
+    cut = fake_job(root, 2, "random", 0.9, metrics=metrics(0.72, 0.60))
+    text = (cut / "results.json").read_text()
+    (cut / "results.json").write_text(text[: len(text) // 2])  # a copy cut short
+    main([str(root)])
+    jobs = {j.name: j for j in collect(root)}
+    assert jobs["0"].status == "ok"
+    assert jobs["1"].status == "corrupt" and jobs["1"].error == "results.json is corrupt: its metrics are a str, not a table"
+    assert jobs["2"].status == "corrupt" and "results.json is corrupt: not valid JSON" in jobs["2"].error
+    table = (root / "sweep.md").read_text()
+    assert "| corrupt |" in table and "truncated or damaged" in table

@@ -43,7 +43,7 @@ def walk_within(directory: str) -> list[tuple[str, list[str]]]:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
-        out.append((folder, [e.name for e in entries if e.is_file()]))
+        out.append((folder, [e.name for e in entries if not e.is_dir()]))
         stack.extend(e.path for e in reversed(entries) if e.is_dir())
     return sorted(out)
 

@@ -57,3 +57,15 @@ def test_an_export_below_a_file_is_one_line(compose_cfg, tmp_path):
     cfg = compose_cfg("export", ["ckpt=null", f"out={tmp_path / 'afile' / 'enc.pth'}"])
     with pytest.raises(ConfigError, match="is a file, so nothing can be written below it"):
         check_config(cfg)
+
+
+def test_a_bad_seed_in_a_sweep_fails_its_job_and_the_others_run(tmp_path, fmnist_root):
+    import json
+
+    sweep = tmp_path / "sweep"
+    code, err = run_entry("pretrain", ["-m", *TINY, f"dataset.root={fmnist_root}", "dataset.batch_size=32",
+                                       "backbone.depth=1", "callbacks.reconstruction.num_images=2", "seed=abc,0",
+                                       f"hydra.sweep.dir={sweep}"])
+    failed = json.loads((sweep / "0" / "failed.json").read_text())
+    assert failed["error"] == "seed='abc': must be a whole number from 0 to 4294967295" and failed["type"] == "ConfigError"
+    assert json.loads((sweep / "1" / "results.json").read_text())["checkpoint"]

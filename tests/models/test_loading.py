@@ -247,3 +247,29 @@ def test_random_is_an_alias_of_null_and_latest_takes_any_pattern(tmp_path, mae):
         find_latest(tmp_path)
     assert find_latest(tmp_path, "outputs/*/*/checkpoints/last.ckpt") == ckpt
     assert resolve_source("latest", tmp_path, "outputs/segment/*/checkpoints/last.ckpt") == str(ckpt)
+
+
+def test_non_finite_weights_are_refused_naming_a_tensor(tmp_path, mae):
+    broken = MaskedAutoencoder(**TINY)
+    broken.load_state_dict(mae.state_dict())
+    with torch.no_grad():
+        broken.encoder.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
+    path = write_pretrain_ckpt(tmp_path / "nan.ckpt", broken)
+    with pytest.raises(CheckpointError, match=r"nan.ckpt holds weights that are not finite \(blocks.1.mlp.fc1.weight has"):
+        load_encoder(path)
+
+
+@pytest.mark.parametrize("key,value", [("depth", 100000), ("img_size", 32000), ("embed_dim", 4096),
+                                       ("num_heads", 7)])
+def test_a_record_that_does_not_describe_its_tensors_is_refused_before_building(tmp_path, mae, key, value):
+    from safetensors.torch import load_file as read_tensors
+    from safetensors.torch import save_file
+
+    good = tmp_path / "enc.safetensors"
+    export_encoder(mae.encoder, good)
+    record = __import__("json").loads(__import__("safetensors").safe_open(str(good), "pt").metadata()["semmae"])
+    record["model"][key] = value
+    bad = tmp_path / "altered.safetensors"
+    save_file(read_tensors(str(good)), str(bad), metadata={"semmae": __import__("json").dumps(record)})
+    with pytest.raises(CheckpointError, match=rf"its semmae record does not describe its weights \({key}={value}"):
+        load_encoder(bad)
