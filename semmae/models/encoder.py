@@ -1,15 +1,18 @@
 """The ViT encoder: timm's VisionTransformer with fixed sin-cos position embeddings that can also run on a
-subset of patch tokens (MAE's visible tokens). Its state dict is timm's, so exported weights load into timm."""
+subset of patch tokens (MAE's visible tokens). Its state dict is timm's, so exported weights load into timm (with
+attn_gate=True the blocks carry a head-wise attention gate, semmae.models.gated_attention, which timm's ViT has not)."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from semmae.errors import ConfigError
+from semmae.models.gated_attention import GatedAttention
 from semmae.models.pos_embed import sincos_2d
 
 
@@ -21,7 +24,9 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 class ViTEncoder(VisionTransformer):
     """timm ViT (CLS token, optional register tokens, pre-norm blocks, final norm) with frozen 2-D sin-cos position
     embeddings. reg_tokens=N adds N registers (timm's reg_token, after CLS: [CLS, registers, patches]); they carry
-    no task signal and are dropped wherever patch tokens are read (num_prefix_tokens = 1 + N)."""
+    no task signal and are dropped wherever patch tokens are read (num_prefix_tokens = 1 + N). attn_gate=True gives
+    every block a head-wise sigmoid gate on its attention output (GatedAttention). norm_eps is every LayerNorm's
+    epsilon (1e-6 as MAE and timm; Hugging Face ViTs use 1e-12)."""
 
     def __init__(
         self,
@@ -39,10 +44,14 @@ class ViTEncoder(VisionTransformer):
         fc_norm: bool | None = None,
         fused_attn: bool = True,
         reg_tokens: int = 0,
+        attn_gate: bool = False,
+        norm_eps: float = 1e-6,
         **kwargs,
     ):
         validate_geometry(img_size, patch_size, embed_dim, num_heads)
         validate_reg_tokens(reg_tokens)
+        validate_switch("backbone.attn_gate", attn_gate)
+        validate_norm_eps(norm_eps)
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
@@ -59,12 +68,14 @@ class ViTEncoder(VisionTransformer):
             class_token=True,
             reg_tokens=reg_tokens,
             pos_embed="learn",
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            attn_layer=GatedAttention if attn_gate else Attention,
             **kwargs,
         )
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, reg_tokens=reg_tokens,
+            attn_gate=bool(attn_gate), norm_eps=float(norm_eps),
         )
         # timm's layout (no_embed_class=False): one position entry per prefix token (CLS, then the registers), then
         # the patch grid; the prefix entries are zero and, like the grid's, frozen.
@@ -95,10 +106,6 @@ class ViTEncoder(VisionTransformer):
         tokens = self.norm_pre(torch.cat([prefix, tokens], dim=1))
         return self.norm(self.blocks(tokens))
 
-    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """CLS feature of the full image after the final norm: the linear-probe feature."""
-        return self.forward_features(x)[:, 0]
-
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "dist_token", "reg_token"}
 
@@ -114,6 +121,16 @@ def prefixed_sincos(embed_dim: int, grid_size: tuple[int, int], num_prefix_token
 def validate_reg_tokens(reg_tokens: int) -> None:
     if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, int) or reg_tokens < 0:
         raise ConfigError(f"backbone.reg_tokens={reg_tokens!r}: must be a whole number >= 0 (0: no registers)")
+
+
+def validate_switch(key: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: must be true or false")
+
+
+def validate_norm_eps(norm_eps: float) -> None:
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not 0 < norm_eps < 1:
+        raise ConfigError(f"norm_eps={norm_eps!r}: the LayerNorm epsilon must be a number in (0, 1)")
 
 
 def validate_geometry(img_size: int, patch_size: int, embed_dim: int, num_heads: int) -> None:
