@@ -41,13 +41,13 @@ from typing import Any, Callable, Mapping
 import torch
 
 from semmae.errors import CheckpointError
+from semmae.models.sources import HF_PREFIX
 
 MODEL_TYPES = ("vit_mae", "vit")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 DROPPED = ("decoder.", "pooler.", "embeddings.mask_token")
-HF_PREFIX = "hf:"
 
 EMBEDDINGS = {  # timm name -> name in a Hugging Face file (no prefix)
     "cls_token": "embeddings.cls_token",
@@ -78,12 +78,6 @@ def hf_directory(source: str | Path) -> Path:
     """`hf:DIR` or DIR -> the directory path (not checked)."""
     text = str(source)
     return Path(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text)
-
-
-def is_hf_directory(path: str | Path) -> bool:
-    """A directory that holds a config.json: what a plain ckpt=DIR names."""
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG).is_file()
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
