@@ -166,3 +166,36 @@ def test_linprobe_rebuilds_the_gated_encoder_bit_identically(gated_run, compose_
     reference.load_state_dict(saved)
     x = images()
     assert torch.equal(encoder.forward_features(x), reference.forward_features(x))
+
+
+def test_a_gated_export_loads_back_in_semmae_and_says_timm_has_no_gate(tmp_path):
+    from semmae.errors import CheckpointError
+    from semmae.models.export import NO_TIMM_GATE, export_encoder, export_hf, timm_kwargs, timm_load_line
+    from semmae.models.loading import load_encoder
+
+    enc = gated_encoder()
+    set_gate(enc, weight=0.2)
+    x = images()
+    for name in ("encoder.pth", "encoder.safetensors"):
+        out = export_encoder(enc, tmp_path / name)
+        back = load_encoder(out).eval()
+        assert back.config["attn_gate"] is True and torch.equal(back.forward_features(x), enc.forward_features(x))
+    assert timm_load_line(enc, tmp_path / "encoder.pth") == NO_TIMM_GATE and "\n" not in NO_TIMM_GATE
+    with pytest.raises(CheckpointError, match="no attention gate"):
+        timm_kwargs(enc)
+    assert torch.load(tmp_path / "encoder.pth", weights_only=True)["semmae"]["timm_kwargs"] is None
+    with pytest.raises(CheckpointError, match="gated attention"):
+        export_hf(enc, tmp_path / "hf")
+
+
+def test_a_bare_gated_state_dict_gives_its_gate_and_its_heads():
+    from semmae.models.loading import random_encoder
+    from semmae.models.weights import infer_geometry
+
+    enc = gated_encoder()
+    config, guessed = infer_geometry(enc.state_dict(), "bare")
+    assert config["attn_gate"] is True and config["num_heads"] == 2 and guessed == ()  # width 32: from the gate's rows
+    backbone = dict(img_size=32, patch_size=4, in_chans=1, **TINY, attn_gate=True)
+    fresh = random_encoder(backbone, seed=0)  # ckpt=null with backbone.attn_gate=true
+    assert fresh.config["attn_gate"] and isinstance(fresh.blocks[0].attn, GatedAttention)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in fresh.state_dict().items())
