@@ -19,7 +19,8 @@ from semmae.models.encoder import ViTEncoder
 from semmae.utils.atomic import atomic_write, atomic_write_dir
 
 TIMM_NORM_EPS = 1e-6  # timm's VisionTransformer LayerNorm
-NO_TIMM_GATE = "timm's VisionTransformer has no attention gate (attn_gate): this file loads in semmae (ckpt=FILE), not in timm"
+NO_TIMM_GATE = ("timm's VisionTransformer has no attention gate (attn_gate): this file loads in semmae (ckpt=FILE), "
+                "not in timm")
 
 
 def head_layout(encoder: ViTEncoder) -> dict[str, Any]:
@@ -105,8 +106,8 @@ def hf_refusal(encoder: ViTEncoder) -> str | None:
     reasons = [r for r in reasons if r]
     if not reasons:
         return None
-    return (f"format=hf writes a transformers ViTMAEModel, which has no {' and no '.join(reasons)}: export this encoder "
-            "as a .pth or .safetensors file (format=timm), which semmae reads back")
+    return (f"format=hf writes a transformers ViTMAEModel, which has no {' and no '.join(reasons)}: export this "
+            "encoder as a .pth or .safetensors file (format=timm), which semmae reads back")
 
 
 def export_hf(encoder: ViTEncoder, directory: str | Path) -> Path:

@@ -9,11 +9,11 @@ head can then write nothing for a query without parking its attention on a sink 
 has one gate per channel instead, `[dim, dim]`.
 
 The gate starts open and the same for every token (zero weights, bias GATE_BIAS: sigmoid ~ 0.98), so a gated encoder
-at initialisation computes what the ungated one does, scaled by 0.98; training learns where to close it. No random
-number is drawn for it, and no initialisation of linear layers (timm's, MAE's) redraws it: with the same seed, a gated
-model's other weights are those of the ungated one, so the two arms of the control start from the same point. The fused (SDPA) path stays
-the training path; with fused_attn off, the probabilities leave through attn_drop as in timm's Attention, where
-attention capture reads them."""
+at initialisation computes what the ungated one does with every attention output scaled by 0.98; training learns where
+to close it. No random number is drawn for it, and no initialisation of linear layers (timm's, MAE's) redraws it: with
+the same seed, a gated model's other weights are those of the ungated one, so the two arms of the control start from
+the same point. The fused (SDPA) path stays the training path; with fused_attn off, the probabilities leave through
+attn_drop as in timm's Attention, where attention capture reads them."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class GatedAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, **kwargs):
         if kwargs.get("gated") or kwargs.get("scale_norm"):
-            raise ValueError("GatedAttention has its own head-wise gate: timm's gated=True and scale_norm=True do not apply")
+            raise ValueError("GatedAttention has its own head-wise gate: timm's gated=True and scale_norm=True "
+                             "do not apply")
         dd = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
         super().__init__(dim, num_heads=num_heads, **kwargs)
         self.gate = HeadGate(dim, self.num_heads, **dd)

@@ -11,7 +11,8 @@ Weight names, after an optional `vit.` prefix (ViTMAEForPreTraining, ViTForImage
   pos_embed                      embeddings.position_embeddings (CLS row, then the patch grid; kept as stored)
   patch_embed.proj.*             embeddings.patch_embeddings.projection.*
   blocks.N.norm1.*               encoder.layer.N.layernorm_before.*               layers.N.layernorm_before.*
-  blocks.N.attn.qkv.*            encoder.layer.N.attention.attention.{query,key,value}.*   layers.N.attention.{q,k,v}_proj.*
+  blocks.N.attn.qkv.*            encoder.layer.N.attention.attention.{query,key,value}.*
+                                                                                  layers.N.attention.{q,k,v}_proj.*
                                  (joined in the order q, k, v)
   blocks.N.attn.proj.*           encoder.layer.N.attention.output.dense.*         layers.N.attention.o_proj.*
   blocks.N.norm2.*               encoder.layer.N.layernorm_after.*                layers.N.layernorm_after.*
@@ -35,8 +36,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -46,7 +48,8 @@ from semmae.models.sources import HF_PREFIX
 MODEL_TYPES = ("vit_mae", "vit")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 DROPPED = ("decoder.", "pooler.", "embeddings.mask_token")
 
 EMBEDDINGS = {  # timm name -> name in a Hugging Face file (no prefix)
@@ -220,7 +223,8 @@ def check_position_entries(state: Mapping[str, torch.Tensor], config: Mapping[st
     grid = config["img_size"] // config["patch_size"]
     if pos.ndim != 3 or pos.shape[1] != 1 + grid * grid:
         stored = math.isqrt(max(int(pos.shape[1]) - 1, 0)) if pos.ndim == 3 else 0
-        what = f"{stored}x{stored} + 1" if pos.ndim == 3 and stored * stored == pos.shape[1] - 1 else str(list(pos.shape))
+        square_grid = pos.ndim == 3 and stored * stored == pos.shape[1] - 1
+        what = f"{stored}x{stored} + 1" if square_grid else str(list(pos.shape))
         raise CheckpointError(f"{origin}: config.json says {config['img_size']} px images in {config['patch_size']} "
                               f"px patches ({grid}x{grid} + 1 position entries) but position_embeddings holds {what}")
 
@@ -251,7 +255,7 @@ def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not key.startswith("blocks.") or not n.isdigit():
             raise CheckpointError(f"{key} has no Hugging Face ViTMAE counterpart")
         if part == "attn.qkv":
-            for name, piece in zip(QKV_4X, value.chunk(3, dim=0)):
+            for name, piece in zip(QKV_4X, value.chunk(3, dim=0), strict=True):
                 out[f"encoder.layer.{n}.{name}.{kind}"] = piece.contiguous()
         elif part in BLOCK_4X:
             out[f"encoder.layer.{n}.{BLOCK_4X[part]}.{kind}"] = value

@@ -51,7 +51,8 @@ def resolve_source(source: str | Path | None, root: str | Path = ".", pattern: s
     if source.startswith(HF_PREFIX) or Path(source).is_dir():
         directory = Path(source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source)
         if not directory.is_dir():
-            raise CheckpointError(f"checkpoint not found: {directory} (ckpt=hf:DIR takes a Hugging Face model directory)")
+            raise CheckpointError(f"checkpoint not found: {directory} (ckpt=hf:DIR takes a Hugging Face model "
+                                  "directory)")
         if not (directory / "config.json").is_file():
             raise CheckpointError(f"{directory} is a directory without config.json: not a Hugging Face model directory "
                                   f"({SOURCES_HELP})")

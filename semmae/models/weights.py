@@ -226,7 +226,8 @@ def timm_architecture(name: str) -> dict[str, Any]:
         if not model.has_class_token or model.pos_embed is None:
             problems.append("its tokens differ (semmae's encoder has one CLS token, any registers after it, and a "
                             "learned or fixed position embedding)")
-        if type(blk) is not Block or not isinstance(blk.attn.q_norm, nn.Identity) or type(blk.attn).__name__ != "Attention":
+        if (type(blk) is not Block or type(blk.attn).__name__ != "Attention"
+                or not isinstance(blk.attn.q_norm, nn.Identity)):
             problems.append("its blocks differ (qk-norm, another attention or another block type)")
         if not isinstance(model.norm_pre, nn.Identity) or type(blk.mlp.act) is not nn.GELU or blk.mlp.act.approximate != "none":
             problems.append("it has a pre-norm or another activation")
@@ -250,8 +251,8 @@ def read_weights(source: str, weights_file: str | Path | None = None, trust: boo
     """A resolved source (a file path, timm:NAME or hf:DIR) -> EncoderWeights."""
     if source.startswith(hf_format.HF_PREFIX):
         if weights_file is not None:
-            raise CheckpointError(f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got ckpt={source}: "
-                                  "a Hugging Face directory holds its own weights)")
+            raise CheckpointError(f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got "
+                                  f"ckpt={source}: a Hugging Face directory holds its own weights)")
         config, state, origin = hf_format.read_hf(source, trust=trust)
         return EncoderWeights(config, state, "hf", origin)
     if source.startswith("timm:"):

@@ -2,8 +2,6 @@
 attention output, on the fused path and the capture path alike; it trains, checkpoints and reloads from every source
 that records or holds it; timm's ViT has no gate, so export says so."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
