@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from semmae.errors import CheckpointError, ConfigError
@@ -207,6 +209,33 @@ def test_the_name_maps_are_inverse_and_join_qkv_in_order():
     assert torch.equal(hf["encoder.layer.1.attention.attention.value.weight"], w[128:])
     back = to_timm({f"vit.{k}": v for k, v in hf.items()}, "test")
     assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+@settings(max_examples=25, deadline=None)
+@given(depth=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), qkv_bias=st.booleans(), prefix=st.booleans(),
+       modules_5x=st.booleans())
+def test_any_vit_geometry_maps_to_timm_names_and_back(depth, heads, qkv_bias, prefix, modules_5x):
+    """from_timm then to_timm is the identity on a ViTEncoder's state dict, whatever the depth, heads or qkv bias, with
+    or without the vit. prefix, from 4.x names or from 5.x module names."""
+    from semmae.models.encoder import ViTEncoder
+
+    enc = ViTEncoder(img_size=16, patch_size=4, in_chans=1, embed_dim=8, depth=depth, num_heads=heads,
+                     qkv_bias=qkv_bias, mlp_ratio=2.0)
+    state = enc.state_dict()
+    hf = from_timm(state)
+    if modules_5x:
+        hf = {to_5x(k): v for k, v in hf.items()}
+    back = to_timm({("vit." if prefix else "") + k: v for k, v in hf.items()}, "property")
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def to_5x(name: str) -> str:
+    name = name.replace("encoder.layer.", "layers.")
+    for old, new in (("attention.attention.query", "attention.q_proj"), ("attention.attention.key", "attention.k_proj"),
+                     ("attention.attention.value", "attention.v_proj"), ("attention.output.dense", "attention.o_proj"),
+                     ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")):
+        name = name.replace(old, new)
+    return name
 
 
 def test_export_refuses_what_vitmae_cannot_hold(tmp_path):
