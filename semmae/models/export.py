@@ -59,10 +59,12 @@ def timm_load_line(encoder: ViTEncoder, path: str | Path) -> str:
     """The one line that loads an exported encoder into timm (for a gated encoder: the line that says it cannot)."""
     if encoder.config.get("attn_gate"):
         return NO_TIMM_GATE
-    kwargs = ", ".join(f"{k}={kwarg_text(v)}" for k, v in timm_kwargs(encoder).items())
+    kwargs = timm_kwargs(encoder)
+    text = ", ".join(f"{k}={kwarg_text(v)}" for k, v in kwargs.items())
     weights = (f'safetensors.torch.load_file("{path}")' if str(path).endswith(".safetensors")
                else f'torch.load("{path}")["model"]')
-    return f'model = timm.create_model("vit_base_patch16_224", {kwargs}); model.load_state_dict({weights})'
+    imports = "import functools; " if "norm_layer" in kwargs else ""
+    return f'{imports}model = timm.create_model("vit_base_patch16_224", {text}); model.load_state_dict({weights})'
 
 
 def record_kwargs(encoder: ViTEncoder) -> dict[str, Any] | None:

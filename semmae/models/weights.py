@@ -150,7 +150,7 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
 def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], origin: str) -> None:
     """A semmae record's geometry must be its tensors' (checked before anything is built: a record altered to ask
     for depth=100000 or img_size=32000 would otherwise allocate that model first)."""
-    shapes, _ = infer_geometry(state, origin)
+    shapes, guessed = infer_geometry(state, origin)
     differ = [f"{k}={config[k]!r} (its tensors: {shapes[k]!r})" for k in
               ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias") if k in config and config[k] != shapes[k]]
     ratio = config.get("mlp_ratio", shapes["mlp_ratio"])
@@ -159,6 +159,11 @@ def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], o
     heads = config.get("num_heads", 1)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or shapes["embed_dim"] % heads:
         differ.append(f"num_heads={heads!r} (does not divide the width {shapes['embed_dim']})")
+    elif "num_heads" not in guessed and heads != shapes["num_heads"]:
+        differ.append(f"num_heads={heads!r} (its attention gate: {shapes['num_heads']})")
+    eps = config.get("norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        differ.append(f"norm_eps={eps!r} (a LayerNorm epsilon is in (0, 1))")
     if differ:
         raise CheckpointError(f"{origin}: its semmae record does not describe its weights ({'; '.join(differ[:3])}): "
                               "the file is damaged or was altered")

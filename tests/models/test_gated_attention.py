@@ -197,3 +197,14 @@ def test_a_bare_gated_state_dict_gives_its_gate_and_its_heads():
     fresh = random_encoder(backbone, seed=0)  # ckpt=null with backbone.attn_gate=true
     assert fresh.config["attn_gate"] and isinstance(fresh.blocks[0].attn, GatedAttention)
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_a_record_whose_heads_contradict_the_gate_is_refused(tmp_path):
+    from semmae.errors import CheckpointError
+    from semmae.models.loading import load_encoder
+
+    enc = gated_encoder()
+    torch.save({"semmae": {"kind": "encoder", "model": {**enc.config, "num_heads": 4}}, "model": enc.state_dict()},
+               tmp_path / "altered.pth")
+    with pytest.raises(CheckpointError, match="num_heads=4 .its attention gate: 2."):
+        load_encoder(tmp_path / "altered.pth")

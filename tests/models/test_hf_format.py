@@ -199,6 +199,25 @@ def test_semmae_to_hf_to_semmae_is_bit_identical_and_transformers_loads_it(tmp_p
     assert load_file(str(again / "model.safetensors")).keys() == load_file(str(out / "model.safetensors")).keys()
 
 
+def test_a_hugging_face_encoder_exported_for_timm_keeps_its_epsilon(vitmae, tmp_path):
+    """The printed timm line carries the config's 1e-12 (timm's default is 1e-6) and rebuilds the same features."""
+    from semmae.models.export import export_encoder, timm_load_line
+
+    model, root = vitmae
+    enc = load_encoder(f"hf:{root / 'layout_4x'}").eval()
+    out = export_encoder(enc, tmp_path / "encoder.pth")
+    line = timm_load_line(enc, out)
+    assert "eps=1e-12" in line
+    import timm
+
+    scope = {"timm": timm, "torch": torch}
+    exec(line, scope)  # as a user would paste it
+    x = images()
+    with torch.no_grad():
+        assert (scope["model"].eval().forward_features(x) - hf_features(model, x)).abs().max() <= 1e-5
+    assert load_encoder(out).config["norm_eps"] == 1e-12  # and back in semmae, from the record
+
+
 def test_the_name_maps_are_inverse_and_join_qkv_in_order():
     enc = semmae_encoder()
     state = enc.state_dict()
@@ -360,6 +379,9 @@ def test_semmae_export_format_hf_and_analyze_hf_dir(compose_cfg, fmnist_root, tm
     assert transformers.ViTMAEModel.from_pretrained(str(out)).config.num_hidden_layers == 2
     with pytest.raises(ConfigError, match="names a file"):
         export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={tmp_path / 'x.pth'}"], tmp_path / "e2"))
+    with pytest.raises(ConfigError, match="exists: choose another directory"):
+        export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={out}"], tmp_path / "e3"))
+    export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={out}", "overwrite=true"], tmp_path / "e4"))
     cfg = compose_cfg("analyze", [f"ckpt=hf:{out}", f"dataset.root={fmnist_root}", "num_images=8", "batch_size=8",
                                   "figure_images=2"], tmp_path / "analyze")
     metrics = analyze(cfg)
