@@ -21,7 +21,8 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.sources import SOURCES_HELP, is_random, resolve_source
 from semmae.models.weights import ANCHOR, ENCODER_KEYS, EncoderWeights, read_weights
 
-ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "reg_tokens")  # fixed by the weights
+ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "reg_tokens", "attn_gate",
+             "no_embed_class", "norm_eps")  # fixed by the weights (or by the config.json beside them)
 DROP_PREFIXES = ("decoder", "mask_token")  # MAE decoder_* / our decoder.*, and the mask token
 NEW_HEAD_PREFIXES = ("head.", "fc_norm.")  # may be missing from a checkpoint: a new task head is initialised
 
@@ -41,7 +42,7 @@ def filter_state(state: Mapping[str, torch.Tensor], encoder: ViTEncoder) -> dict
         if key.startswith(NEW_HEAD_PREFIXES) and (key not in target or target[key].shape != value.shape):
             continue
         want = target.get(key)
-        prefix = encoder.num_prefix_tokens
+        prefix = encoder.num_pos_prefix
         old = math.isqrt(max(value.shape[1] - prefix, 0)) if key == "pos_embed" and value.ndim == 3 else 0
         if (key == "pos_embed" and want is not None and value.shape != want.shape and value.shape[-1] == want.shape[-1]
                 and old >= 1 and old * old == value.shape[1] - prefix):  # else: other registers, reported below
@@ -81,9 +82,10 @@ def load_state(encoder: ViTEncoder, state: Mapping[str, torch.Tensor], origin: s
 
 def describe(encoder: ViTEncoder) -> str:
     c = encoder.config
-    regs = f", {c['reg_tokens']} registers" if c.get("reg_tokens") else ""
+    extras = [f"{c['reg_tokens']} registers" if c.get("reg_tokens") else "",
+              "gated attention" if c.get("attn_gate") else "", "LayerScale" if c.get("init_values") else ""]
     return (f"width {c['embed_dim']}, depth {c['depth']}, {c['num_heads']} heads, patch {c['patch_size']}, "
-            f"{c['img_size']} px, {c['in_chans']} channels{regs}")
+            f"{c['img_size']} px, {c['in_chans']} channels" + "".join(f", {e}" for e in extras if e))
 
 
 def check_overrides(weights: EncoderWeights, overrides: Mapping[str, Any]) -> None:

@@ -54,17 +54,19 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = True,
         fused_attn: bool = True,
         reg_tokens: int = 0,
+        attn_gate: bool = False,
     ):
         super().__init__()
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, decoder_embed_dim=decoder_embed_dim,
             decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss,
-            reg_tokens=reg_tokens,
+            reg_tokens=reg_tokens, attn_gate=attn_gate,
         )
         self.encoder = ViTEncoder(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, fused_attn=fused_attn, reg_tokens=reg_tokens,
+            attn_gate=attn_gate,
         )
         self.decoder = MAEDecoder(
             grid_size=self.encoder.grid_size, patch_size=patch_size, in_chans=in_chans, encoder_dim=embed_dim,
@@ -77,7 +79,8 @@ class MaskedAutoencoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """MAE's initialisation: xavier-uniform linears (patch projection viewed as a linear), N(0, .02) tokens."""
+        """MAE's initialisation: xavier-uniform linears (patch projection viewed as a linear), N(0, .02) tokens.
+        Attention gates (attn_gate) are not linears here: they keep their open start (semmae.models.gated_attention)."""
         w = self.encoder.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.encoder.cls_token, std=0.02)

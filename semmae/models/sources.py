@@ -1,5 +1,6 @@
-"""What ckpt= names, before anything is read: a file, `latest` (the newest checkpoint matching a glob), timm:NAME, or
-null / `random` (a randomly initialised encoder). semmae.models.weights reads the sources; every entry point
+"""What ckpt= names, before anything is read: a file, `latest` (the newest checkpoint matching a glob), timm:NAME, a
+Hugging Face model directory (hf:DIR, or a DIR that holds config.json), or null / `random` (a randomly initialised
+encoder). semmae.models.weights reads the sources; every entry point
 resolves ckpt= here (semmae.tasks.evaluation.resolve_ckpt, semmae.cli.analyze)."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 from semmae.errors import CheckpointError, NoCheckpointError
 
 SOURCES_HELP = ("ckpt= takes a checkpoint file (semmae .ckpt, exported encoder, official MAE .pth, ViT state dict), "
-                "'latest' (newest pretraining run), 'timm:MODEL_NAME' with ckpt_file=WEIGHTS, or null / random (random init)")
+                "'latest' (newest pretraining run), 'timm:MODEL_NAME' with ckpt_file=WEIGHTS, a Hugging Face ViT or "
+                "ViTMAE directory (hf:DIR, or a DIR with config.json), or null / random (random init)")
+HF_PREFIX = "hf:"
 LATEST_PATTERNS = ("outputs/pretrain/*/checkpoints/last.ckpt", "multirun/pretrain/*/*/checkpoints/last.ckpt")
 RANDOM_SOURCES = ("random", "null", "none")  # spellings of ckpt=null (a list such as ckpt=[PATH,random] reads better)
 
@@ -36,8 +39,8 @@ def is_random(source: Any) -> bool:
 
 
 def resolve_source(source: str | Path | None, root: str | Path = ".", pattern: str | None = None) -> str | None:
-    """null / 'random' -> None (random init); 'latest' -> find_latest(root, pattern); a path must exist; timm:NAME
-    passes through."""
+    """null / 'random' -> None (random init); 'latest' -> find_latest(root, pattern); a file must exist; timm:NAME
+    passes through; hf:DIR, or a directory (which must hold a Hugging Face config.json), -> 'hf:DIR'."""
     if is_random(source):
         return None
     source = str(source)
@@ -45,6 +48,15 @@ def resolve_source(source: str | Path | None, root: str | Path = ".", pattern: s
         return str(find_latest(root, pattern))
     if source.startswith("timm:"):
         return source
+    if source.startswith(HF_PREFIX) or Path(source).is_dir():
+        directory = Path(source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source)
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint not found: {directory} (ckpt=hf:DIR takes a Hugging Face model "
+                                  "directory)")
+        if not (directory / "config.json").is_file():
+            raise CheckpointError(f"{directory} is a directory without config.json: not a Hugging Face model directory "
+                                  f"({SOURCES_HELP})")
+        return f"{HF_PREFIX}{directory}"
     if not Path(source).is_file():
         raise CheckpointError(f"checkpoint not found: {source} ({SOURCES_HELP})")
     return source

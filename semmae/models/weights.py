@@ -10,13 +10,17 @@ of the one loading path (semmae.models.loading builds the encoder from them):
                                            (.pth; or .safetensors with the same record in the file's metadata)
   official MAE checkpoint (.pth)           {"model": MAE state dict, ...}; decoder_* and mask_token are dropped
   any ViT state dict                       timm / MAE names, under any prefix (module., encoder., ...)
-  "timm:MODEL_NAME" + weights_file         a timm model name (its architecture) and a local weights file
+  "timm:MODEL_NAME" + weights_file         a timm model name (its architecture) and a local weights file (ViTs with
+                                           registers and LayerScale too, e.g. DINOv2's: timm's no_embed_class)
+  "hf:DIR", or a DIR with config.json      a Hugging Face transformers ViT or ViTMAE (semmae.models.hf_format)
   "latest"                                 the newest outputs/pretrain/*/checkpoints/last.ckpt (or multirun/)
                                            (semmae.models.sources: find_latest(root, pattern) for any glob)
   null, or "random"                        no weights: the encoder of a freshly initialised MAE (random_encoder)
 
-The format is detected from the file's contents; the geometry is read from a semmae record where there is one and
-inferred from the tensor shapes otherwise."""
+The format is detected from the file's contents; the geometry is read from a semmae record (or a Hugging Face
+config.json) where there is one and inferred from the tensor shapes otherwise. What the weights hold decides over a
+record: registers (reg_token), the attention gate (blocks.N.attn.gate), LayerScale (blocks.N.ls1.gamma) and whether the
+prefix tokens have position entries."""
 
 from __future__ import annotations
 
@@ -30,9 +34,16 @@ import torch
 from torch import nn
 
 from semmae.errors import CheckpointError
+from semmae.models import hf_format
+from semmae.models.gated_attention import has_gated_attention
 from semmae.utils.safe_load import load_file
 
-ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens")
+# ViTEncoder arguments a backbone group sets (random_encoder reads them) ...
+ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
+                "attn_gate")
+# ... and those only foreign weights set: read from a record, never from a backbone group
+FOREIGN_KEYS = ("qkv_bias", "norm_eps", "init_values", "no_embed_class")
+LAYER_SCALE_INIT = 1e-5  # init_values of an encoder rebuilt for LayerScale weights (the loaded gammas replace it)
 HEAD_KEYS = ("num_classes", "global_pool", "fc_norm")
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H, the widths MAE and timm publish
 # Where the encoder's weights sit in a task's state dict: every task records it (checkpoint["semmae"]
@@ -45,8 +56,8 @@ ANCHOR = "patch_embed.proj.weight"  # every ViT state dict has it; its prefix is
 class EncoderWeights:
     config: dict[str, Any]  # ViTEncoder arguments the source fixes: geometry (and head layout, for fine-tuned models)
     state: dict[str, torch.Tensor]
-    kind: str  # pretrain | finetune | linprobe | encoder | mae | state_dict | timm
-    origin: str  # for messages: the path, or timm:NAME (file)
+    kind: str  # pretrain | finetune | linprobe | encoder | mae | state_dict | timm | hf
+    origin: str  # for messages: the path, timm:NAME (file) or hf:DIR
     guessed: tuple[str, ...] = field(default=())  # config keys inferred, not recorded (an override may set them)
 
 
@@ -86,10 +97,26 @@ def num_registers(state: Mapping[str, torch.Tensor]) -> int:
     return int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0
 
 
+def block_layout(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What the weights say about the blocks and tokens, whatever a record says: registers, the head-wise attention
+    gate (its rows are the heads), LayerScale, and position entries for the prefix tokens or for patches only."""
+    layout: dict[str, Any] = {"reg_tokens": num_registers(state), "attn_gate": has_gated_attention(state)}
+    if layout["attn_gate"]:
+        layout["num_heads"] = int(state["blocks.0.attn.gate.weight"].shape[0])
+    layout["init_values"] = LAYER_SCALE_INIT if "blocks.0.ls1.gamma" in state else None
+    pos, prefix = state.get("pos_embed"), 1 + layout["reg_tokens"]
+    if pos is not None and pos.ndim == 3:
+        n = int(pos.shape[1])
+        with_prefix = n > prefix and math.isqrt(n - prefix) ** 2 == n - prefix
+        layout["no_embed_class"] = not with_prefix and math.isqrt(n) ** 2 == n
+    return layout
+
+
 def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """Geometry of a ViT state dict from its shapes. The number of heads is not in the shapes: it is taken from the
-    standard widths (ViT-Ti/S/B/L/H) and reported as guessed; other widths need it passed in. Registers: R from
-    reg_token's shape; timm's pos_embed (no_embed_class=False) then holds 1 + R prefix entries before the grid."""
+    """Geometry of a ViT state dict from its shapes. The number of heads is not in the shapes (but in the attention
+    gate's, where there is one): it is taken from the standard widths (ViT-Ti/S/B/L/H) and reported as guessed; other
+    widths need it passed in. Registers: R from reg_token's shape; timm's pos_embed then holds 1 + R prefix entries
+    before the grid, or the grid alone (no_embed_class, as DINOv2 with registers)."""
     w = state[ANCHOR]
     if w.ndim != 4 or w.shape[-1] != w.shape[-2]:
         raise CheckpointError(f"{origin}: {ANCHOR} has shape {list(w.shape)}, expected [width, channels, p, p]")
@@ -98,20 +125,23 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
     pos = state.get("pos_embed")
     if not blocks or pos is None:
         raise CheckpointError(f"{origin}: a ViT state dict needs blocks.N.* and pos_embed keys")
-    regs = num_registers(state)
-    prefix = 1 + regs
-    grid = math.isqrt(max(pos.shape[1] - prefix, 0))
-    if grid < 1 or grid * grid != pos.shape[1] - prefix:
+    layout = block_layout(state)
+    regs = layout["reg_tokens"]
+    prefix = 0 if layout.get("no_embed_class") else 1 + regs
+    grid = math.isqrt(max(pos.shape[1] - prefix, 0)) if pos.ndim == 3 else 0
+    if grid < 1 or grid * grid != pos.shape[1] - prefix or "cls_token" not in state:
         what = "a CLS entry" + (f" + {regs} register entries" if regs else "")
-        raise CheckpointError(f"{origin}: pos_embed has {pos.shape[1]} entries, not {what} + a square grid "
-                              "(encoders without a class token, or without position entries for their prefix "
-                              "tokens, are not supported)")
+        raise CheckpointError(f"{origin}: pos_embed has {list(pos.shape)} entries, neither {what} + a square grid "
+                              "nor a square grid alone, or there is no cls_token (encoders without a class token "
+                              "are not supported)")
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     config = dict(
         img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=max(blocks) + 1,
         mlp_ratio=fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
-        qkv_bias="blocks.0.attn.qkv.bias" in state, reg_tokens=regs,
+        qkv_bias="blocks.0.attn.qkv.bias" in state, **layout,
     )
+    if "num_heads" in config:
+        return config, ()
     if embed_dim in HEADS_BY_WIDTH:
         config["num_heads"] = HEADS_BY_WIDTH[embed_dim]
     return config, ("num_heads",)
@@ -120,7 +150,7 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
 def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], origin: str) -> None:
     """A semmae record's geometry must be its tensors' (checked before anything is built: a record altered to ask
     for depth=100000 or img_size=32000 would otherwise allocate that model first)."""
-    shapes, _ = infer_geometry(state, origin)
+    shapes, guessed = infer_geometry(state, origin)
     differ = [f"{k}={config[k]!r} (its tensors: {shapes[k]!r})" for k in
               ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias") if k in config and config[k] != shapes[k]]
     ratio = config.get("mlp_ratio", shapes["mlp_ratio"])
@@ -129,6 +159,11 @@ def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], o
     heads = config.get("num_heads", 1)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or shapes["embed_dim"] % heads:
         differ.append(f"num_heads={heads!r} (does not divide the width {shapes['embed_dim']})")
+    elif "num_heads" not in guessed and heads != shapes["num_heads"]:
+        differ.append(f"num_heads={heads!r} (its attention gate: {shapes['num_heads']})")
+    eps = config.get("norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        differ.append(f"norm_eps={eps!r} (a LayerNorm epsilon is in (0, 1))")
     if differ:
         raise CheckpointError(f"{origin}: its semmae record does not describe its weights ({'; '.join(differ[:3])}): "
                               "the file is damaged or was altered")
@@ -149,9 +184,13 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
         if not state:
             raise CheckpointError(f"{origin} holds no encoder weights (no '{prefix}*' keys)")
         model = meta.get("model") or {}
-        config = {k: model[k] for k in (*ENCODER_KEYS, "qkv_bias") if k in model}
+        config = {k: model[k] for k in (*ENCODER_KEYS, *FOREIGN_KEYS) if k in model}
         config.update({k: v for k, v in (meta.get("head") or {}).items() if k in HEAD_KEYS})
-        config["reg_tokens"] = num_registers(state)  # the weights decide (records before registers lack the key)
+        layout = block_layout(state)  # the weights decide (older records lack these keys)
+        layout.pop("num_heads", None)
+        if not layout["init_values"]:
+            layout.pop("init_values")
+        config.update(layout)
         check_record(config, state, origin)
         return EncoderWeights(config, state, kind, origin)
     if isinstance(ckpt.get("model"), dict):
@@ -172,7 +211,10 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
 
 def timm_architecture(name: str) -> dict[str, Any]:
     """Geometry of a timm ViT by model name (built on the meta device: no weights, no download), checked to be
-    the kind of ViT that ViTEncoder is."""
+    the kind of ViT that ViTEncoder is: a CLS token, optional registers, position entries for every token or for the
+    patches only (no_embed_class), pre-norm blocks with optional LayerScale, exact GELU. A model that resamples its
+    position embedding for every input size (dynamic_img_size) is built at one size instead: the embedding is resampled
+    once, when the weights are loaded, with timm's own function."""
     import timm
     from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -186,26 +228,38 @@ def timm_architecture(name: str) -> dict[str, Any]:
         problems.append(f"it is a {type(model).__name__}, not a VisionTransformer")
     else:
         blk = model.blocks[0]
-        if not model.has_class_token or model.no_embed_class:
-            problems.append("its tokens differ (semmae's encoder has one CLS token, and any registers after it, "
-                            "each with a position entry: timm's no_embed_class=False)")
-        if type(blk) is not Block or not isinstance(blk.ls1, nn.Identity) or not isinstance(blk.attn.q_norm, nn.Identity):
-            problems.append("its blocks differ (layer scale, qk-norm or another block type)")
+        if not model.has_class_token or model.pos_embed is None:
+            problems.append("its tokens differ (semmae's encoder has one CLS token, any registers after it, and a "
+                            "learned or fixed position embedding)")
+        if (type(blk) is not Block or type(blk.attn).__name__ != "Attention"
+                or not isinstance(blk.attn.q_norm, nn.Identity)):
+            problems.append("its blocks differ (qk-norm, another attention or another block type)")
         if not isinstance(model.norm_pre, nn.Identity) or type(blk.mlp.act) is not nn.GELU or blk.mlp.act.approximate != "none":
             problems.append("it has a pre-norm or another activation")
     if problems:
         raise CheckpointError(f"timm model {name} cannot be loaded into semmae's ViT encoder: {'; '.join(problems)}")
     blk = model.blocks[0]
-    return dict(
+    config = dict(
         img_size=int(model.patch_embed.img_size[0]), patch_size=int(model.patch_embed.patch_size[0]),
         in_chans=int(model.patch_embed.proj.in_channels), embed_dim=int(model.embed_dim), depth=len(model.blocks),
         num_heads=int(blk.attn.num_heads), mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
-        qkv_bias=blk.attn.qkv.bias is not None, reg_tokens=int(model.num_reg_tokens),
+        qkv_bias=blk.attn.qkv.bias is not None, reg_tokens=int(model.num_reg_tokens), norm_eps=float(blk.norm1.eps),
     )
+    if not isinstance(blk.ls1, nn.Identity):
+        config["init_values"] = LAYER_SCALE_INIT
+    if model.no_embed_class:
+        config["no_embed_class"] = True
+    return config
 
 
 def read_weights(source: str, weights_file: str | Path | None = None, trust: bool = False) -> EncoderWeights:
-    """A resolved source (a file path or timm:NAME) -> EncoderWeights."""
+    """A resolved source (a file path, timm:NAME or hf:DIR) -> EncoderWeights."""
+    if source.startswith(hf_format.HF_PREFIX):
+        if weights_file is not None:
+            raise CheckpointError(f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got "
+                                  f"ckpt={source}: a Hugging Face directory holds its own weights)")
+        config, state, origin = hf_format.read_hf(source, trust=trust)
+        return EncoderWeights(config, state, "hf", origin)
     if source.startswith("timm:"):
         name = source[len("timm:"):]
         if weights_file is None:

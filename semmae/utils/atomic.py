@@ -2,7 +2,9 @@
 write a temp file in the same directory (so the rename never crosses a filesystem, as a copy from $TMPDIR would),
 fsync it, rename it over the target, fsync the directory. Every checkpoint, results file, table and figure the
 project writes goes through `atomic_write`. A process killed mid-write leaves its temp file behind; the next write
-to the same target on that host removes the temp files of processes that no longer run."""
+to the same target on that host removes the temp files of processes that no longer run. A directory of files (a
+Hugging Face model directory) is written the same way with `atomic_write_dir`: a temp directory beside the target,
+renamed into place."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import errno
 import json
 import math
 import os
+import shutil
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
-from semmae.errors import StorageError
+from semmae.errors import ConfigError, StorageError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -41,7 +45,10 @@ def remove_stale_temps(path: Path) -> list[Path]:
         owner = tmp.name[len(path.name) + 2 : -len(TEMP_SUFFIX)]  # <host>.<pid>
         owner_host, _, pid = owner.rpartition(".")
         if owner_host == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -115,6 +122,48 @@ def storage_error(exc: BaseException, path: Path) -> BaseException:
     kept = f"; the earlier {path.name} is kept whole" if path.is_file() else ""
     return StorageError(f"{reason} on {mount_point(path.parent if path.parent.exists() else Path('/'))} while "
                         f"writing {path}{kept}")
+
+
+def atomic_write_dir(path: str | Path, files: Mapping[str, Callable[[IO[bytes]], Any]]) -> Path:
+    """Write the directory `path` holding `files` ({name: write(binary file)}): each file is written and fsynced in a
+    temp directory beside `path`, which is then renamed to `path`; a reader sees no half-written file. An existing
+    `path` is replaced only if it holds nothing but files of these names (an earlier write of the same directory):
+    it is renamed aside, the new one renamed in, the old one removed. Anything else at `path` is refused. A write the
+    storage refuses is a StorageError, as in atomic_write."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not path.is_symlink()
+                              and all(p.is_file() and p.name in files for p in path.iterdir())):
+        raise ConfigError(f"{path} exists and holds other things than {', '.join(sorted(files))}: "
+                          "choose a new directory, or remove it first")
+    aside = path.with_name(path.name + ".old")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        remove_stale_temps(aside)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+    tmp, old = temp_path(path), temp_path(aside)
+    try:
+        tmp.mkdir()
+        for name, write in files.items():
+            with open(tmp / name, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        if storage_reason(exc) is not None:
+            raise storage_error(exc, path) from exc
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

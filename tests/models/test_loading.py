@@ -199,13 +199,13 @@ def test_missing_and_misshapen_weights_are_listed_by_name(tmp_path, mae):
     state = {k: v.clone() for k, v in mae.encoder.state_dict().items()}
     del state["blocks.1.mlp.fc2.bias"]
     state["blocks.0.attn.qkv.weight"] = torch.zeros(96, 16)
-    state["blocks.0.ls1.gamma"] = torch.ones(32)
+    state["blocks.0.attn.q_norm.weight"] = torch.ones(16)  # qk-norm: semmae's encoder has none
     torch.save({"semmae": {"kind": "encoder", "model": mae.encoder.config}, "model": state}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError) as err:
         load_encoder(tmp_path / "bad.pth")
     msg = str(err.value)
     assert "blocks.0.attn.qkv.weight [96, 16] vs [96, 32]" in msg
-    assert "missing: blocks.1.mlp.fc2.bias" in msg and "unexpected: blocks.0.ls1.gamma" in msg
+    assert "missing: blocks.1.mlp.fc2.bias" in msg and "unexpected: blocks.0.attn.q_norm.weight" in msg
 
 
 def test_a_foreign_width_needs_its_head_count(tmp_path):
