@@ -72,7 +72,8 @@ RULE_MAX_PROBE_LOSS = 0.3
 RULE_SINK, RULE_PROBE = "ft_end/sink_ratio", "linprobe"
 # Arms the rule is applied to for comparison only: they are controls, not readings of semantic masking, so the outcome
 # never makes one of them what masking=semantic means.
-CONTROLS = {"random_registers": "the control with a known effect", "random_units": "a contiguity control",
+CONTROLS = {"random_registers": "the control with a known effect", "random_gated": "the gated-attention control",
+            "random_units": "a contiguity control",
             "block": "a contiguity control"}
 ABLATION_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),

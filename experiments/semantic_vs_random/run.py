@@ -71,11 +71,15 @@ STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "b
               # the control with a known effect on the sinks. Only pretraining needs the override: every later task
               # builds its encoder from the checkpoint, whose weights (reg_token) fix the registers
               # (semmae.models.weights.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
-              "random_registers": ["masking=random", "backbone.reg_tokens=4"]}
+              "random_registers": ["masking=random", "backbone.reg_tokens=4"],
+              # the second control: a sigmoid gate on each head's output, which the sink-taxonomy paper finds removes
+              # NOP sinks (the gate, like the registers, is in the checkpoint's weights)
+              "random_gated": ["masking=random", "backbone.attn_gate=true"]}
 # the screening's arms in run order: the reference and the control first, today's reading, the new readings, then
 # the contiguity controls and the second alpha (a study cut short has compared the most telling arms)
 READINGS_ARMS = ("random", "random_registers", "semantic", "semantic_informative_a1", "semantic_stratified",
                  "semantic_features", "random_units", "block", "semantic_informative_a3")
+INSTRUMENT_ARMS = ("random", "random_registers", "random_gated", "semantic", "semantic_features")
 READINGS_CONTROLS = ("random", "random_registers")  # always in a confirmation: the reference and the known effect
 MODES = ("screening", "confirmation")
 
@@ -222,6 +226,20 @@ PRESETS = {
         },
         **READINGS,
     ),
+    "cpu-instrument": Preset(
+        about="the resolving power of the artifact instrument on 2 CPU cores: the readings study's confirmation arms "
+              "(random, random + 4 registers, semantic, semantic_features) and random with gated attention, seeds 0 1 "
+              "2, each with cpu-readings' settings (pretraining 6 epochs on all 60,000 images, the CLS linear probe, "
+              "fine-tuning 1,000 steps with the artifact series, semmae-analyze on 1,000 images); the controls' "
+              "effects on every diagnostic against random's seed spread (~12 min per cell)",
+        data=FMNIST,
+        tasks={},  # filled below: cpu-readings' tasks
+        run_tasks=("pretrain", "linprobe", "finetune", "analyze"),
+        strategies=INSTRUMENT_ARMS,
+        seeds=(0, 1, 2),
+        floor=False,
+        readings=True,
+    ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
               "images; probe on all cached features; fine-tune 10 epochs; segmentation 5 epochs on 20,000",
@@ -281,6 +299,9 @@ PRESETS = {
         },
     ),
 }
+
+
+PRESETS["cpu-instrument"].tasks = PRESETS["cpu-readings"].tasks  # the same runs, so the two studies compare
 
 
 @dataclass
