@@ -40,6 +40,10 @@ class DictDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.base)
 
+    def item_path(self, i: int) -> str:
+        """The file item i reads (a loader names it when its worker never answers)."""
+        return self.base.samples[self.indices[i] if self.indices is not None else i][0]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         j = self.indices[i] if self.indices is not None else i
         path, label = self.base.samples[j]

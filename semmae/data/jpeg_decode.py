@@ -36,6 +36,10 @@ class EncodedImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.samples)
 
+    def item_path(self, i: int) -> str:
+        """The file item i reads (a loader names it when its worker never answers)."""
+        return self.samples[self.indices[i] if self.indices is not None else i][0]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, label = self.samples[self.indices[i] if self.indices is not None else i]
         data = disk_images.read_bytes(path, self.skip_corrupt)

@@ -93,3 +93,17 @@ def test_a_fifo_is_named_instead_of_blocking_the_worker(tmp_path, decode):
     dm.prepare_data()
     with pytest.raises(DataError, match=rf"cannot read image {fifo}: not a regular file \(p"):
         next(iter(dm.train_dataloader()))
+
+
+def test_a_worker_that_never_answers_names_the_files_it_was_given(tmp_path):
+    import time
+
+    write_tree(tmp_path, per_class=2)
+    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4, num_workers=1, decode="workers",
+                               loader_timeout_s=2)
+    dm.prepare_data()
+    dm._scans["val"].loader = lambda path: time.sleep(30)  # a stalled network mount
+    loader = dm.val_dataloader()
+    with pytest.raises(DataError, match=r"a DataLoader worker sent no batch for 2 s \(dataset.loader_timeout_s\); "
+                                        rf"it was reading {tmp_path / 'val' / 'cat' / '0.JPEG'}"):
+        next(iter(loader))
