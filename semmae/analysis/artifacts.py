@@ -15,6 +15,7 @@ from torch import nn
 from semmae.analysis import metrics as M
 from semmae.analysis.capture import capture
 from semmae.errors import ConfigError
+from semmae.masking.regions import patch_pixel_std
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,6 @@ def batch_images(batch: Any) -> torch.Tensor | None:
     return images if torch.is_tensor(images) and images.ndim == 4 else None
 
 
-def _patch_size(encoder: nn.Module) -> int:
-    p = encoder.patch_embed.patch_size
-    p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
-    if p[0] != p[1]:
-        raise ConfigError(f"patch size {p} is not square: flat_patch_share needs square patches")
-    return int(p[0])
-
-
 def measure(
     encoder: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -115,7 +108,6 @@ def measure(
     the maps of the first `keep_images` images are kept for figures."""
     device = next(encoder.parameters()).device
     grid = tuple(int(g) for g in encoder.patch_embed.grid_size)
-    patch = _patch_size(encoder)
     per_block: list[dict[str, list[torch.Tensor]]] | None = None
     kept: dict[str, list[torch.Tensor]] = {"images": [], "received": [], "cls": []}
     n_kept = n_images = 0
@@ -130,7 +122,7 @@ def measure(
                 "the prefix (CLS + registers) does not match the encoder's token layout")
         if per_block is None:
             per_block = [{name: [] for name in (*M.METRICS, "position")} for _ in cap.attn]
-        flat_w = M.flat_patch_weights(M.patch_pixel_std(images, patch), settings.flat_fraction)
+        flat_w = M.flat_patch_weights(patch_pixel_std(images, grid), settings.flat_fraction)
         received, cls = [], []
         for stats, attn, tokens in zip(per_block, cap.attn, cap.tokens):
             r = M.received_attention(attn, prefix)

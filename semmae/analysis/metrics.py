@@ -16,7 +16,6 @@ import math
 import torch
 
 from semmae.errors import ConfigError
-from semmae.models.mae import patchify
 
 METRICS = (
     "sink_ratio",
@@ -111,13 +110,9 @@ def sink_position_consistency(positions: torch.Tensor, num_patches: int) -> tupl
     return float(counts[mode]) / max(1, positions.numel()), mode
 
 
-def patch_pixel_std(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Images [B, C, H, W] -> [B, P]: standard deviation of each patch's pixels (all channels), row-major."""
-    return patchify(images.float(), patch_size).std(dim=-1)
-
-
 def flat_patch_weights(pixel_std: torch.Tensor, fraction: float = 0.25) -> torch.Tensor:
-    """Pixel std [B, P] -> weights [B, P] that pick each image's flattest round(fraction * P) patches (at least 1).
+    """Pixel std [B, P] (semmae.masking.regions.patch_pixel_std, the one measure of a patch's flatness) -> weights
+    [B, P] that pick each image's flattest round(fraction * P) patches (at least 1).
 
     Ties at the cut (e.g. many pure-background patches with std 0) share the remaining places equally, so the
     result does not depend on patch order: weights are 1 below the cut, n_left / n_tied at it, 0 above; each

@@ -44,17 +44,17 @@ def run(cfg: DictConfig) -> dict[str, str]:
         raise ConfigError(f"format={fmt}: choose timm (a .pth / .safetensors state dict) or hf (a transformers "
                           "ViTMAE directory)")
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / ("encoder.pth" if fmt == "timm" else "hf")
+    source = resolve_ckpt(cfg)
+    if source is None:
+        raise ConfigError("semmae-export needs ckpt=PATH (or latest, hf:DIR, or timm:MODEL_NAME with ckpt_file=...)")
+    check_out(out, source, fmt, bool(cfg.get("overwrite", False)))
     if fmt == "hf" and out.suffix in (".pth", ".safetensors", ".ckpt", ".bin"):
         raise ConfigError(f"format=hf writes a directory (config.json + model.safetensors): out={out} names a file")
     if fmt == "timm" and out.suffix not in (".pth", ".safetensors"):
         raise ConfigError(f"format=timm writes a .pth or .safetensors file: out={out}")
-    source = resolve_ckpt(cfg)
-    if source is None:
-        raise ConfigError("semmae-export needs ckpt=PATH (or latest, hf:DIR, or timm:MODEL_NAME with ckpt_file=...)")
     overrides = {k: v for k, v in (cfg.get("encoder") or {}).items() if v is not None}
     encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
                            trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
-    check_out(out, source, fmt, bool(cfg.get("overwrite", False)))
     if fmt == "hf":
         export_hf(encoder, out)
         line, how = hf_load_line(out), "Load it into transformers"

@@ -36,7 +36,7 @@ class BatchRandomErasing:
 @dataclass
 class FinetuneAugment:
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    re_prob: float = 0.25
+    re_prob: float = 0.0
     re_mode: str = "pixel"
     re_count: int = 1
     interpolation: str = "bicubic"

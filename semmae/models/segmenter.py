@@ -50,10 +50,10 @@ class Segmenter(nn.Module):
         num_classes: int,
         out_blocks: Sequence[int] | str = "auto",
         rescales: Sequence[float] = (4, 2, 1, 0.5),
-        channels: int = 512,
+        channels: int = 32,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
-        aux_channels: int | None = 256,
+        aux_channels: int | None = 16,
         aux_level: int = 2,
     ):
         super().__init__()

@@ -15,8 +15,3 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip,
                                     layer_decay=layer_decay)
-
-
-def with_lr(groups: list[dict], lr: float) -> list[dict]:
-    """Set each group's lr to lr x its lr_scale (a schedule such as LambdaLR then scales every group alike)."""
-    return [{**g, "lr": lr * g.get("lr_scale", 1.0)} for g in groups]

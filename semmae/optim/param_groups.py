@@ -8,6 +8,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float, decay_tokens: bool = False) -> list[dict]:
+def weight_decay_groups(model: nn.Module, weight_decay: float, *, decay_tokens: bool) -> list[dict]:
+    """decay_tokens has no default: its value is the optim group's (conf/optim/*.yaml), stated once."""
     skip = set() if decay_tokens or not hasattr(model, "no_weight_decay") else model.no_weight_decay()
     return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)

@@ -45,7 +45,7 @@ class FinetuneTask(ClassifierEvaluation):
         batch_size: int,
         optim: Mapping[str, Any] | None = None,
         mixup: Mapping[str, Any] | None = None,
-        head_init_std: float | None = 2.0e-5,
+        head_init_std: float | None = None,
     ):
         if encoder.num_classes != num_classes:
             raise ConfigError(f"the encoder was built with {encoder.num_classes} classes, the dataset has {num_classes}")

@@ -7,6 +7,7 @@ import torch
 
 from semmae.analysis import metrics as M
 from semmae.errors import ConfigError
+from semmae.masking.regions import patch_pixel_std
 
 B, H, PREFIX, P = 3, 2, 1, 16
 T = PREFIX + P
@@ -85,7 +86,7 @@ def test_sink_position_consistency_is_share_at_the_modal_position():
 def test_flat_patch_share_is_fraction_under_even_attention_and_one_on_a_flat_sink():
     images = torch.rand(2, 1, 16, 16)
     images[:, :, :4, :] = 0.3  # the top row of 4x4 patches (4 of 16) is flat
-    w = M.flat_patch_weights(M.patch_pixel_std(images, 4), fraction=0.25)
+    w = M.flat_patch_weights(patch_pixel_std(images, (4, 4)), fraction=0.25)
     assert torch.equal(w[:, :4], torch.ones(2, 4)) and w[:, 4:].sum() == 0
     assert torch.allclose(M.flat_patch_share(torch.ones(2, 16), w), torch.full((2,), 0.25))
     sink = torch.zeros(2, 16)
@@ -96,7 +97,7 @@ def test_flat_patch_share_is_fraction_under_even_attention_and_one_on_a_flat_sin
 def test_flat_patch_weights_share_ties_and_ignore_patch_order():
     images = torch.rand(1, 1, 16, 16)
     images[:, :, :8, :] = 0.0  # 8 constant patches tie for the 4 flattest places
-    std = M.patch_pixel_std(images, 4)
+    std = patch_pixel_std(images, (4, 4))
     w = M.flat_patch_weights(std, fraction=0.25)
     assert torch.allclose(w.sum(dim=-1), torch.tensor([4.0]))
     assert torch.allclose(w[0, :8], torch.full((8,), 0.5))

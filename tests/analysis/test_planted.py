@@ -11,6 +11,7 @@ from torch import nn
 from semmae.analysis import ArtifactSettings, artifacts
 from semmae.analysis import metrics as M
 from semmae.analysis.capture import Capture
+from semmae.masking.regions import patch_pixel_std
 
 GRID = (4, 4)
 P = 16  # patches
@@ -88,7 +89,7 @@ def test_planted_patch_sink_gives_every_metric_by_hand(prefix):
     assert M.high_norm_fraction(planted_tokens(prefix, sink_norm=4.0), prefix, k=3.0).tolist() == [1 / 16] * B  # > 3.5
     assert M.norm_ratio(tokens, prefix).tolist() == pytest.approx([10.0 / MED] * B)
     # flat_patch_share: the flattest 1/16 is the sink: r'(sink) / sum r' = 8 / 16
-    flat_w = M.flat_patch_weights(M.patch_pixel_std(flat_sink_images(), 4), fraction=1 / 16)
+    flat_w = M.flat_patch_weights(patch_pixel_std(flat_sink_images(), (4, 4)), fraction=1 / 16)
     assert flat_w.sum(dim=-1).tolist() == [1.0] * B and flat_w[:, SINK].tolist() == [1.0] * B
     assert M.flat_patch_share(r, flat_w).tolist() == pytest.approx([R_SINK / P] * B, abs=1e-6)
     # the CLS query attends like every other query: c(sink) = s * P / (1 - c), as r'

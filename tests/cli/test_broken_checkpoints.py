@@ -56,11 +56,11 @@ def export(tmp_path, *args):
 
 
 def test_export_refuses_an_existing_file_unless_asked(tmp_path, encoder_ckpt):
-    other = encoder_ckpt.parent / "epoch_000.ckpt"
-    other.write_bytes(b"a checkpoint of the run")
+    other = encoder_ckpt.parent.parent / "encoder.pth"
+    other.write_bytes(b"an export the user keeps")
     code, err = export(tmp_path, f"ckpt={encoder_ckpt}", f"out={other}")
     assert code == 2 and f"out={other} exists" in one_error_line(err, "semmae-export")
-    assert other.read_bytes() == b"a checkpoint of the run"
+    assert other.read_bytes() == b"an export the user keeps"
     code, err = export(tmp_path, f"ckpt={encoder_ckpt}", f"out={other}", "overwrite=true")
     assert code == 0, err
     assert torch.load(other, weights_only=True)["semmae"]["kind"] == "encoder"

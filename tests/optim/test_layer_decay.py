@@ -3,7 +3,7 @@
 import pytest
 
 from semmae.models.encoder import ViTEncoder
-from semmae.optim.layer_decay import layer_decay_groups, with_lr
+from semmae.optim.layer_decay import layer_decay_groups
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,6 @@ def test_each_parameter_sits_at_its_layer(vit12):
     assert len(scale_of) == sum(p.requires_grad for p in vit12.parameters())
 
 
-def test_with_lr_scales_each_group(vit12):
-    groups = with_lr(layer_decay_groups(vit12, 0.05, 0.5), lr=1.0)
-    assert sorted({g["lr"] for g in groups}) == sorted(0.5 ** (13 - layer) for layer in range(14))
+def test_each_layer_scales_the_lr_by_decay_to_its_distance_from_the_top(vit12):
+    groups = layer_decay_groups(vit12, 0.05, 0.5)
+    assert sorted({g["lr_scale"] for g in groups}) == sorted(0.5 ** (13 - layer) for layer in range(14))

@@ -73,7 +73,7 @@ def test_imagefolder_data_gets_timm_randaugment(tmp_path):
             for i in range(2):
                 Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(tmp_path / split / cls / f"{i}.png")
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=2, num_workers=0)
-    what = FinetuneAugment().apply(dm)
+    what = FinetuneAugment(re_prob=0.25).apply(dm)  # the paper recipe: random erasing on
     ops = repr(dm.datasets["train"].transform)
     assert "RandAugment" in ops and "RandomErasing" in ops and "rand-m9" in what
     assert dm.datasets["train"][0]["image"].shape == (3, 32, 32) and "image_plain" not in dm.datasets["train"][0]
