@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from semmae.errors import ConfigError
 
@@ -25,13 +26,16 @@ from semmae.errors import ConfigError
 class InvarianceSettings:
     """block: the tokens scored (None = the encoder's output after its final norm; n = block n's output, 1-based);
     threshold: a component counts as semantically invariant at s >= threshold; synthetic_images: how many
-    content-free images (None = as many as real images); seed: of the synthetic images; top: scores reported."""
+    content-free images (None = as many as real images); seed: of the synthetic images; top: scores reported;
+    min_variance: components with less variance than this fraction of the mean component variance are not scored
+    (the numerical null space, e.g. the direction a LayerNorm removes, whose signs are rounding noise)."""
 
     block: int | None = None
     threshold: float = 0.75
     synthetic_images: int | None = None
     seed: int = 0
     top: int = 5
+    min_variance: float = 0.01
 
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
@@ -40,6 +44,8 @@ class InvarianceSettings:
             raise ConfigError(f"analysis.invariance.synthetic_images={self.synthetic_images}: must be >= 1 or null")
         if self.top < 1:
             raise ConfigError(f"analysis.invariance.top={self.top}: must be >= 1")
+        if not 0 <= self.min_variance < 1:
+            raise ConfigError(f"analysis.invariance.min_variance={self.min_variance}: must be in [0, 1) (default 0.01)")
 
 
 def si_score(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -109,10 +115,12 @@ class PositiveShares:
 
 @dataclass
 class Invariance:
-    """scores [D] in descending-variance order; variance [D] the components' share of the total variance."""
+    """scores [D] in descending-variance order; variance [D] the components' share of the total variance; scored [D]
+    the components with enough variance to be scored (the others are left out of top and count)."""
 
     scores: torch.Tensor
     variance: torch.Tensor
+    scored: torch.Tensor
     threshold: float
     where: str  # "output" or "block_NN"
     num_real: int
@@ -121,18 +129,29 @@ class Invariance:
     mean: torch.Tensor | None = field(default=None, repr=False)
 
     def count(self) -> int:
-        """Components with s >= threshold."""
-        return int((self.scores >= self.threshold).sum())
+        """Scored components with s >= threshold."""
+        return int(((self.scores >= self.threshold) & self.scored).sum())
 
     def top(self, k: int = 5) -> list[dict]:
         """The k highest scores: component rank (1 = most variance), score, share of the variance."""
-        order = self.scores.argsort(descending=True)[:k]
+        masked = torch.where(self.scored, self.scores, torch.full_like(self.scores, -1.0))
+        order = masked.argsort(descending=True)[: min(k, int(self.scored.sum()))]
         return [{"component": int(i) + 1, "score": float(self.scores[i]), "variance": float(self.variance[i])}
                 for i in order]
 
     def to_dict(self, k: int = 5) -> dict:
         return {"where": self.where, "threshold": self.threshold, "count": self.count(), "top": self.top(k),
-                "num_real": self.num_real, "num_synthetic": self.num_synthetic}
+                "scored": int(self.scored.sum()), "num_real": self.num_real, "num_synthetic": self.num_synthetic}
+
+
+def invariance(real: PositiveShares, synthetic: PositiveShares, variances: torch.Tensor, vectors: torch.Tensor,
+               mean: torch.Tensor, settings: InvarianceSettings, where: str) -> Invariance:
+    """The scores of every component from the positive shares on real and synthetic images."""
+    total = variances.sum().clamp_min(1e-300)
+    scored = variances >= settings.min_variance * variances.mean()
+    return Invariance(scores=component_scores(real.shares, synthetic.shares).float(), variance=(variances / total).float(),
+                      scored=scored, threshold=settings.threshold, where=where, num_real=real.n,
+                      num_synthetic=synthetic.n, vectors=vectors, mean=mean)
 
 
 def soap_weights(scores: torch.Tensor, mu: float | None = None, tau: float = 0.05,
@@ -155,3 +174,85 @@ def projector(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """I - V diag(w) V^T [D, D] for components V [D, D] (columns) and weights w [D]."""
     eye = torch.eye(vectors.shape[0], dtype=vectors.dtype)
     return eye - vectors @ torch.diag(weights.to(vectors.dtype)) @ vectors.T
+
+
+def patch_tokens(encoder: nn.Module, images: torch.Tensor, block: int | None) -> torch.Tensor:
+    """The patch tokens [B, P, D] an invariance score reads: the encoder's output after its final norm (block None),
+    or block n's output (1-based); fused attention, eval mode, no gradients."""
+    npt = int(getattr(encoder, "num_prefix_tokens", 1))
+    training = [(m, m.training) for m in encoder.modules()]
+    out: list[torch.Tensor] = []
+    handle = None
+    if block is not None:
+        handle = encoder.blocks[block - 1].register_forward_hook(lambda _m, _i, o: out.append(o))
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            final = encoder.forward_features(images)
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in training:
+            m.training = flag
+    return (out[0] if block is not None else final)[:, npt:].float()
+
+
+class InvarianceAccumulator:
+    """The semantic-invariance score over a stream of real batches: the covariance from the tokens the main pass
+    captures (update), then the positive shares on the real tokens (kept from the first pass while they fit in
+    `keep_mb`, else recomputed from `real_batches`) and on the synthetic images (finish)."""
+
+    def __init__(self, settings: InvarianceSettings, depth: int, keep_mb: float = 512.0):
+        self.settings = settings
+        if settings.block is not None and not 1 <= settings.block <= depth:
+            raise ConfigError(f"analysis.invariance.block={settings.block}: must be between 1 and the depth ({depth})")
+        self.cov: Covariance | None = None
+        self.kept: list[torch.Tensor] | None = []
+        self.keep_bytes = keep_mb * 2 ** 20
+        self.num_real = 0
+
+    @property
+    def where(self) -> str:
+        return "output" if self.settings.block is None else f"block_{self.settings.block:02d}"
+
+    def select(self, output: torch.Tensor, tokens: list[torch.Tensor], num_prefix_tokens: int) -> torch.Tensor:
+        """The scored patch tokens [B, P, D] of one capture (its final output, or a block's)."""
+        x = output if self.settings.block is None else tokens[self.settings.block - 1]
+        return x[:, num_prefix_tokens:].float()
+
+    def update(self, patches: torch.Tensor) -> None:
+        if self.cov is None:
+            self.cov = Covariance(patches.shape[-1])
+        self.cov.update(patches)
+        self.num_real += patches.shape[0]
+        if self.kept is not None:
+            self.kept.append(patches.detach().cpu())
+            if sum(t.numel() * t.element_size() for t in self.kept) > self.keep_bytes:
+                self.kept = None
+
+    def finish(self, encoder: nn.Module, real_batches, synthetic_batches) -> Invariance:
+        """real_batches: a callable giving the real image batches again (used only when the tokens were not kept);
+        synthetic_batches: an iterable of content-free image batches."""
+        if self.cov is None:
+            raise ConfigError("no images were analysed for the semantic-invariance score")
+        variances, vectors = self.cov.components()
+        mean = self.cov.mean
+        real = synthetic = None
+        device = next(encoder.parameters()).device
+        if self.kept:
+            num_patches = self.kept[0].shape[1]
+            real = PositiveShares(mean, vectors, num_patches)
+            for t in self.kept:
+                real.update(t)
+        else:
+            for images in real_batches():
+                t = patch_tokens(encoder, images.to(device), self.settings.block)
+                real = real or PositiveShares(mean, vectors, t.shape[1])
+                real.update(t)
+        for images in synthetic_batches:
+            t = patch_tokens(encoder, images.to(device), self.settings.block)
+            synthetic = synthetic or PositiveShares(mean, vectors, t.shape[1])
+            synthetic.update(t)
+        if real is None or synthetic is None:
+            raise ConfigError("the semantic-invariance score needs real and synthetic images")
+        return invariance(real, synthetic, variances, vectors, mean, self.settings, self.where)
