@@ -261,7 +261,7 @@ def capture(encoder: nn.Module, images: torch.Tensor, ids_keep: torch.Tensor | N
         output=output,
         num_prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 1)),
         num_reg_tokens=int(getattr(encoder, "num_reg_tokens", 0)),
-        values=[v.float() for v in store.values] if values else None,
+        values=[v.float().contiguous() for v in store.values] if values else None,
         head_out=[head_projection(blk) for blk in blocks] if values else None,
         gates=[g.float() if g is not None else None for g in store.gates] if values else None,
         branch=[b.float() for b in store.branch] if residual else None,

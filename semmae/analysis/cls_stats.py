@@ -71,3 +71,23 @@ def fair_share(name: str, num_tokens: int, num_patches: int) -> float:
     if name == "cls_patches":
         return num_patches / num_tokens
     return 1.0 / num_tokens if name in SHARES else 1.0
+
+
+class ClsAccumulator:
+    """Per-image CLS statistics of every block over a stream of captures (made with residual=True); the result is
+    the mean over images, per block."""
+
+    def __init__(self):
+        self.per_block: list[dict[str, list[torch.Tensor]]] | None = None
+
+    def update(self, cap: Capture) -> None:
+        if self.per_block is None:
+            self.per_block = [{name: [] for name in STATS} for _ in range(cap.depth)]
+        for i, slot in enumerate(self.per_block):
+            for name, value in cls_stats(cap, i).items():
+                slot[name].append(value.cpu())
+
+    def result(self) -> list[dict[str, float]]:
+        if self.per_block is None:
+            raise ConfigError("no images were analysed for the CLS statistics")
+        return [{name: float(torch.cat(slot[name]).mean()) for name in STATS} for slot in self.per_block]

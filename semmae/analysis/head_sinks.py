@@ -46,16 +46,18 @@ class SinkThresholds:
 
 
 def value_factor(head_out: torch.Tensor) -> torch.Tensor:
-    """[H, D, dh] head projections W_h -> R [H, k, dh] with W_h = Q_h R_h (Q_h orthonormal columns), so that
-    ||W_h v|| = ||R_h v|| and the singular values of M W_h^T are those of M R_h^T: the head diagnostics then work
-    in the head's dh dimensions instead of the model width."""
-    if head_out.shape[1] <= head_out.shape[2]:
-        return head_out.float()  # D <= dh: nothing to gain; norms and singular values are W_h's own
-    return torch.linalg.qr(head_out.double(), mode="r").R.float()
+    """[H, D, dh] head projections W_h -> R [H, dh, dh] with R_h^T R_h = W_h^T W_h, so that ||W_h v|| = ||R_h v||
+    and the singular values of M W_h^T are those of M R_h^T: the head diagnostics then work in the head's dh
+    dimensions instead of the model width (R = Lambda^1/2 Q^T from the eigendecomposition of the Gram matrix, which
+    also holds when W_h is rank-deficient)."""
+    gram = head_out.double().transpose(-1, -2) @ head_out.double()
+    values, vectors = torch.linalg.eigh(gram)
+    return (values.clamp_min(0).sqrt()[..., :, None] * vectors.transpose(-1, -2)).float()
 
 
 def head_stats(attn: torch.Tensor, values: torch.Tensor, head_out: torch.Tensor,
-               gates: torch.Tensor | None = None, route: float = 0.5, event: float | None = None) -> dict[str, torch.Tensor]:
+               gates: torch.Tensor | None = None, route: float = 0.5, event: float | None = None,
+               factor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One block's attention A [B, H, T, T], value vectors v [B, H, T, dh], head projections W [H, D, dh] (u_j =
     W_h v_j) and optional gates [B, H, T, 1 or dh] (a factor on each head's output per query) -> per image and
     head [B, H]:
@@ -65,13 +67,14 @@ def head_stats(attn: torch.Tensor, values: torch.Tensor, head_out: torch.Tensor,
     - routed_frac: share of the T queries with A[i, s] >= route;
     - ratio_out: ||u_s|| / mean_{j != s} ||u_j||;
     - stable_rank: ||U||_F^2 / ||U||_2^2 of the head's update U = diag(g) A u [T, D] (1 = one direction); with
-      `event` set, only where routed_frac >= event (the only place the classes read it), NaN elsewhere."""
+      `event` set, only where routed_frac >= event (the only place the classes read it), NaN elsewhere.
+    factor: value_factor(head_out), when the caller keeps it."""
     b, h, t, _ = attn.shape
     a = attn.float()
     mass, sink = a.mean(dim=2).max(dim=-1)
     a_s = a.gather(3, sink[:, :, None, None].expand(b, h, t, 1)).squeeze(-1)
     routed = (a_s >= route).float().mean(dim=-1)
-    r_t = value_factor(head_out.to(a.device)).transpose(-1, -2)  # [H, dh, k]
+    r_t = (value_factor(head_out) if factor is None else factor).to(a.device).transpose(-1, -2)  # [H, dh, dh]
     v = values.float().contiguous()
     un = (v @ r_t).norm(dim=-1)  # ||u_j|| [B, H, T]
     u_s = un.gather(2, sink[..., None]).squeeze(-1)
@@ -157,6 +160,7 @@ class HeadSinkAccumulator:
     def __init__(self, thresholds: SinkThresholds = SinkThresholds()):
         self.thresholds = thresholds
         self.stats: list[dict[str, list[torch.Tensor]]] | None = None
+        self.factors: list[torch.Tensor] | None = None  # value_factor per block: the weights do not change here
 
     def update(self, cap: Capture) -> None:
         if cap.values is None:
@@ -164,9 +168,10 @@ class HeadSinkAccumulator:
         if self.stats is None:
             self.stats = [{k: [] for k in ("class", "position", "sink", "mass", "routed_frac", "ratio_out",
                                            "stable_rank")} for _ in range(cap.depth)]
+            self.factors = [value_factor(w) for w in cap.head_out]
         for i, slot in enumerate(self.stats):
             s = head_stats(cap.attn[i], cap.values[i], cap.head_out[i], cap.gates[i], self.thresholds.route,
-                           self.thresholds.event)
+                           self.thresholds.event, self.factors[i])
             slot["class"].append(classify(s["routed_frac"], s["ratio_out"], s["stable_rank"], self.thresholds).cpu())
             slot["position"].append(sink_position(s["sink"], cap.num_prefix_tokens).cpu())
             for k in ("sink", "mass", "routed_frac", "ratio_out", "stable_rank"):
