@@ -233,10 +233,15 @@ def attention_capture(encoder: nn.Module, values: bool = False, residual: bool =
 
 def visible_forward(encoder: nn.Module, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
     """The pretraining view: the encoder on the kept patches [B, K] only, prefix tokens first. semmae's encoder
-    has it (`forward_visible`, as pretraining runs it); any other timm ViT runs the same steps: patch embedding
-    and position embedding, the kept patch tokens gathered, norm_pre, the blocks, the final norm."""
+    has it (`forward_visible`, as pretraining runs it); any other timm ViT runs timm_visible_forward."""
     if callable(getattr(encoder, "forward_visible", None)):
         return encoder.forward_visible(images, ids_keep)
+    return timm_visible_forward(encoder, images, ids_keep)
+
+
+def timm_visible_forward(encoder: nn.Module, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    """The pretraining view through timm's own steps: patch embedding and position embedding (`_pos_embed`), the
+    kept patch tokens gathered after the prefix, norm_pre, the blocks, the final norm."""
     tokens = encoder._pos_embed(encoder.patch_embed(images))
     npt = int(encoder.num_prefix_tokens)
     kept = torch.gather(tokens[:, npt:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
