@@ -66,13 +66,15 @@ def plant_cls_sink(enc: ViTEncoder, mass: float, value: str = "nop") -> None:
 
 
 @torch.no_grad()
-def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: float = 200.0) -> None:
+def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: float = 200.0,
+                         size: float = 100.0) -> None:
     """Block 1 writes a large token at patch `position` through MLP neuron `neuron` alone, whatever the image.
 
     The patch projection is zeroed, so block 1 sees the position embedding only; its attention branch is switched
     off (attn.proj zero); neuron `neuron` of its MLP fires on the normed token of `position` (fc1 row along it,
     with a threshold halfway between its own response and the next-highest position's), every other neuron is off,
-    and fc2 writes the activation on dimension 0. Blocks 2 and 3 keep their random weights."""
+    and fc2 writes `size` on dimension 0 at that position (its weight is size / the neuron's activation there).
+    Blocks 2 and 3 keep their random weights."""
     prefix = enc.num_prefix_tokens
     enc.patch_embed.proj.weight.zero_()
     enc.patch_embed.proj.bias.zero_()
@@ -91,7 +93,7 @@ def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: floa
     fc1.bias[neuron] = -gain * threshold
     fc2.weight.zero_()
     fc2.bias.zero_()
-    fc2.weight[0, neuron] = 1.0
+    fc2.weight[0, neuron] = size / torch.nn.functional.gelu(gain * (response[position] - threshold))
 
 
 @torch.no_grad()

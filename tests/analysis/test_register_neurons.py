@@ -35,7 +35,8 @@ def test_the_planted_token_has_its_known_norm_and_is_the_only_outlier():
     with torch.no_grad():
         pos = enc.pos_embed[0, prefix + POSITION]
         pre = blk.mlp.fc1(blk.norm2(pos))[NEURON]
-        expected = (pos + F.gelu(pre) * torch.eye(planting.WIDTH)[0]).norm()
+        expected = (pos + F.gelu(pre) * blk.mlp.fc2.weight[0, NEURON] * torch.eye(planting.WIDTH)[0]).norm()
+        assert float(F.gelu(pre) * blk.mlp.fc2.weight[0, NEURON]) == pytest.approx(100.0, rel=1e-5)
     norms = cap.tokens[0][:, prefix + POSITION].norm(dim=-1)
     torch.testing.assert_close(norms, expected.expand(6), atol=1e-3, rtol=1e-5)
     acc = RN.OutlierAccumulator(RN.OutlierSettings(block=1), planting.P)
