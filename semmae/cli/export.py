@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from semmae.analysis.fixes import FIX_KEYS, FixSettings
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import print_summary, resolve_ckpt, resolved_config, write_results
 from semmae.errors import ConfigError
@@ -51,7 +52,12 @@ def run(cfg: DictConfig) -> dict[str, str]:
     source = resolve_ckpt(cfg)
     if source is None:
         raise ConfigError("semmae-export needs ckpt=PATH (or latest, hf:DIR, or timm:MODEL_NAME with ckpt_file=...)")
-    overrides = {k: v for k, v in (cfg.get("encoder") or {}).items() if v is not None}
+    node = cfg.get("encoder") or {}
+    if FixSettings.from_config(node).requested:
+        raise ConfigError("semmae-export writes the encoder's weights, and a training-free fix is not a weight: drop "
+                          "encoder.test_time_registers / encoder.soap here and set them where the encoder is evaluated "
+                          "(semmae-analyze, -linprobe, -finetune, -segment)")
+    overrides = {k: v for k, v in node.items() if v is not None and k not in FIX_KEYS}
     encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
                            trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
     check_out(out, source, fmt, bool(cfg.get("overwrite", False)))
