@@ -52,8 +52,8 @@ def bench_callback(args) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from semmae.callbacks.attention_maps import AttentionMapCallback
     from experiments.bench_pretrain import compose
+    from semmae.callbacks.attention_maps import AttentionMapCallback
 
     torch.set_num_threads(args.threads)
 

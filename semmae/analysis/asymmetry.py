@@ -120,7 +120,8 @@ class Asymmetry:
 
     def scalars(self, prefix: str = "asym") -> dict[str, float]:
         depth = len(self.difference)
-        out = {f"{prefix}/{block_key(i + 1, depth)}/{k}": v for i, d in enumerate(self.difference) for k, v in d.items()}
+        out = {f"{prefix}/{block_key(i + 1, depth)}/{k}": v
+               for i, d in enumerate(self.difference) for k, v in d.items()}
         out.update({f"{prefix}/{k}": v for k, v in self.shallow.items()})
         return out
 
@@ -128,13 +129,14 @@ class Asymmetry:
         return {"masking": self.masking, "mask_ratio": self.mask_ratio, "visible_patches": self.visible_patches,
                 "tokens": self.tokens, "shallow_blocks": self.shallow_blocks, "shallow": self.shallow,
                 "blocks": [{"block": i + 1, "difference": d, "full": f, "pretraining": p}
-                           for i, (d, f, p) in enumerate(zip(self.difference, self.full, self.pretraining))]}
+                           for i, (d, f, p) in enumerate(zip(self.difference, self.full, self.pretraining,
+                                                             strict=True))]}
 
 
 def asymmetry(full: list[dict[str, float]], pretraining: list[dict[str, float]], shallow_spec, masking: str,
               mask_ratio: float, visible: int, tokens: dict[str, int]) -> Asymmetry:
     """The difference pretraining - full of two views' normalised metrics, per block and over the shallow blocks."""
-    diff = [{k: p[k] - f[k] for k in f if k in p} for f, p in zip(full, pretraining)]
+    diff = [{k: p[k] - f[k] for k in f if k in p} for f, p in zip(full, pretraining, strict=True)]
     names = list(diff[0]) if diff else []
     idx, shallow = shallow_means(diff, shallow_spec, names)
     return Asymmetry(full=full, pretraining=pretraining, difference=diff, shallow=shallow, shallow_blocks=idx,

@@ -14,9 +14,9 @@ view: the encoder on the visible patches only (`forward_visible`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -112,7 +112,8 @@ def _check_blocks(encoder: nn.Module) -> list[nn.Module]:
 def _check_values(blocks: list[nn.Module]) -> None:
     for i, blk in enumerate(blocks):
         attn = blk.attn
-        if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(getattr(attn, "proj", None), nn.Linear):
+        linear = [isinstance(getattr(attn, name, None), nn.Linear) for name in ("qkv", "proj")]
+        if not all(linear):
             raise ConfigError(f"block {i + 1}: the head diagnostics need a fused qkv projection and attn.proj (timm's "
                               "Attention)")
         if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
@@ -165,7 +166,8 @@ def attention_capture(encoder: nn.Module, values: bool = False, residual: bool =
     blocks = _check_blocks(encoder)
     if values:
         _check_values(blocks)
-    if mlp_hook is not None and any(not isinstance(getattr(getattr(b, "mlp", None), "act", None), nn.Module) for b in blocks):
+    if mlp_hook is not None and any(not isinstance(getattr(getattr(b, "mlp", None), "act", None), nn.Module)
+                                    for b in blocks):
         raise ConfigError("the register-neuron search needs timm MLP blocks (mlp.act): this encoder has none")
     fused = [blk.attn.fused_attn for blk in blocks]
     training = [(m, m.training) for m in encoder.modules()]
@@ -225,7 +227,7 @@ def attention_capture(encoder: nn.Module, values: bool = False, residual: bool =
     finally:
         for h in handles:
             h.remove()
-        for blk, flag in zip(blocks, fused):
+        for blk, flag in zip(blocks, fused, strict=True):
             blk.attn.fused_attn = flag
         for m, flag in training:
             m.training = flag

@@ -3,7 +3,7 @@ several encoders side by side, and the per-part times."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from semmae.analysis.cls_stats import STATS
 from semmae.analysis.diagnostics import Diagnosis
@@ -36,7 +36,7 @@ def heads_section(d: Diagnosis) -> list[str]:
     for i, b in enumerate(d.heads):
         c = b.counts()
         cells = [str(c[f"{k}_heads"]) for k in CLASSES[1:]] + [str(c[f"sinks_on_{p}"]) for p in POSITIONS]
-        by_head = " ".join(f"{k}@{p}" if k != "none" else "-" for k, p in zip(b.classes, b.positions))
+        by_head = " ".join(f"{k}@{p}" if k != "none" else "-" for k, p in zip(b.classes, b.positions, strict=True))
         lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {b.scalars()['sink_mass']:.3f} | {by_head} |")
     return lines + [""]
 
@@ -60,7 +60,8 @@ def outliers_section(d: Diagnosis) -> list[str]:
              + (f", {o['outlier_norm_ratio']:.1f}x the median on average" if o["outlier_norm_ratio"] else "")
              + (f", most often at patches {o['outlier_positions']}" if o["outlier_positions"] else "") + ".", ""]
     if d.register_neurons:
-        lines += ["| rank | block | neuron | mean abs activation at outliers | elsewhere |", "|---:|---:|---:|---:|---:|"]
+        lines += ["| rank | block | neuron | mean abs activation at outliers | elsewhere |",
+                  "|---:|---:|---:|---:|---:|"]
         lines += [f"| {r + 1} | {n['block']} | {n['neuron']} | {n['score']:.3f} | {n['elsewhere']:.3f} |"
                   for r, n in enumerate(d.register_neurons)]
     else:
@@ -75,7 +76,8 @@ def invariance_section(d: Diagnosis) -> list[str]:
              f"content-free images; {int(inv.scored.sum())} components scored; "
              f"**{inv.count()} with s >= {inv.threshold:g}** (coin flips give 0.707).", "",
              "| component (by variance) | s | share of variance |", "|---:|---:|---:|"]
-    lines += [f"| {t['component']} | {t['score']:.3f} | {t['variance']:.4f} |" for t in inv.top(d.settings.invariance.top)]
+    lines += [f"| {t['component']} | {t['score']:.3f} | {t['variance']:.4f} |"
+              for t in inv.top(d.settings.invariance.top)]
     return lines + [""]
 
 
@@ -94,7 +96,8 @@ def asymmetry_section(d: Diagnosis) -> list[str]:
 
 
 def timings_line(d: Diagnosis) -> str:
-    return "Times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in d.timings.items()) + f"; total {sum(d.timings.values()):.1f}"
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in d.timings.items())
+    return f"Times (s): {parts}; total {sum(d.timings.values()):.1f}"
 
 
 def diagnostics_markdown(d: Diagnosis) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +20,14 @@ from semmae.analysis import asymmetry as AS
 from semmae.analysis import cls_stats as C
 from semmae.analysis import head_sinks as HS
 from semmae.analysis import register_neurons as RN
-from semmae.analysis.artifacts import ArtifactAccumulator, ArtifactMeasurement, ArtifactSettings, block_key, \
-    grid_and_patch, shallow_means
+from semmae.analysis.artifacts import (
+    ArtifactAccumulator,
+    ArtifactMeasurement,
+    ArtifactSettings,
+    block_key,
+    grid_and_patch,
+    shallow_means,
+)
 from semmae.analysis.capture import capture
 from semmae.analysis.invariance import Invariance, InvarianceAccumulator, InvarianceSettings
 from semmae.errors import ConfigError
@@ -61,7 +68,8 @@ class DiagnosticSettings:
 
         artifacts = ArtifactSettings(**{k: node[k] for k in ("tau", "k", "flat_fraction", "shallow_blocks")
                                         if k in node})
-        return cls(artifacts=artifacts, sinks=sub(HS.SinkThresholds, "sinks"), outliers=sub(RN.OutlierSettings, "outliers"),
+        return cls(artifacts=artifacts, sinks=sub(HS.SinkThresholds, "sinks"),
+                   outliers=sub(RN.OutlierSettings, "outliers"),
                    invariance=sub(InvarianceSettings, "invariance"), asymmetry=sub(AS.AsymmetrySettings, "asymmetry"),
                    parts=tuple(node.get("parts", PARTS) or ()))
 

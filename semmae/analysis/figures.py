@@ -3,7 +3,7 @@ metric versus block depth (one line per encoder, so several checkpoints compare 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from matplotlib.colors import LogNorm
@@ -113,7 +113,7 @@ def sink_class_grid(heads, title: str = "attention sinks by block and head"):
     depth, width = len(heads), max(len(b.classes) for b in heads)
     fig, ax = plt.subplots(figsize=(0.7 * width + 2.6, 0.45 * depth + 1.4))
     for i, block in enumerate(heads):
-        for h, (cls, pos) in enumerate(zip(block.classes, block.positions)):
+        for h, (cls, pos) in enumerate(zip(block.classes, block.positions, strict=True)):
             ax.add_patch(_cell(h, i, SINK_COLOURS[cls]))
             if cls != "none":
                 ax.plot(h, i, SINK_MARKS[pos], color="white", ms=7, mec="black", mew=0.6)

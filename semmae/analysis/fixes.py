@@ -10,8 +10,9 @@ and leaves the encoder as it is."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,7 +165,8 @@ def fix_encoder(cfg: Mapping[str, Any], model: nn.Module, datamodule: Any, devic
         encoder.to(device)
     try:
         images = calibration_images(datamodule, settings.images, device)
-        done = apply_fixes(encoder, settings, images, getattr(datamodule, "mean", (0.5,)), getattr(datamodule, "std", (0.5,)))
+        done = apply_fixes(encoder, settings, images, getattr(datamodule, "mean", (0.5,)),
+                           getattr(datamodule, "std", (0.5,)))
     finally:
         encoder.to(where)
     return {"settings": asdict(settings), "applied": done}

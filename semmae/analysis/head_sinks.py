@@ -42,7 +42,8 @@ class SinkThresholds:
             raise ConfigError(f"analysis.sinks.nop_ratio={self.nop_ratio}, broadcast_ratio={self.broadcast_ratio}: "
                               "need 0 <= nop_ratio < broadcast_ratio (defaults 0.2 and 0.5)")
         if not self.broadcast_rank >= 1:
-            raise ConfigError(f"analysis.sinks.broadcast_rank={self.broadcast_rank}: a stable rank is >= 1 (default 1.5)")
+            raise ConfigError(f"analysis.sinks.broadcast_rank={self.broadcast_rank}: a stable rank is >= 1 "
+                              "(default 1.5)")
 
 
 def value_factor(head_out: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,8 @@ def classify(routed_frac: torch.Tensor, ratio_out: torch.Tensor, stable_rank: to
     broadcast_rank, other otherwise."""
     out = torch.full_like(ratio_out, CLASSES.index("other"), dtype=torch.long)
     out[ratio_out <= thresholds.nop_ratio] = CLASSES.index("nop")
-    out[(ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)] = CLASSES.index("broadcast")
+    broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
+    out[broadcast] = CLASSES.index("broadcast")
     out[~(routed_frac >= thresholds.event)] = CLASSES.index("none")
     return out
 
@@ -142,7 +144,8 @@ class BlockHeads:
         """Heads per class and, for the heads that are not none, per sink position."""
         out = {f"{c}_heads": sum(1 for k in self.classes if k == c) for c in CLASSES[1:]}
         for p in POSITIONS:
-            out[f"sinks_on_{p}"] = sum(1 for k, q in zip(self.classes, self.positions) if k != "none" and q == p)
+            out[f"sinks_on_{p}"] = sum(1 for k, q in zip(self.classes, self.positions, strict=True)
+                                       if k != "none" and q == p)
         return out
 
     def scalars(self) -> dict[str, float]:

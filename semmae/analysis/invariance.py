@@ -149,7 +149,8 @@ def invariance(real: PositiveShares, synthetic: PositiveShares, variances: torch
     """The scores of every component from the positive shares on real and synthetic images."""
     total = variances.sum().clamp_min(1e-300)
     scored = variances >= settings.min_variance * variances.mean()
-    return Invariance(scores=component_scores(real.shares, synthetic.shares).float(), variance=(variances / total).float(),
+    return Invariance(scores=component_scores(real.shares, synthetic.shares).float(),
+                      variance=(variances / total).float(),
                       scored=scored, threshold=settings.threshold, where=where, num_real=real.n,
                       num_synthetic=synthetic.n, vectors=vectors, mean=mean)
 

@@ -6,7 +6,7 @@ dataset's mean and std, as the model's input is."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 

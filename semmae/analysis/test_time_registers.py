@@ -42,7 +42,7 @@ def find_register_neurons(encoder: nn.Module, batches, settings: OutlierSettings
     for images in batches:
         images = images.to(device)
         out: list[torch.Tensor] = []
-        handle = encoder.blocks[detect].register_forward_hook(lambda _m, _i, o: out.append(o))
+        handle = encoder.blocks[detect].register_forward_hook(lambda _m, _i, o, out=out: out.append(o))
         training = [(m, m.training) for m in encoder.modules()]
         try:
             encoder.eval()

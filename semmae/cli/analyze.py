@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -192,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     runs: list[tuple[str, str, torch.nn.Module]] = []  # (source, label, encoder): each, and its fixed twin
     diagnoses: dict[str, Diagnosis] = {}
     files: dict[str, dict[str, str]] = {}
-    for source, label in zip(srcs, labels):
+    for source, label in zip(srcs, labels, strict=True):
         encoder = analysis_encoder(cfg, source).to(device)
         size, channels = geometry(encoder)
         dm = data.datamodule(size, channels)
@@ -207,18 +209,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 for line in done:
                     print(f"{label}: {line}")
         for name, enc in todo:
-            d = diagnose(enc, lambda: data.batches(size, channels), settings, keep_images=int(cfg.figure_images),
-                         masking=masking,
-                         synthetic=lambda n: synthetic_batches(n, channels, size, mean, std, settings.invariance.seed,
-                                                               int(cfg.batch_size)))
+            d = diagnose(enc, partial(data.batches, size, channels), settings, keep_images=int(cfg.figure_images),
+                         masking=masking, synthetic=partial(synthetic_batches, channels=channels, size=size, mean=mean,
+                                                            std=std, seed=settings.invariance.seed,
+                                                            batch_size=int(cfg.batch_size)))
             diagnoses[name] = d
             files[name] = {"source": source}
             print(f"{name}: {timings_line(d)}")
             runs.append((source, name, enc))
     multi = len(diagnoses) > 1
-    for n, (source, name, _enc) in enumerate(runs, start=1):
+    for n, (_source, name, enc) in enumerate(runs, start=1):
         target = out_dir if not multi else out_dir / f"{n}_{slug(name)}"
-        size, channels = geometry(_enc)
+        size, channels = geometry(enc)
         dm = data.datamodule(size, channels)
         files[name].update(write_one(diagnoses[name], name, target, getattr(dm, "mean", None), getattr(dm, "std", None),
                                      vmax))
@@ -227,7 +229,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     summary: dict[str, Any] = {}
     if multi:
         files["comparison"] = {
-            "plot": str(save_figure(metrics_vs_depth(reports, "attention artifacts by block"), out_dir / "comparison.png")),
+            "plot": str(save_figure(metrics_vs_depth(reports, "attention artifacts by block"),
+                                    out_dir / "comparison.png")),
             "table": str(write_text(out_dir / "comparison.md",
                                     comparison_markdown(reports) + diagnostics_comparison(diagnoses))),
             "json": str(write_json(out_dir / "comparison.json",

@@ -2,7 +2,6 @@
 taken relative to its fair share (and 4x apart before); a planted CLS sink gives the shares worked out by hand in
 each view; the pretraining mask is seeded, and the checkpoint's mask ratio is read from its record."""
 
-import math
 
 import pytest
 import torch
@@ -38,7 +37,8 @@ def test_uniform_attention_is_alike_in_both_views_only_relative_to_fair_shares()
         for name in shares:
             assert block[name] == pytest.approx(0.0, abs=1e-5), name
     for block in a.full + a.pretraining:
-        assert block["cls_cls"] == pytest.approx(1.0, abs=1e-5) and block["prefix_share"] == pytest.approx(1.0, abs=1e-5)
+        assert block["cls_cls"] == pytest.approx(1.0, abs=1e-5)
+        assert block["prefix_share"] == pytest.approx(1.0, abs=1e-5)
     # the raw shares are 17/5 apart: CLS->CLS is 1/17 in the full view, 1/5 in the pretraining view
     assert d.cls[0]["cls_cls"] == pytest.approx(1 / 17, abs=1e-6)
     scalars = d.scalars()
