@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from timm.layers import Attention
 
 from semmae.analysis import head_sinks as HS
 from semmae.analysis.capture import capture
@@ -118,3 +119,51 @@ def test_a_head_takes_its_most_frequent_class():
     tie = torch.tensor([[0], [1]])  # one none, one nop: the tie goes to nop
     assert HS._mode(tie, tuple(HS.CLASSES.index(c) for c in HS.TIE_ORDER), len(HS.CLASSES))[0].tolist() == [1]
     assert math.isclose(HS.SinkThresholds().event, 0.9)
+
+
+class ChannelGated(Attention):
+    """timm's own gate: a sigmoid per channel of the heads' output, from the block's normed input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, gated=True, **kwargs)
+
+
+class HeadGated(Attention):
+    """A gate per head (what gated attention as a training-time control does): gate = Linear(dim, heads), its
+    sigmoid multiplies each head's output per query before the projection."""
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        self.gate = torch.nn.Linear(dim, num_heads)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        b, n, _ = x.shape
+        g = self.gate(x).sigmoid()  # [B, N, H]
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            o = self.attn_drop((q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        o = o * g.permute(0, 2, 1)[..., None]
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(b, n, -1)))
+
+
+@pytest.mark.parametrize("layer", [ChannelGated, HeadGated])
+def test_gated_heads_updates_add_up_to_the_attention_branch(layer):
+    enc = planting.encoder(attn_layer=layer)
+    x = planting.images(3)
+    cap = capture(enc, x, values=True, residual=True)
+    for i, blk in enumerate(enc.blocks):
+        assert cap.gates[i] is not None and cap.gates[i].shape[:3] == (3, planting.HEADS, 1 + planting.P)
+        update = torch.einsum("bhij,bhjd->bhid", cap.attn[i], cap.head_values(i))  # per head, before the gate
+        factor = cap.gates[i] if cap.gates[i].shape[-1] == 1 else None
+        if factor is None:  # per channel: gate the head outputs in head space, then project
+            o = cap.gates[i] * (cap.attn[i] @ cap.values[i])
+            update = torch.einsum("bhtk,hdk->bhtd", o, cap.head_out[i])
+        else:
+            update = update * factor
+        torch.testing.assert_close(update.sum(dim=1), cap.branch[i] - blk.attn.proj.bias.detach(), atol=1e-4,
+                                   rtol=1e-4)
+    acc = HS.HeadSinkAccumulator()
+    acc.update(cap)  # the gates go into the stable rank of each update
+    assert len(acc.result()) == planting.DEPTH
