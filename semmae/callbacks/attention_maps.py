@@ -34,7 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from semmae.analysis import ArtifactSettings, find_encoder, measure
+from semmae.analysis import ArtifactSettings, find_encoder
 from semmae.analysis.artifacts import batch_images
 from semmae.analysis.diagnostic_tables import diagnostics_markdown
 from semmae.analysis.diagnostics import ATTENTION_ONLY, DiagnosticSettings, diagnose
@@ -143,22 +143,23 @@ class AttentionMapCallback(L.Callback):
 
     @rank_zero_only
     def series_point(self, trainer, pl_module, at: str | float | int) -> None:
-        """One entry of the series: the shallow_* metrics of the encoder now (at most one entry a step)."""
+        """One entry of the series: the model-level numbers of the encoder now (at most one entry a step): the
+        shallow_* metrics and, with the callback's diagnostics, their shallow_* and head-class totals."""
         step = trainer.global_step
         if any(entry["step"] == step for entry in self.series):
             return
         if at == "end" and self.last_step == step and self.last_metrics:
-            shallow = {f"shallow_{m}": self.last_metrics[f"attn/shallow_{m}"] for m in METRICS}
+            model = model_level(self.last_metrics)
         else:
             if not self._ensure_images(trainer):
                 rank_zero_warn("AttentionMapCallback: no validation images for the artifact series; skipping a point")
                 return
-            shallow = measure(find_encoder(pl_module), [self.images], self.settings).shallow
-            scalars = {f"attn/{k}": v for k, v in shallow.items()}
+            model = model_level(diagnose(find_encoder(pl_module), lambda: [self.images], self.diagnostics).scalars())
+            scalars = {f"attn/{k}": v for k, v in model.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=step)
                 logger.save()
-        self.series.append({"at": at, "step": step, "epoch": trainer.current_epoch, **shallow})
+        self.series.append({"at": at, "step": step, "epoch": trainer.current_epoch, **model})
 
     def _ensure_images(self, trainer) -> bool:
         """Before the first validation (a run without a sanity check), the fixed set is read from the datamodule's
@@ -233,6 +234,11 @@ class AttentionMapCallback(L.Callback):
                     if heads:
                         logger.log_table(key="attention/heads", data=heads, columns=[
                             "block", "head", "class", "sink_on", "mass", "routed_frac", "ratio_out"])
+
+
+def model_level(scalars: dict[str, float]) -> dict[str, float]:
+    """The model-level attn/* scalars (no block_NN), without their prefix: shallow_sink_ratio, nop_heads, ..."""
+    return {k.split("/", 1)[1]: v for k, v in scalars.items() if k.startswith("attn/") and "/block_" not in k}
 
 
 def check_series_at(series_at: Any) -> tuple[float | int, ...] | None:
