@@ -11,6 +11,7 @@ from semmae.analysis.head_sinks import CLASSES, POSITIONS
 
 ASYM_SHOWN = ("sink_ratio", "prefix_share", "attention_entropy", "cls_cls", "patches_cls", "patch_self", "sink_mass",
               "norm_ratio")
+COUNTS = ("nop_heads", "broadcast_heads", "other_heads", "si_count")
 MODEL_LEVEL = ("nop_heads", "broadcast_heads", "other_heads", "shallow_cls_cls", "shallow_patches_cls",
                "shallow_branch_ratio_cls", "outlier_fraction", "si_count", "si_top")
 
@@ -126,6 +127,7 @@ def diagnostics_comparison(diagnoses: Mapping[str, Diagnosis]) -> str:
              "| encoder | " + " | ".join(cols + [f"asym shallow {m}" for m in asym]) + " |",
              "|---|" + "---:|" * (len(cols) + len(asym))]
     for label, s in scalars.items():
-        cells = [_f(s.get(f"attn/{c}")) for c in cols] + [_f(s.get(f"asym/shallow_{m}")) for m in asym]
+        cells = [_f(s.get(f"attn/{c}"), 0 if c in COUNTS else 3) for c in cols]
+        cells += [_f(s.get(f"asym/shallow_{m}")) for m in asym]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
