@@ -131,12 +131,18 @@ def head_projection(block: nn.Module) -> torch.Tensor:
     return w * gamma.detach().float()[None, :, None] if gamma is not None else w
 
 
-def gate_values(attn: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    """The gate of a gated attention ([B, T, H] per head, or [B, T, H * dh] per channel, as timm's `gated=True`)
-    -> [B, H, T, 1 or dh], the factor on each head's output per query. The gate module `attn.gate` gives logits;
-    `attn.gate_activation` turns them into the factor when the module defines it, else the sigmoid."""
+def gate_values(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The output of a gated attention's `attn.gate` -> [B, H, T, 1 or dh], the factor on each head's output per
+    query (per head: [B, T, H]; per channel: [B, T, H * dh]). timm's `gated=True` gate is a linear layer whose logits
+    the attention passes through a sigmoid; semmae's GatedAttention gate (HeadGate) returns the factor itself; another
+    gate says how with `attn.gate_activation` (its output -> the factor)."""
     act = getattr(attn, "gate_activation", None)
-    g = act(logits) if callable(act) else logits.sigmoid()
+    if callable(act):
+        g = act(out)
+    elif isinstance(attn.gate, nn.Linear):
+        g = out.sigmoid()
+    else:
+        g = out
     b, t, width = g.shape
     heads = int(attn.num_heads)
     if width == heads:

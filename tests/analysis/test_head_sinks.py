@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
 
 from semmae.analysis import head_sinks as HS
 from semmae.analysis.capture import capture
+from semmae.models.gated_attention import GatedAttention
 from tests.analysis import planting
 
 
@@ -128,29 +130,19 @@ class ChannelGated(Attention):
         super().__init__(*args, gated=True, **kwargs)
 
 
-class HeadGated(Attention):
-    """A gate per head (what gated attention as a training-time control does): gate = Linear(dim, heads), its
-    sigmoid multiplies each head's output per query before the projection."""
-
-    def __init__(self, dim, num_heads=8, **kwargs):
-        super().__init__(dim, num_heads=num_heads, **kwargs)
-        self.gate = torch.nn.Linear(dim, num_heads)
-
-    def forward(self, x, attn_mask=None, is_causal=False):
-        b, n, _ = x.shape
-        g = self.gate(x).sigmoid()  # [B, N, H]
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
-            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        else:
-            o = self.attn_drop((q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-        o = o * g.permute(0, 2, 1)[..., None]
-        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(b, n, -1)))
-
-
-@pytest.mark.parametrize("layer", [ChannelGated, HeadGated])
-def test_gated_heads_updates_add_up_to_the_attention_branch(layer):
-    enc = planting.encoder(attn_layer=layer)
+@pytest.mark.parametrize("gate", ["timm per channel", "semmae per head"])
+def test_gated_heads_updates_add_up_to_the_attention_branch(gate):
+    if gate == "timm per channel":  # a plain timm ViT: the capture reads any
+        torch.manual_seed(0)
+        enc = VisionTransformer(img_size=planting.SIZE, patch_size=planting.PATCH, in_chans=1, embed_dim=planting.WIDTH,
+                                depth=planting.DEPTH, num_heads=planting.HEADS, num_classes=0,
+                                attn_layer=ChannelGated).eval()
+    else:
+        enc = planting.encoder(attn_gate=True)
+        assert isinstance(enc.blocks[0].attn, GatedAttention)
+        with torch.no_grad():  # the gate starts the same for every token: make it differ per token and head
+            for blk in enc.blocks:
+                blk.attn.gate.weight.normal_(0, 0.5)
     x = planting.images(3)
     cap = capture(enc, x, values=True, residual=True)
     for i, blk in enumerate(enc.blocks):
