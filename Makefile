@@ -15,7 +15,7 @@ BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
 	--baseline dataset.resident=false model.probe.bf16=false model.probe.batch_fraction=1.0
 
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
-.PHONY: masks bench bench-masking
+.PHONY: masks bench bench-masking bench-analyze
 .PHONY: segment
 .PHONY: sweep test-slurm
 .PHONY: replicate
@@ -55,8 +55,12 @@ analyze: setup ## Attention maps + artifact metrics of the newest outputs/pretra
 masks: setup ## Masking strategies side by side on Fashion-MNIST: figures/masks.png + mask statistics (results.json)
 	$(BIN)/python -m semmae.masks $(ARGS)
 
-bench: setup ## Pretraining throughput: img/s, MFU, semantic/random step ratio, before/after on CPU (ARGS='--device cuda')
+bench: setup ## Pretraining throughput: img/s, MFU, semantic/random step ratio, before/after on CPU (ARGS='--device cuda'); the attention callback's share of an epoch
 	$(BIN)/python experiments/bench_pretrain.py $(BENCH_ARGS) $(ARGS)
+	$(BIN)/python experiments/bench_diagnostics.py callback --json outputs/bench/callback.json
+
+bench-analyze: setup ## semmae-analyze with every diagnostic on 1,000 images of vit_micro: time of each part (ARGS='--ckpt PATH')
+	$(BIN)/python experiments/bench_diagnostics.py analyze --json outputs/bench/analyze.json $(ARGS)
 
 bench-masking: setup ## Milliseconds per batch of every masking strategy, as a share of one pretraining step (ARGS='--device cuda')
 	$(BIN)/python experiments/bench_masking.py $(ARGS)

@@ -30,12 +30,15 @@ def yaml_files_defining(key: str) -> list[str]:
 
 def test_the_source_keys_are_written_once(compose_cfg):
     source = node("source/checkpoint.yaml")
+    fixes = OmegaConf.to_container(source.pop("encoder"))  # the training-free fixes, beside each task's overrides
     assert set(source) == {"ckpt", "ckpt_file", "trust_checkpoint"}
-    for key in ("ckpt", "ckpt_file"):
+    assert set(fixes) == {"test_time_registers", "soap", "fix"}
+    for key in ("ckpt", "ckpt_file", "test_time_registers", "soap"):
         assert yaml_files_defining(key) == ["source/checkpoint.yaml"], key
     for task in READERS:
         cfg = compose_cfg(task)
         assert {k: cfg[k] for k in source} == OmegaConf.to_container(source), task
+        assert {k: OmegaConf.to_container(cfg.encoder)[k] for k in fixes} == fixes, task
 
 
 def test_the_encoder_node_is_written_once(compose_cfg):
@@ -58,14 +61,18 @@ def test_the_artifact_settings_are_one_node_for_analyze_and_the_callback(compose
     from semmae.analysis import ArtifactSettings
 
     settings = OmegaConf.to_container(node("analysis/artifacts.yaml"))
-    assert set(settings) == {"tau", "k", "flat_fraction", "shallow_blocks", "vmax"}
+    assert set(settings) == {"tau", "k", "flat_fraction", "shallow_blocks", "vmax", "parts", "sinks", "outliers",
+                             "invariance", "asymmetry"}
     for key in settings:
-        assert yaml_files_defining(key) == ["analysis/artifacts.yaml"], key
+        callback_own = ["callbacks/attention_maps.yaml"] if key == "parts" else []  # it runs the attention-only parts
+        assert yaml_files_defining(key) == ["analysis/artifacts.yaml", *callback_own], key
     analyze = compose_cfg("analyze")
     assert OmegaConf.to_container(analyze.analysis) == settings
     for task, callbacks in (("pretrain", "callbacks=[default,attention_maps]"), ("finetune", None)):
         cb = compose_cfg(task, [callbacks] if callbacks else []).callbacks.attention_maps
-        assert {k: cb[k] for k in settings} == settings, task
+        shared = {k: v for k, v in settings.items() if k != "parts"}  # the callback runs the attention-only parts
+        assert {k: cb[k] for k in shared} == shared, task
+        assert list(cb.parts) == ["heads", "cls"], task
     # an override of one reaches it, not the other; the callback measures with the settings analyze uses
     cfg = compose_cfg("pretrain", ["callbacks=[default,attention_maps]", "callbacks.attention_maps.tau=3",
                                    "callbacks.attention_maps.shallow_blocks=[1,2]"])

@@ -38,6 +38,17 @@ MAIN_COLUMNS = [
     ("fine-tuned: shallow prefix share", "finetune", "attn/shallow_prefix_share", 1.0),
     ("fine-tuned: shallow norm ratio", "finetune", "attn/shallow_norm_ratio", 1.0),
 ]
+# The field's diagnostics (docs/artifacts.md#diagnostics), shown in a table of their own when the analyze runs have them.
+DIAGNOSTIC_COLUMNS = [
+    ("NOP heads", "analyze", "attn/nop_heads", 1.0),
+    ("broadcast heads", "analyze", "attn/broadcast_heads", 1.0),
+    ("shallow CLS->CLS", "analyze", "attn/shallow_cls_cls", 1.0),
+    ("shallow patches->CLS", "analyze", "attn/shallow_patches_cls", 1.0),
+    ("outlier fraction", "analyze", "attn/outlier_fraction", 1.0),
+    ("SI count >= 0.75", "analyze", "attn/si_count", 1.0),
+    ("asym: shallow sink ratio", "analyze", "asym/shallow_sink_ratio", 1.0),
+    ("asym: shallow prefix share", "analyze", "asym/shallow_prefix_share", 1.0),
+]
 # The readings study (run.py --preset cpu-readings): every value of a cell under one key (cell_values).
 # SERIES_METRICS: the shallow_* metrics read after pretraining (semmae-analyze) and along fine-tuning (its series).
 SERIES_METRICS = ("sink_ratio", "prefix_share", "norm_ratio", "high_norm_fraction")
@@ -597,6 +608,19 @@ def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str
             for i, s in enumerate(seeds) for t in tasks if s[t]["status"] == "failed"]
 
 
+def diagnostics_table(cells: dict[str, list[dict[str, dict]]]) -> list[str]:
+    """The diagnostics of the analyze runs (rows = arms), or nothing when no run has them."""
+    present = [c for c in DIAGNOSTIC_COLUMNS
+               if any(c[2] in cell.get(c[1], {}).get("metrics", {}) for arm in cells.values() for cell in arm)]
+    if not present:
+        return []
+    rows = [[name, *(summarise([cell[task] for cell in arm], key, scale) for _, task, key, scale in present)]
+            for name, arm in cells.items()]
+    return ["The field's diagnostics on the pretrained encoder (semmae-analyze; docs/artifacts.md#diagnostics; asym = "
+            "pretraining view - full view, each share relative to its fair share):", "",
+            markdown_table(["strategy", *(c[0] for c in present)], rows), ""]
+
+
 def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str,
                  tasks: tuple[str, ...] = TASKS) -> str:
     columns = [c for c in MAIN_COLUMNS if c[1] in tasks]  # a preset that skips a task has no column for it
@@ -616,6 +640,7 @@ def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, s
              "(docs/artifacts.md#shallow-blocks), measured by semmae-analyze on the pretrained encoder"
              + (" and by the fine-tuning run's attention callback at its end." if "finetune" in tasks else "."), "",
              markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows), ""]
+    parts += diagnostics_table(cells)
     curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
                   for src in ("analyze", "finetune")} for s in strategies}
     plot = plot_sink_vs_block(curves, figures / "sink_vs_block.png")

@@ -3,7 +3,7 @@ metric versus block depth (one line per encoder, so several checkpoints compare 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from matplotlib.colors import LogNorm
@@ -98,3 +98,39 @@ def metrics_vs_depth(reports: Mapping[str, ArtifactMeasurement], title: str = "a
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return fig
+
+
+SINK_COLOURS = {"none": "0.93", "nop": "tab:blue", "broadcast": "tab:red", "other": "tab:orange"}
+SINK_MARKS = {"cls": "o", "register": "s", "patch": "^"}
+
+
+def sink_class_grid(heads, title: str = "attention sinks by block and head"):
+    """Rows = blocks (from 1), columns = heads (from 0); a cell's colour is the head's class (none / NOP / broadcast /
+    other), its mark where the head's sink sits (CLS, register, patch) and its text the mean sink mass."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    depth, width = len(heads), max(len(b.classes) for b in heads)
+    fig, ax = plt.subplots(figsize=(0.7 * width + 2.6, 0.45 * depth + 1.4))
+    for i, block in enumerate(heads):
+        for h, (cls, pos) in enumerate(zip(block.classes, block.positions, strict=True)):
+            ax.add_patch(_cell(h, i, SINK_COLOURS[cls]))
+            if cls != "none":
+                ax.plot(h, i, SINK_MARKS[pos], color="white", ms=7, mec="black", mew=0.6)
+            ax.text(h + 0.32, i + 0.3, f"{block.mass[h]:.2f}", fontsize=5.5, ha="right", va="bottom", color="0.2")
+    ax.set_xlim(-0.5, width - 0.5), ax.set_ylim(depth - 0.5, -0.5)
+    ax.set_xticks(range(width)), ax.set_yticks(range(depth), [str(i + 1) for i in range(depth)])
+    ax.set_xlabel("head"), ax.set_ylabel("block")
+    handles = [Patch(color=c, label=k) for k, c in SINK_COLOURS.items()]
+    handles += [Line2D([], [], marker=m, ls="", color="white", mec="black", label=f"sink on {k}")
+                for k, m in SINK_MARKS.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _cell(x: int, y: int, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=colour, edgecolor="white", lw=1.5)

@@ -8,7 +8,12 @@ validation images (the first ones the module sees in validation, i.e. already no
   scheduled analyses;
 - scalars attn/block_03/sink_ratio, ... (blocks numbered from 1, zero-padded) and attn/shallow_<metric>, sent
   to every logger and put into trainer.callback_metrics, so that the run's results.json holds them;
-- the per-block table as a W&B table (key attention/metrics) and as figures/artifacts_epochNNN.md;
+- with `parts` (default heads and cls, the diagnostics one attention capture gives; docs/artifacts.md#diagnostics):
+  the head-sink taxonomy and the CLS statistics as scalars attn/block_03/nop_heads, attn/block_03/cls_cls, ...,
+  attn/shallow_<name>, and figures/sink_classes_epochNNN.png (blocks x heads); the heavier diagnostics (outliers,
+  invariance, asymmetry) are semmae-analyze's;
+- the per-block table as a W&B table (key attention/metrics; the heads as attention/heads) and as
+  figures/artifacts_epochNNN.md;
 - with `series_at` set (fine-tuning's default, conf/callbacks/finetune_default.yaml): a series of the model-level
   shallow_* metrics over training, measured before the first training step, at each point of `series_at`
   (floats in (0, 1]: fractions of the run's optimizer steps; integers: global steps) and at the end of fit, each
@@ -29,9 +34,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from semmae.analysis import ArtifactSettings, find_encoder, measure
+from semmae.analysis import ArtifactSettings, find_encoder
 from semmae.analysis.artifacts import batch_images
-from semmae.analysis.figures import attention_grid, block_titles, display_images
+from semmae.analysis.diagnostic_tables import diagnostics_markdown
+from semmae.analysis.diagnostics import ATTENTION_ONLY, DiagnosticSettings, diagnose
+from semmae.analysis.figures import attention_grid, block_titles, display_images, sink_class_grid
 from semmae.analysis.metrics import METRICS
 from semmae.analysis.tables import artifacts_markdown, write_text
 from semmae.errors import ConfigError
@@ -51,6 +58,11 @@ class AttentionMapCallback(L.Callback):
         vmax: float | None = None,
         log_table: bool = True,
         series_at: list[float | int] | None = None,
+        parts: list[str] | None = ATTENTION_ONLY,
+        sinks: dict | None = None,
+        outliers: dict | None = None,
+        invariance: dict | None = None,
+        asymmetry: dict | None = None,
     ):
         if every_n_epochs < 1:
             raise ConfigError(f"callbacks.attention_maps.every_n_epochs={every_n_epochs}: must be >= 1")
@@ -60,6 +72,13 @@ class AttentionMapCallback(L.Callback):
         self.num_images = int(num_images)
         self.figure_images = int(min(figure_images, num_images))
         self.settings = ArtifactSettings(tau=tau, k=k, flat_fraction=flat_fraction, shallow_blocks=shallow_blocks)
+        parts = tuple(parts or ())
+        heavy = [p for p in parts if p not in ATTENTION_ONLY]
+        if heavy:
+            raise ConfigError(f"callbacks.attention_maps.parts={list(parts)}: the callback runs the attention-only "
+                              f"diagnostics {list(ATTENTION_ONLY)}; {heavy} run in semmae-analyze")
+        # outliers, invariance and asymmetry come with the shared analysis node; only semmae-analyze reads them
+        self.diagnostics = DiagnosticSettings.from_config({**vars(self.settings), "sinks": sinks, "parts": parts})
         self.vmax = float(vmax) if vmax is not None else 2.0 * self.settings.tau
         self.log_table = bool(log_table)
         self.images: torch.Tensor | None = None
@@ -124,22 +143,23 @@ class AttentionMapCallback(L.Callback):
 
     @rank_zero_only
     def series_point(self, trainer, pl_module, at: str | float | int) -> None:
-        """One entry of the series: the shallow_* metrics of the encoder now (at most one entry a step)."""
+        """One entry of the series: the model-level numbers of the encoder now (at most one entry a step): the
+        shallow_* metrics and, with the callback's diagnostics, their shallow_* and head-class totals."""
         step = trainer.global_step
         if any(entry["step"] == step for entry in self.series):
             return
         if at == "end" and self.last_step == step and self.last_metrics:
-            shallow = {k.split("/", 1)[1]: v for k, v in self.last_metrics.items() if k.startswith("attn/shallow_")}
+            model = model_level(self.last_metrics)
         else:
             if not self._ensure_images(trainer):
                 rank_zero_warn("AttentionMapCallback: no validation images for the artifact series; skipping a point")
                 return
-            shallow = measure(find_encoder(pl_module), [self.images], self.settings).shallow
-            scalars = {f"attn/{k}": v for k, v in shallow.items()}
+            model = model_level(diagnose(find_encoder(pl_module), lambda: [self.images], self.diagnostics).scalars())
+            scalars = {f"attn/{k}": v for k, v in model.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=step)
                 logger.save()
-        self.series.append({"at": at, "step": step, "epoch": trainer.current_epoch, **shallow})
+        self.series.append({"at": at, "step": step, "epoch": trainer.current_epoch, **model})
 
     def _ensure_images(self, trainer) -> bool:
         """Before the first validation (a run without a sanity check), the fixed set is read from the datamodule's
@@ -177,9 +197,10 @@ class AttentionMapCallback(L.Callback):
             rank_zero_warn("AttentionMapCallback: no validation images seen (is limit_val_batches 0?); skipping")
             return
         encoder = find_encoder(pl_module)
-        report = measure(encoder, [self.images], self.settings, keep_images=self.figure_images)
+        diagnosis = diagnose(encoder, lambda: [self.images], self.diagnostics, keep_images=self.figure_images)
+        report = diagnosis.artifacts
         self.last_step = trainer.global_step
-        scalars = report.scalars()
+        scalars = diagnosis.scalars()
         self.last_metrics = scalars
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
@@ -198,12 +219,26 @@ class AttentionMapCallback(L.Callback):
             fig = attention_grid(shown, maps, report.grid_size, f"{what} ({step})", block_titles(report), self.vmax)
             path = save_figure(fig, figures / f"{name}_{tag}.png")
             log_image(trainer, key, path)
-        write_text(figures / f"artifacts_{tag}.md", artifacts_markdown(report, step))
+        if diagnosis.heads is not None:
+            path = save_figure(sink_class_grid(diagnosis.heads, f"attention sinks by block and head ({step})"),
+                               figures / f"sink_classes_{tag}.png")
+            log_image(trainer, "attention/sink_classes", path)
+        write_text(figures / f"artifacts_{tag}.md", artifacts_markdown(report, step) + diagnostics_markdown(diagnosis))
         if self.log_table:
             rows = [[i + 1, *(b[m] for m in METRICS)] for i, b in enumerate(report.blocks)]
+            heads = [[i + 1, h, b.classes[h], b.positions[h], b.mass[h], b.routed_frac[h], b.ratio_out[h]]
+                     for i, b in enumerate(diagnosis.heads or []) for h in range(len(b.classes))]
             for logger in trainer.loggers:
                 if hasattr(logger, "log_table"):
                     logger.log_table(key="attention/metrics", columns=["block", *METRICS], data=rows)
+                    if heads:
+                        logger.log_table(key="attention/heads", data=heads, columns=[
+                            "block", "head", "class", "sink_on", "mass", "routed_frac", "ratio_out"])
+
+
+def model_level(scalars: dict[str, float]) -> dict[str, float]:
+    """The model-level attn/* scalars (no block_NN), without their prefix: shallow_sink_ratio, nop_heads, ..."""
+    return {k.split("/", 1)[1]: v for k, v in scalars.items() if k.startswith("attn/") and "/block_" not in k}
 
 
 def check_series_at(series_at: Any) -> tuple[float | int, ...] | None:

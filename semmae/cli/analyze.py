@@ -1,25 +1,33 @@
-"""`semmae-analyze` (also `python -m semmae.analyze`): attention maps and artifact metrics (docs/artifacts.md)
-of one or more encoders on the first `num_images` full validation images of the `dataset` group.
+"""`semmae-analyze` (also `python -m semmae.analyze`): attention maps, artifact metrics and the diagnostics
+(docs/artifacts.md) of one or more encoders on the first `num_images` full validation images of the `dataset` group.
 
-One encoder -> in the run directory: attention_blocks.png, cls_attention.png, artifacts.json, artifacts.md,
-metrics_vs_depth.png. Several (ckpt=[a,b,...]) -> the same five files per encoder in <run>/<n>_<label>/, plus
-comparison.png (every metric versus block depth, one line per encoder), comparison.md and comparison.json.
-Seed -> encoders -> data -> measure -> figures and tables -> results.json."""
+One encoder -> in the run directory: attention_blocks.png, cls_attention.png, sink_classes.png, artifacts.json,
+artifacts.md, metrics_vs_depth.png. Several (ckpt=[a,b,...]), or one with a training-free fix
+(encoder.test_time_registers=K, encoder.soap=true: shown as fixed and without) -> the same files per encoder in
+<run>/<n>_<label>/, plus comparison.png (every metric versus block depth, one line per encoder), comparison.md and
+comparison.json. Seed -> encoders (-> fixes) -> data -> diagnose -> figures and tables -> results.json; the time of
+each part is printed."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from semmae.analysis import ArtifactMeasurement, ArtifactSettings, measure
 from semmae.analysis.artifacts import batch_images
-from semmae.analysis.figures import attention_grid, block_titles, display_images, metrics_vs_depth
+from semmae.analysis.asymmetry import checkpoint_mask_ratio
+from semmae.analysis.diagnostic_tables import diagnostics_comparison, diagnostics_markdown, timings_line
+from semmae.analysis.diagnostics import Diagnosis, DiagnosticSettings, diagnose
+from semmae.analysis.figures import attention_grid, block_titles, display_images, metrics_vs_depth, sink_class_grid
+from semmae.analysis.fixes import FIX_KEYS, FixSettings, apply_fixes, calibration_images
+from semmae.analysis.synthetic_images import synthetic_batches
 from semmae.analysis.tables import artifacts_markdown, comparison_markdown, write_json, write_text
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import print_summary, resolved_config, write_results
@@ -75,8 +83,10 @@ def analysis_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
     """semmae.models.loading.build_encoder, the builder of every task. RANDOM: the encoder of a freshly
     initialised MAE (the state pretraining starts from; linprobe's ckpt=null) with the backbone group's geometry and
     the dataset's channels, seeded by cfg.seed wherever it sits in ckpt=[...]. A file or timm:NAME: its weights at
-    its own geometry (the images are prepared for it). cfg.encoder overrides either."""
+    its own geometry (the images are prepared for it). cfg.encoder overrides either (its training-free fixes are
+    applied after the build)."""
     overrides = OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else {}
+    overrides = {k: v for k, v in overrides.items() if k not in FIX_KEYS}
     if source == RANDOM:
         geometry = {"img_size": cfg.backbone.img_size, "in_chans": cfg.dataset.channels}
         return build_encoder(None, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
@@ -124,8 +134,9 @@ class ValImages:
             yield images.float()
 
 
-def write_one(report: ArtifactMeasurement, label: str, out: Path, mean, std, vmax: float) -> dict[str, str]:
-    """The five files for one encoder in `out`."""
+def write_one(d: Diagnosis, label: str, out: Path, mean, std, vmax: float) -> dict[str, str]:
+    """The files of one encoder in `out`."""
+    report = d.artifacts
     shown = display_images(report.images, mean, std)
     titles = block_titles(report)
     files = {
@@ -135,12 +146,30 @@ def write_one(report: ArtifactMeasurement, label: str, out: Path, mean, std, vma
         "cls_attention": save_figure(
             attention_grid(shown, report.cls, report.grid_size, f"{label}: CLS -> patch attention per block",
                            titles, vmax), out / "cls_attention.png"),
-        "artifacts_json": write_json(out / "artifacts.json", {"encoder": label, **report.to_dict()}),
-        "artifacts_md": write_text(out / "artifacts.md", artifacts_markdown(report, label)),
+        "artifacts_json": write_json(out / "artifacts.json", {"encoder": label, **d.to_dict()}),
+        "artifacts_md": write_text(out / "artifacts.md", artifacts_markdown(report, label) + diagnostics_markdown(d)),
         "metrics_vs_depth": save_figure(metrics_vs_depth({label: report}, f"{label}: attention artifacts by block"),
                                         out / "metrics_vs_depth.png"),
     }
+    if d.heads is not None:
+        files["sink_classes"] = save_figure(sink_class_grid(d.heads, f"{label}: attention sinks by block and head"),
+                                            out / "sink_classes.png")
     return {k: str(v) for k, v in files.items()}
+
+
+def pretraining_masking(cfg: DictConfig, source: str):
+    """The masking group's strategy at the ratio of the asymmetry's pretraining view: analysis.asymmetry.mask_ratio,
+    else the checkpoint's own (its record), else the group's mask_ratio."""
+    ratio = cfg.analysis.get("asymmetry", {}).get("mask_ratio")
+    if ratio is None and source != RANDOM:
+        ratio = checkpoint_mask_ratio(source, trust=bool(cfg.get("trust_checkpoint", False)))
+    return instantiate(cfg.masking, mask_ratio=ratio if ratio is not None else cfg.masking.mask_ratio)
+
+
+def fix_names(done: list[str], fixes: FixSettings) -> str:
+    names = [f"test-time registers ({fixes.test_time_registers})" for d in done if "test-time" in d]
+    names += ["SOAP" for d in done if d.startswith("SOAP")]
+    return " + ".join(names)
 
 
 def slug(text: str) -> str:
@@ -153,51 +182,78 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if int(cfg.num_images) < 1 or int(cfg.batch_size) < 1:
         raise ConfigError(f"num_images={cfg.num_images}, batch_size={cfg.batch_size}: both must be >= 1")
     a = cfg.analysis
-    settings = ArtifactSettings(tau=a.tau, k=a.k, flat_fraction=a.flat_fraction, shallow_blocks=a.shallow_blocks)
-    vmax = float(a.vmax) if a.get("vmax") is not None else 2.0 * settings.tau
+    settings = DiagnosticSettings.from_config(OmegaConf.to_container(a, resolve=True))
+    fixes = FixSettings.from_config(OmegaConf.to_container(cfg.encoder, resolve=True) if cfg.get("encoder") else None)
+    vmax = float(a.vmax) if a.get("vmax") is not None else 2.0 * settings.artifacts.tau
     srcs = sources(cfg)
     labels = labels_for(cfg, srcs)
     device = pick_device(str(cfg.device))
     out_dir = Path(cfg.paths.output_dir)
     data = ValImages(cfg)
 
-    reports: dict[str, ArtifactMeasurement] = {}
+    runs: list[tuple[str, str, torch.nn.Module]] = []  # (source, label, encoder): each, and its fixed twin
+    diagnoses: dict[str, Diagnosis] = {}
     files: dict[str, dict[str, str]] = {}
-    for n, (source, label) in enumerate(zip(srcs, labels), start=1):
+    for source, label in zip(srcs, labels, strict=True):
         encoder = analysis_encoder(cfg, source).to(device)
         size, channels = geometry(encoder)
-        report = measure(encoder, data.batches(size, channels), settings, keep_images=int(cfg.figure_images))
         dm = data.datamodule(size, channels)
-        target = out_dir if len(srcs) == 1 else out_dir / f"{n}_{slug(label)}"
-        files[label] = {"source": source, **write_one(report, label, target, getattr(dm, "mean", None),
-                                                       getattr(dm, "std", None), vmax)}
-        reports[label] = report
-        del encoder
+        mean, std = getattr(dm, "mean", (0.5,) * channels), getattr(dm, "std", (0.5,) * channels)
+        masking = pretraining_masking(cfg, source) if "asymmetry" in settings.parts else None
+        todo = [(label, encoder)]
+        if fixes.requested:
+            fixed = analysis_encoder(cfg, source).to(device)
+            done = apply_fixes(fixed, fixes, calibration_images(dm, fixes.images, device), mean, std)
+            if done:
+                todo.append((f"{label} + {fix_names(done, fixes)}", fixed))
+                for line in done:
+                    print(f"{label}: {line}")
+        for name, enc in todo:
+            d = diagnose(enc, partial(data.batches, size, channels), settings, keep_images=int(cfg.figure_images),
+                         masking=masking, synthetic=partial(synthetic_batches, channels=channels, size=size, mean=mean,
+                                                            std=std, seed=settings.invariance.seed,
+                                                            batch_size=int(cfg.batch_size)))
+            diagnoses[name] = d
+            files[name] = {"source": source}
+            print(f"{name}: {timings_line(d)}")
+            runs.append((source, name, enc))
+    multi = len(diagnoses) > 1
+    for n, (_source, name, enc) in enumerate(runs, start=1):
+        target = out_dir if not multi else out_dir / f"{n}_{slug(name)}"
+        size, channels = geometry(enc)
+        dm = data.datamodule(size, channels)
+        files[name].update(write_one(diagnoses[name], name, target, getattr(dm, "mean", None), getattr(dm, "std", None),
+                                     vmax))
+    reports = {name: d.artifacts for name, d in diagnoses.items()}
 
     summary: dict[str, Any] = {}
-    if len(reports) > 1:
+    if multi:
         files["comparison"] = {
-            "plot": str(save_figure(metrics_vs_depth(reports, "attention artifacts by block"), out_dir / "comparison.png")),
-            "table": str(write_text(out_dir / "comparison.md", comparison_markdown(reports))),
+            "plot": str(save_figure(metrics_vs_depth(reports, "attention artifacts by block"),
+                                    out_dir / "comparison.png")),
+            "table": str(write_text(out_dir / "comparison.md",
+                                    comparison_markdown(reports) + diagnostics_comparison(diagnoses))),
             "json": str(write_json(out_dir / "comparison.json",
-                                   {label: {"source": files[label]["source"], **r.to_dict()} for label, r in reports.items()})),
+                                   {name: {"source": files[name]["source"], **d.to_dict()}
+                                    for name, d in diagnoses.items()})),
         }
-        metrics = {f"{label}/{k}": v for label, r in reports.items() for k, v in r.scalars().items()}
+        metrics = {f"{name}/{k}": v for name, d in diagnoses.items() for k, v in d.scalars().items()}
     else:
-        metrics = next(iter(reports.values())).scalars()
+        metrics = next(iter(diagnoses.values())).scalars()
     write_results(out_dir, {
         "task": "analyze",
         "metrics": metrics,
-        "encoders": {label: files[label]["source"] for label in reports},
+        "encoders": {name: files[name]["source"] for name in diagnoses},
+        "timings_s": {name: {k: round(v, 2) for k, v in d.timings.items()} for name, d in diagnoses.items()},
         "files": files,
         "wall_time_s": round(time.time() - start, 1),
         "config": resolved_config(cfg),
     })
-    for label, r in reports.items():
+    for name, d in diagnoses.items():
         print()
-        print(artifacts_markdown(r, f"{label} ({files[label]['source']})"))
-    for label in reports:
-        summary[f"{label}: files"] = str(Path(files[label]["artifacts_md"]).parent)
+        print(artifacts_markdown(d.artifacts, f"{name} ({files[name]['source']})") + diagnostics_markdown(d))
+    for name in diagnoses:
+        summary[f"{name}: files"] = str(Path(files[name]["artifacts_md"]).parent)
     if "comparison" in files:
         summary["comparison"] = f"{files['comparison']['plot']}, {files['comparison']['table']}"
     summary["wall time"] = f"{time.time() - start:.0f} s"

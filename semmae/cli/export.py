@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from semmae.analysis.fixes import FIX_KEYS, FixSettings
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import print_summary, resolve_ckpt, resolved_config, write_results
 from semmae.errors import ConfigError
@@ -52,7 +53,12 @@ def run(cfg: DictConfig) -> dict[str, str]:
         raise ConfigError(f"format=hf writes a directory (config.json + model.safetensors): out={out} names a file")
     if fmt == "timm" and out.suffix not in (".pth", ".safetensors"):
         raise ConfigError(f"format=timm writes a .pth or .safetensors file: out={out}")
-    overrides = {k: v for k, v in (cfg.get("encoder") or {}).items() if v is not None}
+    node = cfg.get("encoder") or {}
+    if FixSettings.from_config(node).requested:
+        raise ConfigError("semmae-export writes the encoder's weights, and a training-free fix is not a weight: drop "
+                          "encoder.test_time_registers / encoder.soap here and set them where the encoder is evaluated "
+                          "(semmae-analyze, -linprobe, -finetune, -segment)")
+    overrides = {k: v for k, v in node.items() if v is not None and k not in FIX_KEYS}
     encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
                            trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
     if fmt == "hf":

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from semmae.callbacks.attention_maps import artifact_series
+from semmae.analysis.fixes import fix_encoder
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import (
     begin_run,
@@ -31,9 +32,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     check_resume(cfg, model, resume)
     trainer, loggers = build_trainer(cfg)
+    fixes = fix_encoder(cfg, model, datamodule, trainer.strategy.root_device, task="finetune")
     fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
-    extra = {"augmentation": augmentation}
+    extra = {"augmentation": augmentation, **({"training_free": fixes} if fixes else {})}
     series = artifact_series(trainer)  # shallow_* artifact metrics over fine-tuning (docs/artifacts.md#series)
     if series is not None:
         extra["artifact_series"] = series

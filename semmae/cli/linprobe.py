@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from semmae.analysis.fixes import fix_encoder
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import (
     begin_run,
@@ -32,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     check_resume(cfg, model, resume)
     trainer, loggers = build_trainer(cfg)
+    fixes = fix_encoder(cfg, model, datamodule, trainer.strategy.root_device, task="linprobe")
 
     cache = model.feature_cache
     if cache == "auto":
@@ -48,7 +50,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     fit(trainer, model, datamodule, cfg, resume)
     test_metrics, best = test_best(trainer, model, datamodule)
     return finish_evaluation("linprobe", cfg, trainer, loggers, source, best, test_metrics, start,
-                  {"feature_cache": bool(cache), "feature_extraction_s": extract_s})
+                  {"feature_cache": bool(cache), "feature_extraction_s": extract_s,
+                   **({"training_free": fixes} if fixes else {})})
 
 
 main = hydra_entry("linprobe", run)

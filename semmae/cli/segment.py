@@ -7,6 +7,7 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from semmae.analysis.fixes import fix_encoder
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import (
     begin_run,
@@ -45,6 +46,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     check_resume(cfg, model, ckpt_path)
     trainer, loggers = build_trainer(cfg)
+    fixes = fix_encoder(cfg, model, datamodule, trainer.strategy.root_device, task="segment")
     fit(trainer, model, datamodule, cfg, ckpt_path)
     fit_metrics = scalar_metrics(trainer.callback_metrics)  # testing replaces them: keep the last val/train values
     trainer.test(model, datamodule=datamodule, verbose=False)
@@ -57,7 +59,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print("\nPer-class IoU (test = validation split):\n" + format_table(table))
     miou = metrics.get("test/mIoU")
     finish_run("segment", cfg, trainer, loggers, start, {k: v for k, v in metrics.items() if "/IoU/" not in k},
-               fields={"encoder": source or "random initialisation", "per_class": table, "checkpoint": ckpt},
+               fields={"encoder": source or "random initialisation", "per_class": table, "checkpoint": ckpt,
+                       **({"training_free": fixes} if fixes else {})},
                summary={
                    "encoder": source or "random initialisation (ckpt=null)",
                    "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",

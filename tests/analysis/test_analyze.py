@@ -19,7 +19,8 @@ from tests.conftest import REPO
 
 TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "num_images=24", "batch_size=16",
         "figure_images=2"]
-FILES = ("attention_blocks.png", "cls_attention.png", "artifacts.json", "artifacts.md", "metrics_vs_depth.png")
+FILES = ("attention_blocks.png", "cls_attention.png", "sink_classes.png", "artifacts.json", "artifacts.md",
+         "metrics_vs_depth.png")
 
 
 def write_checkpoint(path: Path, depth: int = 3) -> Path:
@@ -33,7 +34,7 @@ def write_checkpoint(path: Path, depth: int = 3) -> Path:
     return path
 
 
-def test_one_checkpoint_writes_the_five_files(compose_cfg, fmnist_root, tmp_path):
+def test_one_checkpoint_writes_its_files(compose_cfg, fmnist_root, tmp_path):
     ckpt = write_checkpoint(tmp_path / "runA" / "checkpoints" / "last.ckpt")
     cfg = compose_cfg("analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY])
     metrics = run(cfg)
@@ -46,7 +47,14 @@ def test_one_checkpoint_writes_the_five_files(compose_cfg, fmnist_root, tmp_path
     assert metrics["attn/shallow_sink_ratio"] == pytest.approx(report["blocks"][0]["sink_ratio"])
     assert metrics["attn/block_03/sink_ratio"] >= 1.0
     assert json.loads((out / "results.json").read_text())["metrics"] == metrics
-    assert (out / "artifacts.md").read_text().count("\n| ") == 5
+    text = (out / "artifacts.md").read_text()
+    assert text.split("\n## ")[0].count("\n| ") == 5  # the metric table: header + 3 blocks + shallow
+    for section in ("## Head sinks", "## CLS statistics", "## High-norm outliers", "## Semantic invariance",
+                    "## Asymmetry", "Times (s): capture"):
+        assert section in text, section
+    assert {"heads", "cls", "outliers", "invariance", "asymmetry", "timings_s"} <= set(report)
+    assert report["asymmetry"]["mask_ratio"] == 0.75 and report["asymmetry"]["visible_patches"] == 16
+    assert "asym/shallow_sink_ratio" in metrics and "attn/block_01/nop_heads" in metrics
 
 
 def test_checkpoint_and_random_side_by_side(compose_cfg, fmnist_root, tmp_path):
@@ -123,3 +131,66 @@ def test_ckpt_file_without_a_timm_source_is_refused(compose_cfg, tmp_path):
     cfg = compose_cfg("analyze", ["ckpt=random", f"ckpt_file={tmp_path / 'w.safetensors'}"])
     with pytest.raises(ConfigError, match="only used with ckpt=timm"):
         sources(cfg)
+
+
+def write_planted_export(path: Path) -> Path:
+    """An exported encoder (32 px, 64 patches) whose block-1 MLP neuron 7 writes a large token at patch 5."""
+    from semmae.models.encoder import ViTEncoder
+    from semmae.models.export import export_encoder
+    from tests.analysis.planting import plant_outlier_neuron
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=2)
+    plant_outlier_neuron(enc, 5, 7)
+    return export_encoder(enc, path)
+
+
+def test_a_fixed_encoder_is_shown_beside_the_plain_one(compose_cfg, fmnist_root, tmp_path):
+    ckpt = write_planted_export(tmp_path / "planted.pth")
+    cfg = compose_cfg("analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY,
+                                  "encoder.test_time_registers=1", "encoder.fix.images=16",
+                                  "encoder.fix.register_neurons=1"])
+    metrics = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    both = json.loads((out / "comparison.json").read_text())
+    fixed = "planted + test-time registers (1)"
+    assert set(both) == {"planted", fixed}
+    assert metrics["planted/attn/outlier_fraction"] == pytest.approx(1 / 64)
+    assert metrics[f"{fixed}/attn/outlier_fraction"] == 0.0  # the outlier moved to the register
+    assert both[fixed]["outliers"]["register_neurons"] == []
+    assert both["planted"]["outliers"]["register_neurons"][0]["neuron"] == 7
+    assert "## Diagnostics (model level)" in (out / "comparison.md").read_text()
+
+
+def test_a_fix_with_nothing_to_fix_warns_and_shows_one_encoder(compose_cfg, fmnist_root, tmp_path):
+    cfg = compose_cfg("analyze", ["ckpt=random", f"dataset.root={fmnist_root}", *TINY,
+                                  "encoder.test_time_registers=2", "encoder.fix.images=16"])
+    with pytest.warns(UserWarning, match="no high-norm outliers"):
+        run(cfg)
+    assert (Path(cfg.paths.output_dir) / "artifacts.json").is_file()
+    assert not (Path(cfg.paths.output_dir) / "comparison.json").exists()
+
+
+def test_the_pretraining_view_takes_the_checkpoints_ratio_and_the_chosen_strategy(compose_cfg, fmnist_root, tmp_path):
+    ckpt = write_checkpoint(tmp_path / "runA" / "checkpoints" / "last.ckpt")
+    data = torch.load(ckpt, weights_only=False)
+    data["semmae"]["masking"] = "RandomMasking(mask_ratio=0.5, visible_count='official')"
+    torch.save(data, ckpt)
+    cfg = compose_cfg("analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY, "masking=block",
+                                  "analysis.parts=[asymmetry]"])
+    run(cfg)
+    report = json.loads((Path(cfg.paths.output_dir) / "artifacts.json").read_text())
+    assert report["asymmetry"]["visible_patches"] == 32 and report["asymmetry"]["masking"].startswith("BlockMasking")
+    assert "heads" not in report and "invariance" not in report
+
+
+@pytest.mark.parametrize("override, message", [
+    ("analysis.sinks.event=2", "analysis.sinks.event"),
+    ("analysis.parts=[heads,all]", "analysis.parts"),
+    ("encoder.test_time_registers=-1", "encoder.test_time_registers"),
+    ("analysis.asymmetry.mask_ratio=1.5", "analysis.asymmetry.mask_ratio"),
+])
+def test_bad_diagnostic_settings_are_one_config_error(compose_cfg, fmnist_root, override, message):
+    cfg = compose_cfg("analyze", ["ckpt=random", f"dataset.root={fmnist_root}", *TINY, override])
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
