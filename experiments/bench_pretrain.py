@@ -183,8 +183,9 @@ def top_kernels(prof, cuda: bool, steps: int, n: int = 10) -> list[dict]:
 
 
 def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int = 5, profiled: int = 3) -> dict:
-    """Where a step's time goes: the median over reps of each part (step_in_parts), their sum against the median of
-    the same eager step timed whole (the marks' own cost, and a check that the parts cover the step), and
+    """Where a step's time goes: the parts (step_in_parts) of the fastest of `reps` marked steps, so that they add up
+    to one real step, against the fastest of as many unmarked eager steps interleaved with them (the marks' own cost,
+    and a check that the parts cover the step: the fastest, as timeit takes it, since other work only adds time), and
     torch.profiler's top-10 kernels over `profiled` steps of the task's own forward (compiled if the variant is)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -193,17 +194,15 @@ def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int
     for _ in range(2):
         step_in_parts(task, batch, optimizer, gen, clock)
         clock.intervals()
-    parts: list[list[float]] = [[] for _ in PARTS]
-    wholes = []
+    marked, wholes = [], []
     for _ in range(reps):
         step_in_parts(task, batch, optimizer, gen, clock)
-        for times, t in zip(parts, clock.intervals()):
-            times.append(t)
+        marked.append(clock.intervals())
         clock.mark()
         whole_step(task, batch, optimizer, gen, task.mae.forward)
         clock.mark()
         wholes.append(clock.intervals()[0])
-    parts_ms = {name: 1000 * statistics.median(times) for name, times in zip(PARTS, parts)}
+    parts_ms = {name: 1000 * t for name, t in zip(PARTS, min(marked, key=sum))}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(profiled):
@@ -211,7 +210,7 @@ def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return {"parts_ms": parts_ms, "parts_sum_ms": sum(parts_ms.values()),
-            "eager_step_ms": 1000 * statistics.median(wholes),
+            "eager_step_ms": 1000 * min(wholes),
             "top_kernels": top_kernels(prof, device.type == "cuda", profiled)}
 
 
