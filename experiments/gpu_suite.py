@@ -527,10 +527,15 @@ def readings(suite: Suite, fig: dict) -> None:
                 fig["report_error"] = str(exc)
         collect_readings(suite, fig)
         pack_extras(suite.out)
+    if not fig["section"]:
+        raise StepFailed("RESULTS.md has no `gpu` section")
+    unfinished = [a for a, v in fig["arms"].items() if v["tasks_done"] < v["tasks"]]
+    if unfinished:
+        raise StepFailed(f"arms not finished: {', '.join(unfinished)}")
 
 
 def collect_readings(suite: Suite, fig: dict) -> None:
-    """Per arm: the cell's numbers (report.cell_values) and whether its five tasks finished; the section written."""
+    """Per arm: the cell's numbers (report.cell_values) and how many of its tasks finished; the section written."""
     report, run = load_study("report"), load_study("run")
     study = suite.work / "readings"
     fig["arms"] = {}
@@ -538,17 +543,12 @@ def collect_readings(suite: Suite, fig: dict) -> None:
         cell = study / arm / "seed0"
         done = [t for t in run.READINGS_TASKS if (cell / t / "results.json").is_file()]
         fig["arms"][arm] = {"tasks_done": len(done), "tasks": len(run.READINGS_TASKS),
-                            **({k: v for k, v in report.cell_values(cell).items()} if done else {})}
+                            **(report.cell_values(cell) if done else {})}
     text = (suite.out / "RESULTS.md").read_text() if (suite.out / "RESULTS.md").is_file() else ""
     heading = next((ln for ln in text.splitlines() if ln.startswith("## gpu: ")), None)
     fig["results_md"] = "RESULTS.md" if text else None
     fig["section"] = heading[3:] if heading else None
     fig["outcome"] = next((ln for ln in text.splitlines() if ln.startswith("Outcome: ")), None)
-    if not heading:
-        raise StepFailed("RESULTS.md has no `gpu` section")
-    unfinished = [a for a, v in fig["arms"].items() if v["tasks_done"] < v["tasks"]]
-    if unfinished:
-        raise StepFailed(f"arms not finished: {', '.join(unfinished)}")
 
 
 # --- step 5: the probes -----------------------------------------------------------------------------------------

@@ -177,6 +177,19 @@ def test_pytest_counts_and_extras_packing(tmp_path):
         assert tar.extractfile("figures/gpu/b.png").read() == b"figures/gpu/b.png"
 
 
+def test_a_probe_command_is_the_readings_linear_probe_with_a_head(tmp_path):
+    from tests.conftest import compose
+
+    args = suite.parse_args(["--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+                             "--fmnist", "/data/fmnist"])
+    argv = suite.probe_argv(suite.Suite(args, {}), "semantic", "knn")
+    assert argv[1:3] == ["-m", "semmae.linprobe"] and "model.head=knn" in argv
+    overrides = [a for a in argv[3:] if not a.startswith(("hydra.run.dir=", "model.head="))]  # the head: not landed
+    cfg = compose("linprobe", overrides, tmp_path / "cfg")
+    assert cfg.ckpt == str(tmp_path / "w" / "readings" / "semantic" / "seed0" / "pretrain" / "checkpoints" / "last.ckpt")
+    assert cfg.dataset.root == "/data/fmnist" and cfg.backbone.embed_dim == 32  # gpu-suite-tiny's probe
+
+
 def returned_files(out: Path) -> list[Path]:
     """What the device tool brings back from $OUT: files at most 2 folders down."""
     files = [p for p in out.rglob("*") if p.is_file()]
