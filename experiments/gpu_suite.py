@@ -179,8 +179,17 @@ def environment(device: str) -> dict:
         env.update(device=torch.cuda.get_device_name(0), memory_gib=round(props.total_memory / 2**30, 1),
                    gpus=torch.cuda.device_count())
     else:
-        env.update(device=platform.processor() or platform.machine(), memory_gib=None, gpus=0)
+        env.update(device=cpu_name(), memory_gib=None, gpus=0)
     return env
+
+
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def fmnist_present(root: Path) -> bool:
