@@ -15,7 +15,7 @@ BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
 	--baseline dataset.resident=false model.probe.bf16=false model.probe.batch_fraction=1.0
 
 .PHONY: help setup data pretrain analyze test test-slow test-all clean
-.PHONY: masks bench bench-masking bench-analyze
+.PHONY: masks bench bench-masking bench-analyze gpu-suite
 .PHONY: segment
 .PHONY: sweep test-slurm
 .PHONY: replicate
@@ -64,6 +64,9 @@ bench-analyze: setup ## semmae-analyze with every diagnostic on 1,000 images of 
 
 bench-masking: setup ## Milliseconds per batch of every masking strategy, as a share of one pretraining step (ARGS='--device cuda')
 	$(BIN)/python experiments/bench_masking.py $(ARGS)
+
+gpu-suite: setup ## The GPU suite (~9.5 min on one H200): throughput vs targets, ImageFolder data path, no host sync, readings, probes into outputs/gpu_suite (ARGS='--scale tiny' on a CPU)
+	$(BIN)/python experiments/gpu_suite.py $(ARGS)
 
 .PHONY: linprobe finetune export
 

@@ -5,6 +5,9 @@ For each variant (masking strategy x eager/compiled x synthetic/real data) it wa
 of steps (CUDA events on GPU) and reports the median: img/s, ms/step, model TFLOP/s from the analytic FLOPs
 (docs/speed.md#flops-per-training-image), MFU against a bf16 matmul peak measured in the same run, peak memory,
 and each strategy's step time as a ratio to `random` under the same settings. Writes the table as JSON.
+`--profile` adds, per variant, where a step's time goes (step_breakdown): the parts of one step timed one by one, and
+torch.profiler's top-10 kernels (operators on a CPU) by self time. On real data each row also counts the images and
+distinct dataset indices every training epoch delivered (images_read).
 
     python experiments/bench_pretrain.py --device cuda --backbone vit_base --batch 256 --masking random,semantic
     python experiments/bench_pretrain.py --device cpu            # the default vit_micro / Fashion-MNIST setting
@@ -102,6 +105,169 @@ class Timer:
         return time.perf_counter() - self.t0
 
 
+PARTS = ("masking", "encoder", "decoder", "loss", "backward", "optimizer")
+
+
+class PhaseClock:
+    """Times consecutive parts of a step: CUDA events on a GPU, read after one synchronisation at the end (so the
+    marks add no host sync inside the step), time.perf_counter on a CPU, whose operators run synchronously."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive marks since the last call."""
+        marks, self.marks = self.marks, []
+        if self.cuda:
+            marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1000.0 for a, b in zip(marks, marks[1:])]
+        return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def step_in_parts(task, batch: dict, optimizer, gen: torch.Generator, clock: PhaseClock) -> None:
+    """One training step of the MAE with a clock mark between PARTS: MaskedAutoencoder.forward's pieces called one by
+    one, eagerly (a compiled forward fuses them, so they cannot be told apart there)."""
+    from semmae.models.mae import masked_patch_loss, patchify
+
+    images, mae = batch["image"], task.mae
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        clock.mark()
+        inputs, _ = task.masking_inputs(batch)
+        mask = task.masking(images, mae.grid_size, gen, inputs)
+        clock.mark()
+        latent = mae.encoder.forward_visible(images, mask.ids_keep)
+        clock.mark()
+        pred = mae.decoder(latent, mask.ids_restore, mae.encoder.num_prefix_tokens)
+        clock.mark()
+        loss = masked_patch_loss(pred, patchify(images, mae.patch_size), mask.mask, mae.norm_pix_loss)
+        clock.mark()
+    loss.backward()
+    clock.mark()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    clock.mark()
+
+
+def whole_step(task, batch: dict, optimizer, gen: torch.Generator, forward) -> None:
+    """One training step as the task runs it (masking, forward (compiled or not), backward, optimiser), probe off."""
+    images = batch["image"]
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        inputs, _ = task.masking_inputs(batch)
+        loss, _ = forward(images, task.masking(images, task.mae.grid_size, gen, inputs))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def top_kernels(prof, cuda: bool, steps: int, n: int = 10) -> list[dict]:
+    """The n GPU kernels (on a CPU: operators) with the largest self time, per step, and their share of the total."""
+    from torch.autograd import DeviceType
+
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if cuda:  # an operator's self device time repeats its kernels': keep the kernels
+        events = [e for e in events if getattr(e, "device_type", None) != DeviceType.CPU] or events
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"name": e.key, "self_ms": getattr(e, key) / 1000.0 / steps, "share": getattr(e, key) / total,
+             "calls_per_step": e.count / steps} for e in events[:n]]
+
+
+def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int = 5, profiled: int = 3) -> dict:
+    """Where a step's time goes: the parts (step_in_parts) of the fastest of `reps` marked steps, so that they add up
+    to one real step, against the fastest of as many unmarked eager steps interleaved with them (the marks' own cost,
+    and a check that the parts cover the step: the fastest, as timeit takes it, since other work only adds time), and
+    torch.profiler's top-10 kernels over `profiled` steps of the task's own forward (compiled if the variant is)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    clock = PhaseClock(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for _ in range(2):
+        step_in_parts(task, batch, optimizer, gen, clock)
+        clock.intervals()
+    marked, wholes = [], []
+    for _ in range(reps):
+        step_in_parts(task, batch, optimizer, gen, clock)
+        marked.append(clock.intervals())
+        clock.mark()
+        whole_step(task, batch, optimizer, gen, task.mae.forward)
+        clock.mark()
+        wholes.append(clock.intervals()[0])
+    parts_ms = {name: 1000 * t for name, t in zip(PARTS, min(marked, key=sum))}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(profiled):
+            whole_step(task, batch, optimizer, gen, task.train_forward)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return {"parts_ms": parts_ms, "parts_sum_ms": sum(parts_ms.values()),
+            "eager_step_ms": 1000 * min(wholes),
+            "top_kernels": top_kernels(prof, device.type == "cuda", profiled)}
+
+
+def make_step_profiler(device: torch.device):
+    import lightning as L
+
+    class StepProfiler(L.Callback):
+        """After the timed steps, while model, optimiser and the last batch are still on the device: step_breakdown.
+        A failure is recorded, not raised: the variant's timing stands without its breakdown."""
+
+        def __init__(self):
+            self.batch = None
+            self.result: dict | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.batch = batch
+
+        def on_train_end(self, trainer, pl_module):
+            try:
+                with torch.enable_grad():
+                    self.result = step_breakdown(pl_module, self.batch, trainer.optimizers[0], device)
+            except Exception as exc:  # noqa: BLE001  (a diagnostic: say why, keep the measurement)
+                self.result = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+    return StepProfiler()
+
+
+def make_image_counter():
+    import lightning as L
+
+    class ImageCounter(L.Callback):
+        """The dataset indices every training epoch delivered, kept on the device until the run ends (no sync)."""
+
+        def __init__(self):
+            self.epochs: dict[int, list[torch.Tensor]] = {}
+            self.dataset: int | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if "index" in batch:
+                self.epochs.setdefault(trainer.current_epoch, []).append(batch["index"])
+
+        def on_train_end(self, trainer, pl_module):
+            dm = trainer.datamodule
+            self.dataset = dm.split_size("train") if hasattr(dm, "split_size") else None
+
+        def summary(self) -> dict:
+            """{"dataset": training images, "epochs": [{"epoch", "images", "distinct"}]}; the last epoch is the one
+            max_steps cut short."""
+            rows = []
+            for epoch, seen in sorted(self.epochs.items()):
+                flat = torch.cat(seen).cpu()
+                rows.append({"epoch": epoch, "images": int(flat.numel()), "distinct": int(flat.unique().numel())})
+            return {"dataset": self.dataset, "epochs": rows}
+
+    return ImageCounter()
+
+
 def make_window_timer(device, warmup: int, steps: int, windows: int):
     import lightning as L
 
@@ -179,11 +345,13 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
         dm = instantiate(cfg.dataset)
         dm.prepare_data()
     timer = make_window_timer(device, args.warmup, args.steps, args.windows)
+    counter = make_image_counter()
+    callbacks = [timer, counter] + ([make_step_profiler(device)] if args.profile else [])
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     trainer = L.Trainer(
         accelerator=device.type, devices=1, precision=precision, max_steps=total, max_epochs=-1,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], log_every_n_steps=50,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, log_every_n_steps=50,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -202,7 +370,34 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     }
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if counter.epochs:
+        row["images_read"] = counter.summary()
+    if args.profile:
+        row["profile"] = callbacks[-1].result
     return row
+
+
+def profile_lines(row: dict) -> list[str]:
+    """A variant's step_breakdown as text: the parts, their sum against the whole step, the top kernels."""
+    prof = row.get("profile")
+    name = f"{row['masking']} ({'compiled' if row['compiled'] else 'eager'}, {row['data']} data)"
+    if not prof:
+        return []
+    if "error" in prof:
+        return [f"{name}: no breakdown ({prof['error']})"]
+    parts = "  ".join(f"{k} {v:.2f}" for k, v in prof["parts_ms"].items())
+    lines = [f"{name}, where an eager step's time goes (ms): {parts}; sum {prof['parts_sum_ms']:.2f} of "
+             f"{prof['eager_step_ms']:.2f} timed whole; the variant's own step: {row['step_ms']:.2f}",
+             f"  top kernels by self time ({'compiled' if row['compiled'] else 'eager'} step):"]
+    lines += [f"  {k['share']:6.1%} {k['self_ms']:8.3f} ms {k['calls_per_step']:6.1f}x  {k['name'][:90]}"
+              for k in prof["top_kernels"]]
+    return lines
+
+
+def endless(loader):
+    """The loader's batches, epoch after epoch (a small dataset has fewer batches than a timing needs)."""
+    while True:
+        yield from loader
 
 
 def data_throughput(args, device: torch.device) -> dict:
@@ -220,10 +415,9 @@ def data_throughput(args, device: torch.device) -> dict:
     dm.prepare_data()
     dm.setup()
     loader = dm.train_dataloader()
-    it = iter(loader)
     n, images = 0, 0
     timer = Timer(device)
-    for i, batch in enumerate(it):
+    for i, batch in enumerate(endless(loader)):
         if i == 3:
             timer.start()
         if i >= 3:
@@ -250,6 +444,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", default=None, help="eager,compiled (default: both on GPU, eager on CPU)")
     ap.add_argument("--data", default=None, help="synthetic,real (default: both)")
     ap.add_argument("--probe", action="store_true", help="include the online probe's full-image forward")
+    ap.add_argument("--profile", action="store_true",
+                    help="also time the parts of a step and list the top-10 kernels by self time, per variant")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per timed window")
     ap.add_argument("--windows", type=int, default=5)
@@ -321,6 +517,9 @@ def main(argv=None) -> dict:
             print(f"\n{r['masking']} ({'compiled' if r['compiled'] else 'eager'}, {r['data']} data): "
                   f"{r['step_ratio_to_random']:.2f}x random's step, after its warm-up; it adds a no-gradient forward "
                   f"of the encoder on the full batch for its features ({probe}) and k-means on them")
+    for r in rows:
+        if r.get("profile"):
+            print("\n" + "\n".join(profile_lines(r)))
     if baseline:
         print(f"\nbefore ({' '.join(baseline['overrides'])}): {baseline['before_img_s']:.0f} img/s; "
               f"now: {baseline['after_img_s']:.0f} img/s; {baseline['speedup']:.2f}x (random, eager, real data)")

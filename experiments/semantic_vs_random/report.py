@@ -408,7 +408,7 @@ def series_table(values: dict[str, list[list[dict]]], metric_name: str) -> str:
 
 
 def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about: str,
-                     tasks: tuple[str, ...]) -> str:
+                     tasks: tuple[str, ...], title: str | None = None) -> str:
     """The readings study: per-arm numbers (mean ± std over seeds), paired differences against random, the decision
     rule, the sinks over pretraining and along fine-tuning, wall times, failures and commands."""
     cells = {a: [{t: read_task(out / a / f"seed{k}" / t) for t in tasks} for k in seeds] for a in arms}
@@ -423,7 +423,7 @@ def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, see
             text = pm(got, scale) if got else ("failed" if failed else "—")
             row.append(text + (f" ({failed} of {len(seeds)} failed)" if got and failed else ""))
         rows.append(row)
-    parts = [f"## Preset `{preset}`: {', '.join(arms)} x seeds {', '.join(map(str, seeds))}", "",
+    parts = [f"## {title or f'Preset `{preset}`'}: {', '.join(arms)} x seeds {', '.join(map(str, seeds))}", "",
              f"Setting: {about}. Every arm and seed this study directory holds (the screening's and the "
              "confirmation's cells). Mean ± sample std over the seeds; shallow = the first third of the blocks "
              "(docs/artifacts.md#shallow-blocks); pretrained: semmae-analyze on the pretrained encoder; fine-tune "
@@ -562,6 +562,16 @@ def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
+def device_name(out: Path) -> str:
+    """The device of the study's latest runner session: its GPU, else its CPU; "unknown device" without one."""
+    sessions = out / "sessions.jsonl"
+    rows = [json.loads(ln) for ln in sessions.read_text().splitlines() if ln.strip()] if sessions.is_file() else []
+    if not rows:
+        return "unknown device"
+    hw = rows[-1]["hardware"]
+    return hw["gpu"] or f"{hw['cpu']} (no GPU)"
+
+
 def hardware_lines(out: Path) -> list[str]:
     sessions = out / "sessions.jsonl"
     if not sessions.is_file():
@@ -705,16 +715,18 @@ def replace_section(text: str, key: str, body: str) -> str:
 
 
 def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str,
-          tasks: tuple[str, ...] = TASKS, readings: bool = False) -> Path:
-    """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/."""
-    key = f"{preset}-ablation" if ablation else preset
+          tasks: tuple[str, ...] = TASKS, readings: bool = False, section: str | None = None) -> Path:
+    """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/.
+    A section keyed apart from its preset (gpu-suite-readings: `gpu`) is titled by its key and names the device."""
+    key = f"{preset}-ablation" if ablation else (section or preset)
+    title = f"{key}: preset `{preset}` on {device_name(out)}" if key not in (preset, f"{preset}-ablation") else None
     figures = path.parent / "figures" / key
     figures.mkdir(parents=True, exist_ok=True)
     rel = Path("figures") / key
     if ablation:
         body = ablation_section(out, preset, variants, seeds[0], about)
     elif readings:  # run.py --preset cpu-readings (and smoke-readings): paired differences and the decision rule
-        body = readings_section(out, figures, rel, preset, strategies, seeds, about, tasks)
+        body = readings_section(out, figures, rel, preset, strategies, seeds, about, tasks, title)
     else:
         body = main_section(out, figures, rel, preset, strategies, seeds, about, tasks)
     text = path.read_text() if path.is_file() else (

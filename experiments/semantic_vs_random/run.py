@@ -31,6 +31,9 @@ takes ~13 min on 2 cores (measured for random): pretraining 60,000 images x 6 ep
         --seg-root /data/ADEChallengeData2016 --set train:trainer.devices=8 --dry-run
     python experiments/semantic_vs_random/run.py --preset smoke --data-root DIR --out /tmp/study   # seconds per task
     python experiments/semantic_vs_random/run.py --preset smoke-readings --data-root DIR --out /tmp/readings
+    python experiments/semantic_vs_random/run.py --preset gpu-suite-readings --out /tmp/suite --results /tmp/R.md
+
+`gpu-suite-readings` (experiments/gpu_suite.py's step 4) writes a section keyed `gpu` whose heading names the device.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class Preset:
     floor: bool = True
     readings: bool = False  # --mode screening | confirmation, and the readings report (paired differences)
     confirmation_seeds: tuple[int, ...] = (0, 1, 2)
+    section: str | None = None  # its marked section of RESULTS.md (default: the preset's name)
 
     def overrides(self, task: str, ablation: bool = False) -> list[str]:
         extra = self.ablation.get(task, []) if ablation else []
@@ -128,6 +132,10 @@ class Preset:
 
 # what every readings preset shares: its tasks, its arms, the screening's seed, no floor row, the readings report
 READINGS = dict(run_tasks=READINGS_TASKS, strategies=READINGS_ARMS, seeds=(0,), floor=False, readings=True)
+
+# the GPU suite's readings (experiments/gpu_suite.py, step 4): the reference, the control with a known effect, today's
+# reading and the reading from the model's own features
+SUITE_ARMS = ("random", "random_registers", "semantic", "semantic_features")
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
@@ -146,6 +154,10 @@ SMOKE = {
 CPU_PROBE = ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"]
 VIT_TINY_GPU = ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4"]
 SERIES_AT = "callbacks.attention_maps.series_at=[0.1,0.25,0.5,0.75]"  # the fine-tuning series of the readings
+# cpu-readings' fine-tuning: 1,000 steps of batch 64 on 16,000 images, the series on 1,000 validation images
+READINGS_FINETUNE = ["dataset.train_subset=16000", "dataset.val_subset=2000", "dataset.batch_size=64",
+                     "model.optim.blr=2.0e-3", "trainer.max_epochs=4", "callbacks.attention_maps.num_images=1000",
+                     SERIES_AT]
 
 PRESETS = {
     "smoke": Preset(
@@ -219,9 +231,7 @@ PRESETS = {
             "linprobe_avg": [*CPU_PROBE, "model.pool=avg"],
             # 1,000 steps: 250 (2 epochs on 8,000) left fine-tuning below the linear probe (72.1 vs 77.6% top-1,
             # random, seed 0), though the sink series had settled by half of them
-            "finetune": ["dataset.train_subset=16000", "dataset.val_subset=2000", "dataset.batch_size=64",
-                         "model.optim.blr=2.0e-3", "trainer.max_epochs=4", "callbacks.attention_maps.num_images=1000",
-                         SERIES_AT],
+            "finetune": READINGS_FINETUNE,
             "analyze": ["num_images=1000"],
         },
         **READINGS,
@@ -283,6 +293,46 @@ PRESETS = {
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
         **READINGS,
+    ),
+    "gpu-suite-readings": Preset(
+        about="the GPU suite's readings (experiments/gpu_suite.py), ~6 min on one H200: random, random_registers, "
+              "semantic and semantic_features with ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu, batch 1024, "
+              "data resident on the GPU, eager: compiling costs more than it saves in 10 epochs), every arm "
+              "pretrained 10 epochs on all 60,000 images without the online probe, the sinks on 1,000 validation "
+              "images every 2 epochs; probes on the CLS and the mean token (all cached features, batch 1024, 20 "
+              "epochs); cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series on 1,000 "
+              "images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
+              "66 epochs of 60,000 in 140 s, 2.1 s an epoch, semantic 3.0; so 10 epochs take 21-30 s (semantic_features "
+              "adds a no-gradient forward to each step, ~30 s); five processes of ~6 s each to start (imports, "
+              "CUDA, the resident data): 30 s; probes ~4 s each, fine-tuning ~15 s with its series, analysis ~3 s: "
+              "~75-90 s an arm, 5-6 min for 4",
+        data=FMNIST,
+        tasks={
+            "train": ["logger=csv"],
+            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=2000",
+                         "trainer.max_epochs=10", "model.optim.warmup_epochs=1", "model.compile=false",
+                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                         "callbacks.attention_maps.num_images=1000", "callbacks.attention_maps.every_n_epochs=2"],
+            "linprobe": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "dataset.batch_size=1024", "trainer.max_epochs=20"],
+            "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                             "dataset.batch_size=1024", "trainer.max_epochs=20", "model.pool=avg"],
+            "finetune": [*VIT_TINY_GPU, *READINGS_FINETUNE],
+            "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
+        },
+        section="gpu",
+        **{**READINGS, "strategies": SUITE_ARMS},
+    ),
+    "gpu-suite-tiny": Preset(
+        about="the GPU suite's readings shrunk to seconds per task on a CPU (gpu_suite.py --scale tiny): the "
+              "smoke-readings tasks and model on a few hundred images, the four arms of gpu-suite-readings",
+        tasks={**SMOKE, "train": ["logger=csv", "trainer.max_epochs=1"],
+               "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
+                            "callbacks.attention_maps.num_images=32"],
+               "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+               "finetune": [*SMOKE["finetune"], SERIES_AT]},
+        section="gpu",
+        **{**READINGS, "strategies": SUITE_ARMS},
     ),
     "paper": Preset(
         about="the paper's scale: ViT-B/16 MAE recipes on ImageNet-1K (conf/experiment/mae_vit_base_in1k_*) and "
@@ -484,8 +534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_out = HERE / "runs" / args.preset
     if args.out is None:
         args.out = str(default_out)
-    if args.results is None:
-        own = not args.preset.startswith("smoke") and Path(args.out).resolve() == default_out
+    if args.results is None:  # the smoke and GPU-suite presets never write the study's own RESULTS.md by default
+        own = not args.preset.startswith(("smoke", "gpu-suite")) and Path(args.out).resolve() == default_out
         args.results = str(HERE / "RESULTS.md") if own else str(Path(args.out) / "RESULTS.md")
     for item in args.set:
         task, sep, _ = item.partition(":")
@@ -537,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies, seeds = readings_scope(out, strategies, seeds)
     path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
                         strategies=strategies, seeds=seeds, variants=ABLATION,
-                        about=preset.about, tasks=preset.run_tasks, readings=readings)
+                        about=preset.about, tasks=preset.run_tasks, readings=readings, section=preset.section)
     print(f"wrote {path}")
     failed = [j for j in jobs if not j.done and (j.run_dir / "runner.json").is_file()]  # tried, no results
     return 1 if failed else 0

@@ -254,3 +254,46 @@ def test_the_gpu_readings_preset_runs_the_same_arms_and_every_command_composes(t
             assert cfg.model.pool == "avg"
         if job.task == "finetune":
             assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize("preset", ["gpu-suite-readings", "gpu-suite-tiny"])
+def test_the_gpu_suite_presets_run_four_arms_at_equal_epochs_and_every_command_composes(tmp_path, preset):
+    args = run.parse_args(["--preset", preset, "--out", str(tmp_path / "study")])
+    assert args.strategies == list(run.SUITE_ARMS) == ["random", "random_registers", "semantic", "semantic_features"]
+    assert args.seeds == [0] and args.results == str(tmp_path / "study" / "RESULTS.md")  # never the study's own
+    assert run.PRESETS[preset].section == "gpu"
+    epochs = set()
+    for job in run.plan(args):
+        overrides = [a for a in job.argv[3:] if not a.startswith("hydra.run.dir=")]
+        cfg = compose(job.module, overrides, tmp_path / "cfg")
+        if job.task == "pretrain":
+            epochs.add(cfg.trainer.max_epochs)
+            assert cfg.model.probe.enabled is False and "attention_maps" in cfg.callbacks
+            assert cfg.backbone.reg_tokens == (4 if job.cell.startswith("random_registers/") else 0)
+        if preset == "gpu-suite-readings" and job.task != "analyze":
+            assert cfg.trainer.accelerator == "gpu" and cfg.backbone.embed_dim == 192
+            assert (cfg.backbone.img_size, cfg.backbone.patch_size) == (32, 4)
+        if preset == "gpu-suite-readings" and job.task == "pretrain":
+            assert cfg.dataset.batch_size == 1024 and cfg.dataset.resident is True and cfg.model.compile is False
+            assert cfg.dataset.train_subset is None and cfg.logger is not None
+        if preset == "gpu-suite-readings" and job.task == "finetune":  # cpu-readings' 1,000 steps of batch 64
+            assert (cfg.dataset.train_subset, cfg.dataset.batch_size, cfg.trainer.max_epochs) == (16000, 64, 4)
+    assert epochs == ({10} if preset == "gpu-suite-readings" else {1})  # equal epochs for every arm
+
+
+def test_a_section_keyed_apart_from_its_preset_is_titled_by_its_key_and_names_the_device(tmp_path):
+    out = tmp_path / "study"
+    for arm in ("random", "semantic"):
+        fake_cell(out / arm / "seed0")
+    hardware = {"cpu": "x86", "cores": 16, "torch": "2.11", "python": "3.12", "gpu": "1 x NVIDIA H200"}
+    (out / "sessions.jsonl").write_text(json.dumps({"argv": ["python", "run.py"], "tasks_run": 10, "wall_s": 300,
+                                                    "hardware": hardware, "finished": "now"}) + "\n")
+    for _ in range(2):  # rewritten in place
+        path = report.write(tmp_path / "RESULTS.md", out, "gpu-suite-readings", ablation=False,
+                            strategies=["random", "semantic"], seeds=[0], variants=run.ABLATION, about="test",
+                            tasks=run.READINGS_TASKS, readings=True, section="gpu")
+    text = path.read_text()
+    assert text.count("<!-- BEGIN gpu (written by run.py) -->") == 1
+    assert "## gpu: preset `gpu-suite-readings` on 1 x NVIDIA H200: random, semantic x seeds 0\n" in text
+    assert (tmp_path / "figures" / "gpu").is_dir()
+    assert report.device_name(tmp_path / "none") == "unknown device"

@@ -1,6 +1,7 @@
 """The training step must not read device values on the host (each read is a GPU pipeline stall): no .item(),
 .tolist(), bool() or float() of tensors from semmae code between logging intervals. On CPU we count such reads;
-on a GPU the same step runs under torch.cuda.set_sync_debug_mode("error")."""
+on a GPU the step of every masking strategy (conf/masking) runs under torch.cuda.set_sync_debug_mode("error"), and
+on a CPU the same step is checked to train with each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from semmae.cli.pretrain import run
+from tests.conftest import REPO
 from tests.tasks.test_pretrain import TINY
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__")
@@ -81,27 +83,52 @@ def test_probe_detects_a_host_read():
     assert reads and reads[0].startswith("item")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("masking", ["random", "block", "grid", "semantic", "colored_noise"])
-def test_gpu_step_has_no_synchronisation(compose_cfg, masking):
+STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "masking").glob("*.yaml"))  # every masking strategy
+
+
+def masked_step(task, opt, images, gen, step: int) -> None:
+    """One training step as PretrainTask takes it: the strategy's inputs (progress 0.5, so semantic_features uses the
+    encoder's features and semantic_stratified its curriculum), the mask, the MAE forward, backward, optimiser."""
+    batch = {"image": images, "label": torch.zeros(len(images), dtype=torch.long, device=images.device),
+             "progress": 0.5}
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
+        inputs, _ = task.masking_inputs(batch)
+        mask = task.masking(images, task.mae.grid_size, gen.manual_seed(step), inputs)
+        loss, _ = task.mae(images, mask)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def tiny_task(compose_cfg, masking: str, device: str, extra: tuple[str, ...] = (), batch: int = 64):
     from hydra.utils import instantiate
 
     cfg = compose_cfg("pretrain", [f"masking={masking}", "backbone=vit_tiny", "backbone.img_size=32",
-                                   "backbone.patch_size=4"])
-    task = instantiate(cfg.model).cuda()
-    opt = torch.optim.AdamW(task.mae.parameters(), lr=1e-4, fused=True)
-    images = torch.randn(64, cfg.dataset.channels, 32, 32, device="cuda")
-    batch = {"image": images, "label": torch.zeros(64, dtype=torch.long, device="cuda")}
+                                   "backbone.patch_size=4", *extra])
+    task = instantiate(cfg.model).to(device)
+    opt = torch.optim.AdamW(task.mae.parameters(), lr=1e-4, fused=device == "cuda")
+    return task, opt, torch.randn(batch, cfg.dataset.channels, 32, 32, device=device)
+
+
+@pytest.mark.parametrize("masking", STRATEGIES)
+def test_the_gpu_tests_step_trains_with_every_strategy(compose_cfg, masking):
+    """The step the GPU test runs under sync-debug mode, here on the CPU: it composes for every strategy and trains."""
+    task, opt, images = tiny_task(compose_cfg, masking, "cpu", extra=tuple(TINY[:6]), batch=8)
+    before = task.mae.decoder.pred.weight.detach().clone()
+    for step in range(2):
+        masked_step(task, opt, images, torch.Generator(), step)
+    assert not torch.equal(before, task.mae.decoder.pred.weight)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("masking", STRATEGIES)
+def test_gpu_step_has_no_synchronisation(compose_cfg, masking):
+    task, opt, images = tiny_task(compose_cfg, masking, "cuda")
     gen = torch.Generator(device="cuda")
     for step in range(3):
         torch.cuda.set_sync_debug_mode("error" if step else "default")
         try:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                mask = task.masking(images, task.mae.grid_size, gen.manual_seed(step), batch)
-                loss, _ = task.mae(images, mask)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            masked_step(task, opt, images, gen, step)
         finally:
             torch.cuda.set_sync_debug_mode("default")
