@@ -14,7 +14,7 @@ export WANDB_MODE ?= offline
 BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
 	--baseline dataset.resident=false model.probe.bf16=false model.probe.batch_fraction=1.0
 
-.PHONY: help setup data pretrain analyze test test-slow test-all clean
+.PHONY: help setup data pretrain analyze lint test test-slow test-all clean
 .PHONY: masks bench bench-masking bench-analyze gpu-suite
 .PHONY: segment
 .PHONY: sweep test-slurm
@@ -46,7 +46,7 @@ data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root
 		echo "  or pass dataset.root=DIR (the four IDX files); or let the first run download it (dataset.download=true)."; \
 	fi
 
-pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, CPU: ~4 min)
+pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, on the CPU)
 	$(BIN)/python -m semmae.pretrain $(ARGS)
 
 analyze: setup ## Attention maps + artifact metrics of the newest outputs/pretrain/*/checkpoints/last.ckpt (ARGS='ckpt=[PATH,random]')
@@ -89,6 +89,10 @@ sweep: setup ## Masking sweep (masking x mask_ratio, 6 short CPU runs, ~12 min),
 
 replicate: setup ## Replication study, semantic vs random vs block x 3 seeds, --preset cpu (ARGS='--preset cpu-long', '--preset gpu', '--ablation', '--dry-run')
 	$(BIN)/python experiments/semantic_vs_random/run.py $(ARGS)
+
+lint: setup ## ruff: lint and format check of semmae/, tests/, experiments/
+	$(BIN)/ruff check semmae tests experiments
+	$(BIN)/ruff format --check semmae tests experiments
 
 test: setup ## Run the test suite (without tests marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

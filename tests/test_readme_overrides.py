@@ -1,4 +1,4 @@
-"""Every command line README.md documents composes: the entry-point commands (`semmae-<task> ...`,
+"""Every command line README.md and the manual in docs/ document composes: the entry-point commands (`semmae-<task> ...`,
 `python -m semmae.<task> ...`, `make <task> ARGS='...'`, in code blocks and inline) with their task's config, and
 every inline span of overrides (`ckpt=null`, `analysis.tau=...`) with at least one entry point's config.
 Placeholders (PATH, DIR, N, <run>, ...) are replaced by dummy values; nothing runs."""
@@ -15,7 +15,11 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO, compose
 
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze", "export", "masks")
+# The README is the tour and these pages the manual: their commands and spans of overrides must run as written. The
+# other pages of docs/ are specifications, whose spans name settings in the code's terms: their commands must run.
+MANUAL = ("README.md", "docs/usage.md", "docs/evaluation.md", "docs/studies.md")
 README = (REPO / "README.md").read_text()
+SPECS = [p for p in sorted((REPO / "docs").glob("*.md")) if str(p.relative_to(REPO)) not in MANUAL]
 OVERRIDE = re.compile(r"^[+~]?[a-z_][\w.@/]*(<key>)?[\w.]*=")
 # Spans that look like overrides but are not: generic notation, a deliberate typo shown as an error, a metric
 # setting named without its node (its nodes are analysis.* and callbacks.attention_maps.*, listed below).
@@ -67,10 +71,10 @@ def overrides_of(text: str) -> tuple[list[str], bool]:
     return out, sweep
 
 
-def code_texts() -> list[str]:
+def code_texts(text: str) -> list[str]:
     """Lines of the fenced code blocks, and the inline code spans of the prose."""
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README, re.S | re.M)
-    prose = re.sub(r"^```[a-z]*\n.*?^```", "", README, flags=re.S | re.M)
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M)
+    prose = re.sub(r"^```[a-z]*\n.*?^```", "", text, flags=re.S | re.M)
     lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     return lines + re.findall(r"`([^`\n]+)`", prose)
 
@@ -78,7 +82,10 @@ def code_texts() -> list[str]:
 def documented() -> tuple[list[tuple[str, list[str]]], list[list[str]]]:
     """-> (commands: (task, overrides)), (spans of overrides with no command: for any entry point)."""
     commands, spans = [], []
-    for text in code_texts():
+    manual = [line for name in MANUAL for line in code_texts((REPO / name).read_text())]
+    specs = [line for path in SPECS for line in code_texts(path.read_text())
+             if re.search(r"(?:semmae-|python -m semmae\.)\w+\b|\bmake \w+ ARGS=", line)]
+    for text in manual + specs:
         cmd = re.search(r"(?:semmae-|python -m semmae\.)(\w+)\b(.*)", text)
         make = re.search(r"\bmake (\w+) ARGS='([^']*)'", text)
         if cmd and cmd.group(1) in TASKS:

@@ -19,7 +19,7 @@ cells are reused. Its report pairs every arm with random seed by seed and applie
 takes ~13 min on 2 cores (measured for random): pretraining 60,000 images x 6 epochs without the online probe ~8 min
 (~770 img/s), the two probes ~45 s, fine-tuning 1,000 steps with the series on 1,000 images ~4 min.
 
-    python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~40 min on 2 cores
+    python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~75 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu --ablation     # ablation, ~25 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu-long           # the longer-run check, ~1.5 h on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu-readings       # screening: 9 arms x seed 0, ~2 h
