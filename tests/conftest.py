@@ -11,6 +11,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures without a display, as the console scripts draw them
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from semmae.data.idx import write_idx  # noqa: E402

@@ -113,6 +113,29 @@ def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
     return wrapped
 
 
+# Notices the libraries print on every run that say nothing about this run: the probe's frozen encoder is in eval
+# mode on purpose; PretrainTask.on_before_batch_transfer only seeds the augmentation (the datamodule's batch hooks
+# still run); ResidentBatches always runs in the main process, where its __len__ is exact; torchvision's decoders
+# are marked deprecated in favour of TorchCodec, and work.
+KNOWN_NOTICES = (
+    r"Found \d+ module\(s\) in eval mode",
+    "You have overridden `on_before_batch_transfer` in `LightningModule`",
+    "Your `IterableDataset` has `__len__` defined",
+    r".*TorchCodec.*",
+)
+
+
+def quiet_known_notices() -> None:
+    """For a console script: no warnings the user can do nothing about, and figures drawn without a display."""
+    import warnings
+
+    import matplotlib
+
+    for message in KNOWN_NOTICES:
+        warnings.filterwarnings("ignore", message=message)
+    matplotlib.use("Agg")
+
+
 def hydra_entry(config_name: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
     """main() for a console script running fn(cfg) on conf/<config_name>.yaml."""
 
@@ -122,6 +145,7 @@ def hydra_entry(config_name: str, fn: Callable[[Any], Any]) -> Callable[[], None
         from semmae.config import config_dir, register_resolvers
 
         prog = f"semmae-{config_name}"
+        quiet_known_notices()
         os.environ.setdefault("WANDB_MODE", "offline")
         show_traceback = os.environ.get("SEMMAE_TRACEBACK") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us; we report them

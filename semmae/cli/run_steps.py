@@ -13,10 +13,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semmae.callbacks.finite_loss import FiniteLoss
+from semmae.callbacks.model_summary import ParameterSummary
 from semmae.callbacks.requeue import RequeueOnSignal
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.sources import resolve_source
@@ -42,12 +44,15 @@ def begin_run(cfg: DictConfig) -> float:
 def build_trainer(cfg: DictConfig) -> tuple[Any, list[Any]]:
     """Callbacks and loggers from their groups, the trainer with them, and the resolved config logged to every
     logger as hyperparameters; -> (trainer, loggers). Whatever the groups say, every run stops at a non-finite loss
-    (FiniteLoss), saves and stops at SIGTERM (RequeueOnSignal), and writes its checkpoints atomically
-    (AtomicCheckpointIO)."""
+    (FiniteLoss), saves and stops at SIGTERM (RequeueOnSignal), summarises the model without Lightning's FLOPs
+    (ParameterSummary), and writes its checkpoints atomically (AtomicCheckpointIO)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
-    for kind in (FiniteLoss, RequeueOnSignal):
+    always = [(FiniteLoss, FiniteLoss), (RequeueOnSignal, RequeueOnSignal)]
+    if cfg.trainer.get("enable_model_summary", True) is not False:
+        always.append((ModelSummary, ParameterSummary))
+    for kind, default in always:
         if not any(isinstance(cb, kind) for cb in callbacks):
-            callbacks.append(kind())
+            callbacks.append(default())
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     config = resolved_config(cfg)

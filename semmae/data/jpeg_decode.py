@@ -6,7 +6,6 @@ file (semmae.data.disk_images: stop, or skip it with dataset.skip_corrupt=true).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from semmae.data import disk_images
 from semmae.data.augment import normalize, sample_crop_boxes
 from semmae.errors import DataError
 
-# torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they work and need no extra dependency.
-warnings.filterwarnings("ignore", message=r".*TorchCodec.*", category=UserWarning)
 
 
 class EncodedImageFolder(Dataset):

@@ -5,13 +5,10 @@ Augmentation runs afterwards on the whole batch (semmae.data.augment), on the sa
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch.utils.data import IterableDataset
 
-# ResidentBatches always runs in the main process (num_workers=0), where its __len__ is exact.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -6,7 +6,6 @@ both."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import torch
@@ -19,8 +18,6 @@ from semmae.models.export import head_layout
 from semmae.models.heads import POOLS, ProbeHead, pool_tokens
 from semmae.tasks.base import ClassifierEvaluation, plain
 
-# The frozen encoder stays in eval mode on purpose (no drop path); Lightning would warn about it at every fit.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class LinearProbeTask(ClassifierEvaluation):

@@ -4,7 +4,6 @@ warmup + cosine) over weight-decay groups, and an online linear probe that is on
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import torch
@@ -22,8 +21,6 @@ from semmae.optim.schedule import WarmupDecay
 from semmae.tasks.base import TaskBase, plain
 from semmae.tasks.settings import settings
 
-# on_before_batch_transfer below only seeds the augmentation; the datamodule's own batch hooks still run.
-warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 VAL_STREAM = 1  # generator stream ids: validation masks are fixed across epochs, training masks are not

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from semmae.utils.atomic import atomic_write  # noqa: E402
+from semmae.utils.atomic import atomic_write
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
