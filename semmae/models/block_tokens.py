@@ -1,7 +1,8 @@
 """The tokens a probe reads from a chosen encoder block: block k's output on the full image, [B, T, D] with the
 prefix tokens (CLS, registers) first. Blocks count from 1. The last block's tokens are taken after the encoder's
 final norm (what forward_features gives, and what MAE's probe reads); an earlier block's are its raw output (the
-residual stream), since the final norm belongs to the last block's output."""
+residual stream), since the final norm belongs to the last block's output. `probe_views` names what a probe reads
+of them: "pooled/k" (the CLS or mean patch token of block k, float32) and "tokens/k" (all of block k's tokens)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from semmae.errors import ConfigError
+from semmae.models.heads import pool_tokens
 
 
 def check_blocks(blocks: Iterable[int], depth: int) -> list[int]:
@@ -47,4 +49,22 @@ def block_tokens(encoder: nn.Module, images: torch.Tensor, blocks: Iterable[int]
         patches, prefix = item if isinstance(item, tuple) else (item, None)
         tokens = patches if prefix is None else torch.cat([prefix, patches], dim=1)
         out[k] = encoder.norm(tokens) if k == depth else tokens
+    return out
+
+
+def view_name(kind: str, block: int) -> str:
+    """The name of a probe's input: kind "pooled" or "tokens", of block (1-based)."""
+    return f"{kind}/{block}"
+
+
+def probe_views(encoder: nn.Module, images: torch.Tensor, blocks: Iterable[int], pool: str, pooled: bool = True,
+                tokens: bool = False, token_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """What the probes read of images, by view_name: for every block, its pooled feature [B, D] (pool_tokens: "token"
+    = CLS, "avg" = the mean patch token; float32) if pooled, and all its tokens [B, T, D] in token_dtype if tokens."""
+    out = {}
+    for k, t in block_tokens(encoder, images, blocks).items():
+        if pooled:
+            out[view_name("pooled", k)] = pool_tokens(t, pool, encoder.num_prefix_tokens).float()
+        if tokens:
+            out[view_name("tokens", k)] = t.to(token_dtype)
     return out

@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from semmae.cli.linprobe import run
 from semmae.data.feature_cache import FeatureDataModule, images_read
 from semmae.data.loaders import subset_indices
-from semmae.tasks.linprobe import LinearProbeTask
 from tests.tasks.test_linprobe import TINY
 
 FMNIST_TRAIN, FMNIST_TEST = 60000, 10000
@@ -35,14 +34,16 @@ def test_images_read(limits, train, val):
 
 
 def test_fast_dev_run_encodes_one_batch_of_each_split(compose_cfg, fmnist_root, monkeypatch):
+    import semmae.cli.linprobe as cli
+
     encoded = []
-    encode = LinearProbeTask.encode
+    views = cli.probe_views
 
-    def counting(self, images):
+    def counting(encoder, images, *args, **kwargs):
         encoded.append(len(images))
-        return encode(self, images)
+        return views(encoder, images, *args, **kwargs)
 
-    monkeypatch.setattr(LinearProbeTask, "encode", counting)
+    monkeypatch.setattr(cli, "probe_views", counting)
     cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY])
     metrics = run(cfg)
     assert sum(encoded) == 64 + 128  # dataset.batch_size + dataset.eval_batch_size, not 600 + 300
