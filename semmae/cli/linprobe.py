@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from semmae.analysis.knn import check_knn, knn_accuracy
@@ -58,6 +59,15 @@ def probe_heads(setting: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def cache_device(cfg: DictConfig) -> torch.device:
+    """Where the feature cache lives: the device this process trains on (trainer.accelerator; under DDP its
+    LOCAL_RANK's GPU)."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def probe_seeds(cfg: DictConfig) -> list[int]:
     seeds = plain(cfg.get("probe_seeds"))
     if seeds is None:
@@ -84,6 +94,8 @@ class ProbeRun:
         self.encoders = {"checkpoint": encoder}
         if cfg.get("random_baseline"):  # the same geometry, MAE's initialisation, seeded by the run's seed
             self.encoders["random_init"] = random_encoder({**plain(cfg.backbone), **encoder.config}, seed=cfg.seed)
+        if cfg.dataset.get("train_per_class") is not None:
+            self.datamodule.split_size("train")  # draws the low-shot subset: a size it cannot take fails now
         self.results: list[ProbeResult] = []
         self.extract_s = 0.0
         setting = cfg.model.feature_cache
@@ -266,11 +278,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     probes = ProbeRun(cfg)
     if resume is not None and not probes.single:
         raise ConfigError("ckpt_path resumes one probe: one model.head, one model.block, one seed, no random_baseline")
-    device = instantiate(cfg.trainer, logger=False, callbacks=[]).strategy.root_device  # where the cache lives
+    device = cache_device(cfg)
     for name, encoder in probes.encoders.items():
         trainer, loggers = probes.probe_encoder(name, encoder, device, resume)
         gc.collect()  # the encoder's cache goes before the next one's is built
     return report(cfg, probes, trainer, loggers, source, start)
+
+
+@rank_zero_only
+def print_table(text: str) -> None:
+    print("\n" + text)
 
 
 def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: str | None,
@@ -279,8 +296,7 @@ def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: st
     the summary lines."""
     results = probes.results
     metrics = dict(results[0].metrics) if probes.single else aggregate(results)
-    rows = table(results, int(probes.knn["k"][0]))
-    rank_zero_info("\n" + format_table(rows))
+    print_table(format_table(table(results, int(probes.knn["k"][0]))))
     best = results[0].best_checkpoint if probes.single else None
     fields = {"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
               "feature_cache": probes.cached, "feature_extraction_s": round(probes.extract_s, 1),
