@@ -80,8 +80,7 @@ def bench_head(head: str, epochs: int | None, overrides: list[str]) -> dict:
     steps = trainer.global_step
     return {"head": head, "epochs": epochs, "steps": steps, "batch": int(cfg.dataset.batch_size),
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "ms_per_step": round(1000 * wall / max(1, steps), 1),
-            "optimizer": OmegaConf.select(cfg, "model.attentive_optim.optimizer._target_" if head in ("ep", "mhca")
-                                          else "model.optim.optimizer._target_")}
+            "optimizer": OmegaConf.select(cfg, "model.optim.optimizer._target_")}
 
 
 def bench_knn() -> dict:

@@ -71,11 +71,13 @@ def cell(values: list[float]) -> str:
 
 
 def table(results: list[ProbeResult], knn_k: int | None = None) -> list[list[str]]:
-    """Rows: a header, then one per head (and block) in run order; columns: the probe, then test top-1 % per encoder
+    """Rows: a header, then one per head (in run order) and block; columns: the probe, then test top-1 % per encoder
     (mean ± std over the seeds)."""
     encoders = list(dict.fromkeys(r.encoder for r in results))
     by_group = groups(results)
-    rows_seen = list(dict.fromkeys((head, block) for _, head, block in by_group))
+    heads = list(dict.fromkeys(head for _, head, _ in by_group))
+    rows_seen = sorted(dict.fromkeys((head, block) for _, head, block in by_group),
+                       key=lambda hb: (heads.index(hb[0]), hb[1]))  # head by head, blocks in order
     many_blocks = len({block for _, block in rows_seen}) > 1
     header = ["probe (test top-1 %)", *(ENCODER_LABELS.get(e, e) for e in encoders)]
     rows = [header]

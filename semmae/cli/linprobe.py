@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import os
 import time
 from pathlib import Path
@@ -77,6 +78,16 @@ def probe_seeds(cfg: DictConfig) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def low_shot_repeat(datamodule, batch: int) -> int:
+    """Passes over a low-shot training set (dataset.train_per_class) an epoch: as many as give it the steps an epoch
+    over the whole training split takes, so that a low-shot probe trains for the full run's number of steps; 1 for
+    a run on the whole split."""
+    pool, n = getattr(datamodule, "train_pool_size", None), datamodule.split_size("train")
+    if not getattr(datamodule, "train_per_class", None) or not pool or not n:
+        return 1
+    return max(1, math.ceil(max(1, pool // datamodule.batch_size) * batch / n))
+
+
 class ProbeRun:
     """One semmae-linprobe run: its settings, the encoders it probes and the results so far."""
 
@@ -99,7 +110,9 @@ class ProbeRun:
         self.results: list[ProbeResult] = []
         self.extract_s = 0.0
         setting = cfg.model.feature_cache
-        self.cached = bool(getattr(self.datamodule, "in_memory", False)) if setting == "auto" else bool(setting)
+        low_shot = cfg.dataset.get("train_per_class") is not None  # a few images: cached, whatever the data set
+        self.cached = (low_shot or bool(getattr(self.datamodule, "in_memory", False))) if setting == "auto" \
+            else bool(setting)
         if cfg.model.cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"model.cache_dtype={cfg.model.cache_dtype!r}: one of {', '.join(CACHE_DTYPES)}")
         self.token_dtype = CACHE_DTYPES[cfg.model.cache_dtype]
@@ -183,6 +196,7 @@ class ProbeRun:
         took = time.time() - t0
         self.extract_s += took
         rank_zero_info(f"Feature cache: encoded in {took:.0f} s")
+        cache.train_repeat = low_shot_repeat(datamodule, cache.batch_size)
         return cache
 
     # --- the probes ----------------------------------------------------------------------------------------------

@@ -99,10 +99,12 @@ class FeatureDataModule(SemmaeDataModule):
     features are one tensor, or several views by name, of which `view` is served."""
 
     def __init__(self, train: tuple[Features, torch.Tensor], val: tuple[Features, torch.Tensor],
-                 batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features", view: str | None = None):
+                 batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features", view: str | None = None,
+                 train_repeat: int = 1):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=0, seed=seed, name=name)
         self.splits = {"train": train, "val": val}
         self.view = view
+        self.train_repeat = train_repeat  # passes over the training set an epoch (ResidentBatches' repeat)
         if len(train[1]) < self.batch_size:
             raise ConfigError(f"{len(train[1])} training samples are fewer than one batch of {self.batch_size}: "
                               "lower dataset.batch_size")
@@ -129,10 +131,12 @@ class FeatureDataModule(SemmaeDataModule):
         return cls(train, val, batch_size or datamodule.batch_size, datamodule.eval_batch_size, seed,
                    name=f"{datamodule.name} (cached features)", view=view)
 
-    def with_view(self, view: str, batch_size: int | None = None, seed: int | None = None) -> FeatureDataModule:
-        """The same cached tensors, serving another view (and training batch, seed)."""
+    def with_view(self, view: str, batch_size: int | None = None, seed: int | None = None,
+                  train_repeat: int | None = None) -> FeatureDataModule:
+        """The same cached tensors, serving another view (and training batch, seed, passes an epoch)."""
         return type(self)(self.splits["train"], self.splits["val"], batch_size or self.batch_size,
-                          self.eval_batch_size, self.seed if seed is None else seed, self.name, view)
+                          self.eval_batch_size, self.seed if seed is None else seed, self.name, view,
+                          self.train_repeat if train_repeat is None else train_repeat)
 
     def features(self, split: str) -> torch.Tensor:
         """The served view of a split [N, ...]."""
@@ -147,7 +151,7 @@ class FeatureDataModule(SemmaeDataModule):
 
     def _batches(self, feats: torch.Tensor, labels: torch.Tensor, train: bool, shard: bool = True) -> Dataset:
         ds = FeatureBatches(feats, labels, self.batch_size if train else self.eval_batch_size, train=train,
-                            seed=self.seed, shard=shard)
+                            seed=self.seed, shard=shard, repeat=self.train_repeat)
         ds.epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0
         return ds
 

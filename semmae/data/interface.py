@@ -88,6 +88,7 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         self.pin_memory = pin_memory
         self.train_subset, self.val_subset = train_subset, val_subset
         self.train_per_class = check_per_class(train_per_class)
+        self.train_pool_size: int | None = None
         if self.train_per_class is not None and train_subset is not None:
             raise ConfigError("dataset.train_per_class and dataset.train_subset both choose the training images: "
                               "set dataset.train_subset=null")
@@ -126,6 +127,7 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         if split == "train" and self.train_per_class is not None:
             if labels is None:
                 raise ConfigError(f"dataset.train_per_class: {self.name} has no class labels to balance")
+            self.train_pool_size = total  # the images the subset is drawn from (a low-shot probe's schedule reads it)
             return class_balanced_subset(torch.as_tensor(labels), self.train_per_class, self.seed)
         key = "train_subset" if split == "train" else "val_subset"
         n = getattr(self, key)

@@ -1,8 +1,8 @@
 """Probing a frozen encoder as a LightningModule: one probe head (model.head: `linear`, MAE's BatchNorm1d without
 affine + Linear on the CLS or mean patch token; `ep`, efficient probing; `mhca`, V-JEPA's cross-attention probe; see
 semmae.models.probe_heads) on one block's tokens (model.block, the last by default, after the final norm), trained by
-its optimiser: model.optim for the linear head (conf/optim/lars_probe.yaml: LARS, MAE's protocol), model.attentive_optim
-for the attentive ones (conf/optim/adamw_probe.yaml); top-1 / top-5. Batches carry either images (the encoder runs,
+the optimiser of model.optim (conf/optim/lars_probe.yaml: LARS, lr scaling rule, per-step warmup + cosine; MAE's
+linear-probe protocol, which efficient probing's code applies to every head it compares); top-1 / top-5. Batches carry either images (the encoder runs,
 without gradients) or cached features ("feature", see semmae.data.feature_cache), so the same module trains on both.
 k-NN trains nothing: `semmae-linprobe model.head=knn` classifies the cached features directly."""
 
@@ -21,8 +21,7 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.export import head_layout
 from semmae.models.heads import POOLS
 from semmae.models.probe_heads import ATTENTIVE, HEADS, build_probe_head
-from semmae.optim import weight_decay_groups
-from semmae.tasks.base import ClassifierEvaluation, optim_group, plain
+from semmae.tasks.base import ClassifierEvaluation, plain
 from semmae.tasks.settings import settings
 
 # The frozen encoder stays in eval mode on purpose (no drop path); Lightning would warn about it at every fit.
@@ -41,6 +40,7 @@ def head_input(head: str) -> str:
 
 class ProbeTask(ClassifierEvaluation):
     kind = "linprobe"
+    optim_group = "lars_probe"
     optim_keys = ("weight_decay",)
 
     def __init__(
@@ -59,16 +59,12 @@ class ProbeTask(ClassifierEvaluation):
         cache_max_ram_share: float = 0.5,
         bf16: bool | str = "auto",
         optim: Mapping[str, Any] | None = None,
-        attentive_optim: Mapping[str, Any] | None = None,
         cache_limits: Mapping[str, Any] | None = None,
     ):
         if not isinstance(head, str) or head not in HEADS:
             raise ConfigError(f"model.head={plain(head)!r}: a probe task trains one of {', '.join(HEADS)} "
                               "(semmae-linprobe runs lists and knn)")
-        attentive = head in ATTENTIVE
-        chosen = attentive_optim if attentive else optim
-        super().__init__(num_classes, optim_group("adamw_probe" if attentive else "lars_probe") if chosen is None
-                         else chosen, batch_size)
+        super().__init__(num_classes, optim, batch_size)
         # plain containers in the frame: save_hyperparameters records them, and checkpoints load with weights_only
         ep, mhca, knn, block = plain(ep), plain(mhca), plain(knn), plain(block)
         self.cache_limits = cache_limits = plain(cache_limits) or {}  # the trainer's: the feature cache reads them
@@ -95,7 +91,7 @@ class ProbeTask(ClassifierEvaluation):
         self.bf16 = bf16
         self.train_loss = torchmetrics.MeanMetric()
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-        self.save_hyperparameters(ignore=["encoder", "attentive_optim"])
+        self.save_hyperparameters(ignore=["encoder"])
         self.hparams["encoder"] = dict(encoder.config)
 
     def train(self, mode: bool = True):
@@ -144,9 +140,7 @@ class ProbeTask(ClassifierEvaluation):
 
     # --- optimisation and checkpoints -----------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """The head alone (the encoder is frozen); an attentive head's biases and norms without weight decay."""
-        if self.head_name in ATTENTIVE:
-            return weight_decay_groups(self.head, self.optim_cfg["weight_decay"])
+        """The head alone (the encoder is frozen)."""
         return [{"params": list(self.head.parameters()), "weight_decay": self.optim_cfg["weight_decay"]}]
 
     def checkpoint_fields(self) -> dict[str, Any]:

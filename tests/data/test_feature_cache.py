@@ -70,3 +70,25 @@ def test_limited_cache_holds_the_same_features_as_the_full_one(compose_cfg, fmni
     # by default the task's limits apply: limit_test_batches=null reads the whole test set
     default = FeatureDataModule.from_images(datamodule, model.encode, torch.device("cpu"))
     assert len(default.splits["train"][1]) == 128 and len(default.splits["val"][1]) == 300
+
+
+def test_repeated_epochs_pass_over_every_sample_that_many_times():
+    from semmae.data.resident import ResidentBatches
+
+    labels = torch.arange(10)
+    ds = ResidentBatches(labels.view(10, 1).float(), labels, batch_size=4, train=True, seed=3, repeat=3)
+    seen = torch.cat([b["label"] for b in ds])
+    assert len(ds) == 7 and len(seen) == 28  # 30 draws, the incomplete batch dropped
+    assert torch.bincount(seen, minlength=10).max() <= 3 and torch.bincount(seen, minlength=10).sum() == 28
+    assert ResidentBatches(labels.view(10, 1).float(), labels, 4, train=False, repeat=3).repeat == 1
+
+
+def test_low_shot_runs_the_full_runs_steps(compose_cfg, fmnist_root):
+    from semmae.cli.linprobe import low_shot_repeat
+
+    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "dataset.train_per_class=2"])
+    datamodule = instantiate(cfg.dataset)
+    assert datamodule.split_size("train") == 20 and datamodule.train_pool_size == 600
+    assert low_shot_repeat(datamodule, batch=20) == 9  # 600 // 64 = 9 steps an epoch, of 20 images each
+    full = instantiate(cfg.dataset, train_per_class=None)
+    assert low_shot_repeat(full, batch=64) == 1

@@ -25,8 +25,8 @@ def results(cfg) -> dict:
 
 def test_ep_learns_the_fixture_and_draws_its_attention(compose_cfg, fmnist_root):
     cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "logger=csv", "callbacks=none",
-                                   "model.head=ep", "model.ep.num_queries=4", "trainer.max_epochs=6",
-                                   "model.attentive_optim.blr=0.02"])
+                                   "model.head=ep", "model.ep.num_queries=4", "trainer.max_epochs=8",
+                                   "model.optim.blr=25.6", "model.optim.warmup_epochs=1"])
     metrics = run(cfg)
     assert metrics["test/top1"] > 0.6, metrics  # chance is 0.1: the class sits in where the blob is
     out = results(cfg)
