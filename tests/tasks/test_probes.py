@@ -2,6 +2,7 @@
 random-init baseline, the layer-wise sweep, low-shot seeds, and the bad input that must be one line and exit 2."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def test_heads_side_by_side_with_the_random_baseline(compose_cfg, fmnist_root, c
         (e, h) for e in ("checkpoint", "random_init") for h in ("linear", "ep", "mhca", "knn")]
     table = capsys.readouterr().out
     assert "probe (test top-1 %)" in table and "random init" in table and "k-NN (k=20)" in table
+
+
+def test_streamed_images_train_the_heads_and_knn_caches_only_pooled_features(compose_cfg, fmnist_root, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY,
+                                   "model.feature_cache=false", "model.head=[ep,knn]", "model.ep.num_queries=8"])
+    metrics = run(cfg)
+    assert 0.0 <= metrics["ep/test/top1"] <= 1.0 and 0.0 <= metrics["knn/test/top1"] <= 1.0
+    assert results(cfg)["feature_cache"] is False
+    cached = [r.message for r in caplog.records if r.message.startswith("Feature cache: ") and "images" in r.message]
+    assert len(cached) == 1 and "pooled/2:" in cached[0] and "tokens" not in cached[0]
 
 
 def test_layerwise_sweep_reads_each_block(compose_cfg, fmnist_root):
