@@ -144,7 +144,8 @@ def _finite(v) -> float | None:
 
 def cell_values(cell: Path) -> dict[str, float | None]:
     """Every number of a readings cell (<out>/<arm>/seed<k>) under its READINGS_COLUMNS key: the probes' (linear on
-    CLS and mean token, EP, k-NN) and the fine-tuning's top-1, analyze's shallow_* after pretraining, and the first (ft_start/...) and last (ft_end/...)
+    CLS and mean token, EP, k-NN) and the fine-tuning's top-1, analyze's shallow_* after pretraining, and the first
+    (ft_start/...) and last (ft_end/...)
     point of the fine-tuning series (ft_end falls back to the run's final attn/shallow_* without a series)."""
     probes = ("linprobe", "linprobe_avg", "probe_ep", "knn", "finetune")
     tasks = {t: read_task(cell / t) for t in (*probes, "analyze")}

@@ -14,9 +14,9 @@ semantic_stratified, semantic_features), the contiguity controls (random_units, 
 against random at equal epochs:
 pretrain, linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg), efficient probing of
 the patch tokens (probe_ep) and DINO's k-NN on the CLS token (knn), both on the linear probe's cached images,
-fine-tuning with the artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm; `--mode confirmation` seeds 0 1 2
-of the arms named with --strategies, plus random and random_registers, into the same --out, so the screening's seed-0
-cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
+fine-tuning with the artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm;
+`--mode confirmation` seeds 0 1 2 of the arms named with --strategies, plus random and random_registers, into the
+same --out, so the screening's seed-0 cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
 takes ~13 min on 2 cores (measured for random): pretraining 60,000 images x 6 epochs without the online probe ~8 min
 (~770 img/s), the two probes ~45 s, fine-tuning 1,000 steps with the series on 1,000 images ~4 min.
 
@@ -223,9 +223,9 @@ PRESETS = {
         about="the readings of semantic masking against random on 2 CPU cores, every arm at equal epochs: vit_micro "
               "pretrained 6 epochs on all 60,000 images without the online probe, the attention callback measuring "
               "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
-              "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning 4 epochs on 16,000 (batch 64, 1,000 steps) with the "
-              "artifact series on 1,000 validation images (start, 10/25/50/75% of the steps, end); semmae-analyze "
-              "(1,000 images); no segmentation, no floor row (~13 min per cell)",
+              "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning "
+              "4 epochs on 16,000 (batch 64, 1,000 steps) with the artifact series on 1,000 validation images "
+              "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row (~13 min per cell)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
@@ -281,8 +281,8 @@ PRESETS = {
     "gpu-readings": Preset(
         about="the readings study on one GPU: every cpu-readings arm with ViT-T/4 at 32 px "
               "(experiment=fmnist_vit_tiny_gpu), pretrained 100 epochs on all 60,000 images without the online "
-              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token, EP, k-NN) on all "
-              "cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
+              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token, EP, k-NN) on "
+              "all cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
               "(1,000 images)",
         data=FMNIST,
         tasks={

@@ -36,7 +36,7 @@ from semmae.cli.run_steps import (
     test_best,
 )
 from semmae.data.cache_memory import cache_bytes, check_cache_memory
-from semmae.data.feature_cache import FeatureDataModule, cache_indices, extract_features
+from semmae.data.feature_cache import FeatureDataModule, cache_indices
 from semmae.errors import ConfigError
 from semmae.models.block_tokens import probe_views, resolve_blocks, view_name
 from semmae.models.loading import random_encoder
@@ -231,7 +231,8 @@ class ProbeRun:
 
             finish_wandb(0)
         kept = metrics if self.single else {k: v for k, v in metrics.items() if k.startswith("test/")}
-        return ProbeResult(encoder_name, head, block, seed, kept, str(self.run_dir(tag)), best or None), trainer, loggers
+        result = ProbeResult(encoder_name, head, block, seed, kept, str(self.run_dir(tag)), best or None)
+        return result, trainer, loggers
 
     def attention_figure(self, model, images, trainer, cfg: DictConfig, head: str) -> None:
         batch = next(iter(images.eval_batches("val", model.device, limit=FIGURE_IMAGES)))
@@ -324,7 +325,8 @@ def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: st
                         "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
                         "best checkpoint": best or "(none written)"})
     else:
-        summary["probes"] = f"{len(results)} ({', '.join(probes.heads)}; the table above; {Path(cfg.paths.output_dir)}/probes/)"
+        where = Path(cfg.paths.output_dir) / "probes"
+        summary["probes"] = f"{len(results)} ({', '.join(probes.heads)}; the table above; {where}/)"
     finish_run("linprobe", cfg, trainer, loggers, start, scalar_metrics(metrics), fields=fields, summary=summary)
     return metrics
 

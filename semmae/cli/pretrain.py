@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from semmae.analysis.knn import check_knn, knn_accuracy
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import (
     begin_run,
@@ -24,7 +25,6 @@ from semmae.cli.run_steps import (
     prepare_datamodule,
     scalar_metrics,
 )
-from semmae.analysis.knn import check_knn, knn_accuracy
 from semmae.data.feature_cache import extract_features
 from semmae.data.loaders import subset_indices
 from semmae.models.heads import pool_tokens
@@ -103,8 +103,9 @@ def knn_lines(cfg: DictConfig, knn: dict[str, Any]) -> dict[str, str]:
     if not knn:
         return {"k-NN top-1": "(knn_eval.enabled=false)"}
     k = cfg.knn_eval.k
-    return {f"k-NN top-1 (k={k})": f"{100 * knn['knn/top1']:.2f}% (random init: {100 * knn['knn/random_init_top1']:.2f}%; "
-            f"{knn['knn/train_images']:,} train / {knn['knn/val_images']:,} val images, {knn['knn/seconds']:.0f} s)"}
+    trained, init = 100 * knn["knn/top1"], 100 * knn["knn/random_init_top1"]
+    return {f"k-NN top-1 (k={k})": f"{trained:.2f}% (random init: {init:.2f}%; {knn['knn/train_images']:,} train / "
+            f"{knn['knn/val_images']:,} val images, {knn['knn/seconds']:.0f} s)"}
 
 
 main = hydra_entry("pretrain", run)

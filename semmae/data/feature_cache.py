@@ -55,8 +55,8 @@ def images_read(limits: Mapping[str, Any] | None, total: int, batch_size: int, t
 Features = torch.Tensor | dict[str, torch.Tensor]  # one view, or several by name
 
 
-def extract_features(encode: Callable[[torch.Tensor], Features], datamodule: L.LightningDataModule,
-                     split: str, device: torch.device, indices: list[int] | None = None) -> tuple[Features, torch.Tensor]:
+def extract_features(encode: Callable[[torch.Tensor], Features], datamodule: L.LightningDataModule, split: str,
+                     device: torch.device, indices: list[int] | None = None) -> tuple[Features, torch.Tensor]:
     """-> (features, labels [N]) on device of the split's images in order (only those at indices, if given) in the
     datamodule's evaluation view (no augmentation: eval_batches). features: what encode gives of a batch of images
     ([B, ...], or {view: [B, ...]}), concatenated over the batches."""

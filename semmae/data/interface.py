@@ -2,7 +2,8 @@
 augmentation, `semmae-analyze`, `semmae-masks`) never test a datamodule's class or read its internals:
 
 - loader settings: `batch_size`, `eval_batch_size`, `num_workers`, `pin_memory`, `loader_timeout_s`,
-  `train_subset` / `val_subset` / `train_per_class` (+ `seed`), `name`, and the normalisation `mean` / `std` of the images it gives;
+  `train_subset` / `val_subset` / `train_per_class` (+ `seed`), `name`, and the normalisation `mean` / `std` of the
+  images it gives;
 - one DataLoader builder (`dataloader`, through semmae.data.loaders.split_loader) behind train/val/test_dataloader;
   a subclass says which dataset a split's loader reads (`split_dataset`) and how its items are batched
   (`collate_fn`);

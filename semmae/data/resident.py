@@ -26,8 +26,9 @@ class ResidentBatches(IterableDataset):
 
     train=True: a fresh permutation every epoch (seeded by seed and epoch), each rank a disjoint equal share,
     incomplete batches dropped; repeat=r: an epoch passes over the data r times (a permutation of r copies), so that
-    a small training set (a low-shot subset) gets as many steps an epoch as a large one. train=False: the data in order, split over ranks into the same number of
-    batches; ranks short of data repeat their last sample with valid=False so metrics can ignore it.
+    a small training set (a low-shot subset) gets as many steps an epoch as a large one. train=False: the data in
+    order, split over ranks into the same number of batches; ranks short of data repeat their last sample with
+    valid=False so metrics can ignore it.
     shard=False: every rank reads all of the data (as one process would)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, seed: int = 0,

@@ -2,9 +2,10 @@
 affine + Linear on the CLS or mean patch token; `ep`, efficient probing; `mhca`, V-JEPA's cross-attention probe; see
 semmae.models.probe_heads) on one block's tokens (model.block, the last by default, after the final norm), trained by
 the optimiser of model.optim (conf/optim/lars_probe.yaml: LARS, lr scaling rule, per-step warmup + cosine; MAE's
-linear-probe protocol, which efficient probing's code applies to every head it compares); top-1 / top-5. Batches carry either images (the encoder runs,
-without gradients) or cached features ("feature", see semmae.data.feature_cache), so the same module trains on both.
-k-NN trains nothing: `semmae-linprobe model.head=knn` classifies the cached features directly."""
+linear-probe protocol, which efficient probing's code applies to every head it compares); top-1 / top-5. Batches
+carry either images (the encoder runs, without gradients) or cached features ("feature", see
+semmae.data.feature_cache), so the same module trains on both. k-NN trains nothing: `semmae-linprobe
+model.head=knn` classifies the cached features directly."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ def test_names_say_what_varies_and_seeds_give_mean_and_std():
 
 
 def test_table_rows_heads_then_blocks_and_columns_encoders():
-    runs = [result(head=h, block=b, encoder=e, top1=0.6 + b / 100) for b in (1, 2) for e in ("checkpoint", "random_init")
-            for h in ("linear", "knn")]
+    runs = [result(head=h, block=b, encoder=e, top1=0.6 + b / 100) for b in (1, 2)
+            for e in ("checkpoint", "random_init") for h in ("linear", "knn")]
     rows = table(runs, knn_k=20)
     assert rows[0] == ["probe (test top-1 %)", "checkpoint", "random init"]
     assert [r[0] for r in rows[1:]] == ["linear, block 1", "linear, block 2", "k-NN (k=20), block 1",

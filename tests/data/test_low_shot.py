@@ -6,7 +6,8 @@ import torch
 from semmae.data.low_shot import class_balanced_subset
 from semmae.errors import ConfigError
 
-LABELS = torch.tensor([0] * 30 + [1] * 12 + [2] * 50 + [3] * 7)[torch.randperm(99, generator=torch.Generator().manual_seed(3))]
+LABELS = torch.tensor([0] * 30 + [1] * 12 + [2] * 50 + [3] * 7)
+LABELS = LABELS[torch.randperm(99, generator=torch.Generator().manual_seed(3))]
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7])
