@@ -27,16 +27,17 @@ def weighted_votes(similarity: torch.Tensor, neighbour_labels: torch.Tensor, num
         1, neighbour_labels.long(), weights)
 
 
-def check_knn(ks: Iterable[int], temperature: float, n_train: int | None = None) -> list[int]:
-    """The ks, sorted and checked (against the training set's size, if given); a bad one is a ConfigError naming it."""
+def check_knn(ks: Iterable[int], temperature: float, n_train: int | None = None, key: str = "model.knn") -> list[int]:
+    """The ks, sorted and checked (against the training set's size, if given); a bad one is a ConfigError naming it
+    (key: the settings node, e.g. model.knn)."""
     ks = [ks] if isinstance(ks, int) else list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ConfigError(f"model.knn.k={ks}: every k must be a whole number >= 1")
+        raise ConfigError(f"{key}.neighbours={ks}: every k must be a whole number >= 1")
     ks = sorted(set(ks))
     if n_train is not None and ks[-1] > n_train:
-        raise ConfigError(f"model.knn.k={ks[-1]} is more than the {n_train} training images")
+        raise ConfigError(f"{key}.neighbours={ks[-1]} is more than the {n_train} training images")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"model.knn.temperature={temperature!r}: must be a number > 0")
+        raise ConfigError(f"{key}.temperature={temperature!r}: must be a number > 0")
     return ks
 
 

@@ -96,8 +96,8 @@ class ProbeRun:
         self.heads = probe_heads(plain(cfg.model.head))
         self.seeds = probe_seeds(cfg)
         self.knn = settings("model.knn", KNN_DEFAULTS, plain(cfg.model.get("knn")))
-        if isinstance(self.knn["k"], int):
-            self.knn["k"] = [self.knn["k"]]
+        if isinstance(self.knn["neighbours"], int):
+            self.knn["neighbours"] = [self.knn["neighbours"]]
         self.datamodule = instantiate(cfg.dataset)
         self.datamodule.prepare_data()
         encoder = instantiate(cfg.model.encoder)
@@ -117,7 +117,7 @@ class ProbeRun:
             raise ConfigError(f"model.cache_dtype={cfg.model.cache_dtype!r}: one of {', '.join(CACHE_DTYPES)}")
         self.token_dtype = CACHE_DTYPES[cfg.model.cache_dtype]
         if "knn" in self.heads:
-            check_knn(self.knn["k"], self.knn["temperature"])  # against the training set's size: at the k-NN
+            check_knn(self.knn["neighbours"], self.knn["temperature"])  # against the training set's size: at the k-NN
 
     # --- what the run does -------------------------------------------------------------------------------------
     @property
@@ -246,11 +246,11 @@ class ProbeRun:
     def knn_probe(self, encoder_name: str, block: int, seed: int, train, val) -> ProbeResult:
         """DINO's weighted k-NN on the pooled features (train, val: (features, labels))."""
         view = view_name("pooled", block)
-        ks = check_knn(self.knn["k"], self.knn["temperature"], len(train[1]))
+        ks = check_knn(self.knn["neighbours"], self.knn["temperature"], len(train[1]))
         num_classes = int(self.cfg.model.num_classes)
         acc = knn_accuracy(train[0][view], train[1], val[0][view], val[1], num_classes, ks,
                            self.knn["temperature"])
-        main = int(self.knn["k"][0])
+        main = int(self.knn["neighbours"][0])
         metrics = {f"test/{m}": v for m, v in acc[main].items()}
         for k in sorted(acc):
             metrics.update({f"test/{m}_k{k}": v for m, v in acc[k].items()})
@@ -311,7 +311,7 @@ def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: st
     the summary lines."""
     results = probes.results
     metrics = dict(results[0].metrics) if probes.single else aggregate(results)
-    print_table(format_table(table(results, int(probes.knn["k"][0]))))
+    print_table(format_table(table(results, int(probes.knn["neighbours"][0]))))
     best = results[0].best_checkpoint if probes.single else None
     fields = {"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
               "feature_cache": probes.cached, "feature_extraction_s": round(probes.extract_s, 1),

@@ -34,8 +34,8 @@ from semmae.tasks.settings import settings
 from semmae.utils.ddp import rerun_this_job
 from semmae.utils.slurm import resume_checkpoint
 
-KNN_EVAL = {"enabled": True, "train_images": 10000, "val_images": 5000, "k": 20, "temperature": 0.07, "pool": "token",
-            "bf16": "auto"}
+KNN_EVAL = {"enabled": True, "train_images": 10000, "val_images": 5000, "neighbours": 20, "temperature": 0.07,
+            "pool": "token", "bf16": "auto"}
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def knn_check(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
     device = next(trained.parameters()).device
     n_train = min(int(s["train_images"]), datamodule.split_size("train"))
     n_val = min(int(s["val_images"]), datamodule.split_size("val"))
-    ks = check_knn([s["k"]], s["temperature"], n_train)
+    ks = check_knn([s["neighbours"]], s["temperature"], n_train, key="knn_eval")
     indices = {"train": subset_indices(datamodule.split_size("train"), n_train, cfg.seed), "val": list(range(n_val))}
     twin = random_encoder({**plain(cfg.backbone), **trained.config}, seed=cfg.seed).to(device)
     bf16 = bf16_enabled(s["bf16"], device)
@@ -102,7 +102,7 @@ def knn_lines(cfg: DictConfig, knn: dict[str, Any]) -> dict[str, str]:
     """The summary's k-NN line: the trained encoder's top-1 next to its initialisation's."""
     if not knn:
         return {"k-NN top-1": "(knn_eval.enabled=false)"}
-    k = cfg.knn_eval.k
+    k = cfg.knn_eval.neighbours
     trained, init = 100 * knn["knn/top1"], 100 * knn["knn/random_init_top1"]
     return {f"k-NN top-1 (k={k})": f"{trained:.2f}% (random init: {init:.2f}%; {knn['knn/train_images']:,} train / "
             f"{knn['knn/val_images']:,} val images, {knn['knn/seconds']:.0f} s)"}

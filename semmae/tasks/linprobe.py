@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 EP_DEFAULTS = {"num_queries": 32}
 MHCA_DEFAULTS = {"num_heads": None, "mlp_ratio": 4.0}
-KNN_DEFAULTS = {"k": [20, 10, 50], "temperature": 0.07}  # the first k is the one reported as test/top1
+KNN_DEFAULTS = {"neighbours": [20, 10, 50], "temperature": 0.07}  # the first k is reported as test/top1
 CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 

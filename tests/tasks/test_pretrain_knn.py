@@ -12,7 +12,7 @@ from semmae.cli.pretrain import knn_check, run
 from semmae.models.loading import random_encoder
 from tests.tasks.test_pretrain import TINY
 
-KNN = ["knn_eval.train_images=200", "knn_eval.val_images=100", "knn_eval.k=5"]
+KNN = ["knn_eval.train_images=200", "knn_eval.val_images=100", "knn_eval.neighbours=5"]
 
 
 def test_pretraining_ends_with_both_knn_accuracies(compose_cfg, fmnist_root, capsys):

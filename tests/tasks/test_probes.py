@@ -94,7 +94,7 @@ def test_layerwise_sweep_reads_each_block(compose_cfg, fmnist_root):
 
 def test_low_shot_seeds_draw_balanced_subsets_and_report_the_spread(compose_cfg, fmnist_root):
     cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, *QUIET,
-                                   "model.head=[linear,knn]", "model.knn.k=[5]", "dataset.train_per_class=5",
+                                   "model.head=[linear,knn]", "model.knn.neighbours=[5]", "dataset.train_per_class=5",
                                    "probe_seeds=[0,1,2]", "trainer.max_epochs=2"])
     metrics = run(cfg)
     for head in ("linear", "knn"):
