@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, open_dict
 
+from semmae.analysis.fixes import fix_encoder
 from semmae.analysis.knn import check_knn, knn_accuracy
 from semmae.analysis.probe_maps import probe_attention_figure
 from semmae.analysis.probe_table import ProbeResult, aggregate, format_table, table
@@ -31,6 +32,7 @@ from semmae.cli.run_steps import (
     check_resume,
     finish_run,
     fit,
+    prepare_datamodule,
     resolve_ckpt,
     scalar_metrics,
     test_best,
@@ -98,8 +100,7 @@ class ProbeRun:
         self.knn = settings("model.knn", KNN_DEFAULTS, plain(cfg.model.get("knn")))
         if isinstance(self.knn["neighbours"], int):
             self.knn["neighbours"] = [self.knn["neighbours"]]
-        self.datamodule = instantiate(cfg.dataset)
-        self.datamodule.prepare_data()
+        self.datamodule = prepare_datamodule(cfg)
         encoder = instantiate(cfg.model.encoder)
         self.blocks = resolve_blocks(plain(cfg.model.block), len(encoder.blocks))
         self.encoders = {"checkpoint": encoder}
@@ -108,6 +109,7 @@ class ProbeRun:
         if cfg.dataset.get("train_per_class") is not None:
             self.datamodule.split_size("train")  # draws the low-shot subset: a size it cannot take fails now
         self.results: list[ProbeResult] = []
+        self.fixes: dict[str, Any] = {}  # the training-free fixes (cfg.encoder) applied to each encoder
         self.extract_s = 0.0
         setting = cfg.model.feature_cache
         low_shot = cfg.dataset.get("train_per_class") is not None  # a few images: cached, whatever the data set
@@ -295,6 +297,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("ckpt_path resumes one probe: one model.head, one model.block, one seed, no random_baseline")
     device = cache_device(cfg)
     for name, encoder in probes.encoders.items():
+        fixes = fix_encoder(cfg, encoder, probes.datamodule, device, task="linprobe")  # the same for both encoders
+        if fixes:
+            probes.fixes[name] = fixes
         trainer, loggers = probes.probe_encoder(name, encoder, device, resume)
         gc.collect()  # the encoder's cache goes before the next one's is built
     return report(cfg, probes, trainer, loggers, source, start)
@@ -317,7 +322,9 @@ def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: st
               "feature_cache": probes.cached, "feature_extraction_s": round(probes.extract_s, 1),
               "heads": probes.heads, "blocks": probes.blocks, "seeds": probes.seeds,
               "train_per_class": plain(cfg.dataset.get("train_per_class")),
-              "probes": [r.as_dict() for r in results]}
+              "probes": [r.as_dict() for r in results],
+              **({"training_free": probes.fixes["checkpoint"] if probes.single else probes.fixes}
+                 if probes.fixes else {})}
     summary = {"encoder": source or "random initialisation (ckpt=null)"}
     if probes.single:
         top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
