@@ -39,18 +39,20 @@ KNN_EVAL = {"enabled": True, "train_images": 10000, "val_images": 5000, "neighbo
 
 
 @torch.no_grad()
-def knn_check(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, Any]:
+def knn_check(cfg: DictConfig, model: Any, datamodule: Any, fast_dev_run: bool = False) -> dict[str, Any]:
     """k-NN top-1 (knn_eval: k, temperature, pooled feature) of the trained encoder and of its initialisation
     (random_encoder with the run's seed: the encoder the run started from), each with train_images of the training
-    split (a seeded subset, un-augmented) as its memory and the first val_images of the validation split as queries.
-    -> {"knn/top1", "knn/random_init_top1", "knn/seconds", ...}; {} when knn_eval.enabled is false."""
+    split (a seeded subset, un-augmented) as its memory and the first val_images of the validation split as queries;
+    a fast dev run one evaluation batch of each. -> {"knn/top1", "knn/random_init_top1", "knn/seconds", ...}; {} when
+    knn_eval.enabled is false."""
     s = settings("knn_eval", KNN_EVAL, plain(cfg.get("knn_eval")))
     if not s["enabled"]:
         return {}
     trained = model.mae.encoder
     device = next(trained.parameters()).device
-    n_train = min(int(s["train_images"]), datamodule.split_size("train"))
-    n_val = min(int(s["val_images"]), datamodule.split_size("val"))
+    most = datamodule.eval_batch_size if fast_dev_run else None
+    n_train = min(int(s["train_images"]), datamodule.split_size("train"), most or int(s["train_images"]))
+    n_val = min(int(s["val_images"]), datamodule.split_size("val"), most or int(s["val_images"]))
     ks = check_knn([s["neighbours"]], s["temperature"], n_train, key="knn_eval")
     indices = {"train": subset_indices(datamodule.split_size("train"), n_train, cfg.seed), "val": list(range(n_val))}
     twin = random_encoder({**plain(cfg.backbone), **trained.config}, seed=cfg.seed).to(device)
@@ -84,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         fit(trainer, model, datamodule, cfg, ckpt_path)
 
     metrics = scalar_metrics(trainer.callback_metrics)
-    knn = knn_check(cfg, model, datamodule) if trainer.is_global_zero else {}
+    knn = knn_check(cfg, model, datamodule, bool(trainer.fast_dev_run)) if trainer.is_global_zero else {}
     metrics.update(scalar_metrics(knn))
     ckpt = checkpoint_on_disk(trainer)
     acc = metrics.get("val/online_probe_acc")
