@@ -309,9 +309,9 @@ PRESETS = {
               "semantic and semantic_features with ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu, batch 1024, "
               "data resident on the GPU, eager: compiling costs more than it saves in 10 epochs), every arm "
               "pretrained 10 epochs on all 60,000 images without the online probe, the sinks on 1,000 validation "
-              "images every 2 epochs; probes on the CLS and the mean token (all cached features, batch 1024, 20 "
-              "epochs); cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series on 1,000 "
-              "images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
+              "images every 2 epochs; probes on the CLS and the mean token and EP (all cached features, batch 1024, "
+              "20 epochs), k-NN; cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series "
+              "on 1,000 images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
               "66 epochs of 60,000 in 140 s, 2.1 s an epoch, semantic 3.0; so 10 epochs take 21-30 s (semantic_features "
               "adds a no-gradient forward to each step, ~30 s); five processes of ~6 s each to start (imports, "
               "CUDA, the resident data): 30 s; probes ~4 s each, fine-tuning ~15 s with its series, analysis ~3 s: "
@@ -327,6 +327,9 @@ PRESETS = {
                          "dataset.batch_size=1024", "trainer.max_epochs=20"],
             "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
                              "dataset.batch_size=1024", "trainer.max_epochs=20", "model.pool=avg"],
+            "probe_ep": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "dataset.batch_size=1024", "trainer.max_epochs=20", "model.head=ep"],
+            "knn": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null", "model.head=knn"],
             "finetune": [*VIT_TINY_GPU, *READINGS_FINETUNE],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
@@ -340,6 +343,8 @@ PRESETS = {
                "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
                             "callbacks.attention_maps.num_images=32"],
                "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+               "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+               "knn": [*SMOKE["linprobe"], "model.head=knn"],
                "finetune": [*SMOKE["finetune"], SERIES_AT]},
         section="gpu",
         **{**READINGS, "strategies": SUITE_ARMS},
