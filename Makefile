@@ -15,7 +15,7 @@ BENCH_ARGS ?= --probe --json outputs/bench/pretrain.json \
 	--baseline dataset.resident=false model.probe.bf16=false model.probe.batch_fraction=1.0
 
 .PHONY: help setup data pretrain analyze lint test test-slow test-all clean
-.PHONY: masks bench bench-masking bench-analyze gpu-suite
+.PHONY: masks bench bench-masking bench-analyze gpu-suite bench-probes
 .PHONY: segment
 .PHONY: sweep test-slurm
 .PHONY: replicate
@@ -46,7 +46,7 @@ data: ## Install Fashion-MNIST from Debian's dataset-fashion-mnist package (root
 		echo "  or pass dataset.root=DIR (the four IDX files); or let the first run download it (dataset.download=true)."; \
 	fi
 
-pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, on the CPU)
+pretrain: setup ## MAE pretraining with the defaults (vit_micro, Fashion-MNIST, random masking, on the CPU), ending with k-NN vs random init
 	$(BIN)/python -m semmae.pretrain $(ARGS)
 
 analyze: setup ## Attention maps + artifact metrics of the newest outputs/pretrain/*/checkpoints/last.ckpt (ARGS='ckpt=[PATH,random]')
@@ -68,10 +68,13 @@ bench-masking: setup ## Milliseconds per batch of every masking strategy, as a s
 gpu-suite: setup ## The GPU suite (~9.5 min on one H200): throughput vs targets, ImageFolder data path, no host sync, readings, probes into outputs/gpu_suite (ARGS='--scale tiny' on a CPU)
 	$(BIN)/python experiments/gpu_suite.py $(ARGS)
 
+bench-probes: setup ## Probe speed: EP head on cached vit_micro tokens of all Fashion-MNIST, k-NN 60,000 x 10,000
+	$(BIN)/python experiments/bench_probes.py $(ARGS)
+
 .PHONY: linprobe finetune export
 
-linprobe: setup ## Linear probe of the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
-	$(BIN)/python -m semmae.linprobe $(ARGS)
+linprobe: setup ## Linear probe, EP and k-NN of the newest `make pretrain` checkpoint and of a random init, one table (ARGS='ckpt=PATH')
+	$(BIN)/python -m semmae.linprobe 'model.head=[linear,ep,knn]' random_baseline=true $(ARGS)
 
 finetune: setup ## Fine-tune the newest `make pretrain` checkpoint on Fashion-MNIST (ARGS='ckpt=PATH' or ckpt=null)
 	$(BIN)/python -m semmae.finetune $(ARGS)

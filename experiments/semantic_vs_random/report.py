@@ -58,6 +58,8 @@ SERIES_LABELS = {"sink_ratio": "sink ratio", "prefix_share": "prefix share", "no
 READINGS_COLUMNS = [
     ("probe CLS top-1 %", "linprobe", "linprobe", 100.0),
     ("probe mean top-1 %", "linprobe_avg", "linprobe_avg", 100.0),
+    ("probe EP top-1 %", "probe_ep", "probe_ep", 100.0),
+    ("k-NN top-1 %", "knn", "knn", 100.0),
     ("fine-tune top-1 %", "finetune", "finetune", 100.0),
     *((f"pretrained: {SERIES_LABELS[m]}", f"analyze/{m}", "analyze", 1.0) for m in SERIES_METRICS),
     *((f"fine-tune start: {SERIES_LABELS[m]}", f"ft_start/{m}", "finetune", 1.0) for m in SERIES_METRICS),
@@ -67,6 +69,8 @@ READINGS_COLUMNS = [
 PAIRED_METRICS = [
     ("probe CLS top-1 (points)", "linprobe", 100.0, False),
     ("probe mean top-1 (points)", "linprobe_avg", 100.0, False),
+    ("probe EP top-1 (points)", "probe_ep", 100.0, False),
+    ("k-NN top-1 (points)", "knn", 100.0, False),
     ("fine-tune top-1 (points)", "finetune", 100.0, False),
     ("fine-tune-time shallow sink ratio (end of series)", "ft_end/sink_ratio", 1.0, True),
     ("pretrained shallow sink ratio (analyze)", "analyze/sink_ratio", 1.0, True),
@@ -139,11 +143,13 @@ def _finite(v) -> float | None:
 
 
 def cell_values(cell: Path) -> dict[str, float | None]:
-    """Every number of a readings cell (<out>/<arm>/seed<k>) under its READINGS_COLUMNS key: the probes' and the
-    fine-tuning's top-1, analyze's shallow_* after pretraining, and the first (ft_start/...) and last (ft_end/...)
+    """Every number of a readings cell (<out>/<arm>/seed<k>) under its READINGS_COLUMNS key: the probes' (linear on
+    CLS and mean token, EP, k-NN) and the fine-tuning's top-1, analyze's shallow_* after pretraining, and the first
+    (ft_start/...) and last (ft_end/...)
     point of the fine-tuning series (ft_end falls back to the run's final attn/shallow_* without a series)."""
-    tasks = {t: read_task(cell / t) for t in ("linprobe", "linprobe_avg", "finetune", "analyze")}
-    values = {t: metric(tasks[t], "test/top1") for t in ("linprobe", "linprobe_avg", "finetune")}
+    probes = ("linprobe", "linprobe_avg", "probe_ep", "knn", "finetune")
+    tasks = {t: read_task(cell / t) for t in (*probes, "analyze")}
+    values = {t: metric(tasks[t], "test/top1") for t in probes}
     series = artifact_series(cell / "finetune") if tasks["finetune"]["status"] == "ok" else []
     for m in SERIES_METRICS:
         values[f"analyze/{m}"] = metric(tasks["analyze"], f"attn/shallow_{m}")

@@ -12,10 +12,11 @@ analyze). At the end, report.py writes RESULTS.md from the results.json files.
 `--preset cpu-readings` compares the readings of semantic masking (semantic, semantic_informative at alpha 1 and 3,
 semantic_stratified, semantic_features), the contiguity controls (random_units, block) and random with registers
 against random at equal epochs:
-pretrain, linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg), fine-tuning with the
-artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm; `--mode confirmation` seeds 0 1 2
-of the arms named with --strategies, plus random and random_registers, into the same --out, so the screening's seed-0
-cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
+pretrain, linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg), efficient probing of
+the patch tokens (probe_ep) and DINO's k-NN on the CLS token (knn), both on the linear probe's cached images,
+fine-tuning with the artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm;
+`--mode confirmation` seeds 0 1 2 of the arms named with --strategies, plus random and random_registers, into the
+same --out, so the screening's seed-0 cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
 takes ~13 min on 2 cores (measured for random): pretraining 60,000 images x 6 epochs without the online probe ~8 min
 (~770 img/s), the two probes ~45 s, fine-tuning 1,000 steps with the series on 1,000 images ~4 min.
 
@@ -55,11 +56,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
-# the readings study: the linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg)
-READINGS_TASKS = ("pretrain", "linprobe", "linprobe_avg", "finetune", "analyze")
-ALL_TASKS = (*TASKS, "linprobe_avg")
-MODULES = {"linprobe_avg": "linprobe"}  # a task (its run directory) -> its semmae.<module> when the names differ
-TRAINING = ("pretrain", "linprobe", "linprobe_avg", "finetune", "segment")
+# the readings study: the linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg),
+# efficient probing (probe_ep) and k-NN (knn), all four on the same images
+READINGS_TASKS = ("pretrain", "linprobe", "linprobe_avg", "probe_ep", "knn", "finetune", "analyze")
+ALL_TASKS = (*TASKS, "linprobe_avg", "probe_ep", "knn")
+# a task (its run directory) -> its semmae.<module> when the names differ
+MODULES = {"linprobe_avg": "linprobe", "probe_ep": "linprobe", "knn": "linprobe"}
+TRAINING = ("pretrain", "linprobe", "linprobe_avg", "probe_ep", "knn", "finetune", "segment")
 FLOOR = "random_init"  # the floor every probe is read against (docs/masking.md#comparing-strategies): no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
 STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"],
@@ -171,6 +174,8 @@ PRESETS = {
                "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
                             "callbacks.attention_maps.num_images=32"],
                "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+               "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+               "knn": [*SMOKE["linprobe"], "model.head=knn"],
                "finetune": [*SMOKE["finetune"], SERIES_AT]},
         **READINGS,
     ),
@@ -218,9 +223,9 @@ PRESETS = {
         about="the readings of semantic masking against random on 2 CPU cores, every arm at equal epochs: vit_micro "
               "pretrained 6 epochs on all 60,000 images without the online probe, the attention callback measuring "
               "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
-              "the CLS token and on the mean patch token; fine-tuning 4 epochs on 16,000 (batch 64, 1,000 steps) with the "
-              "artifact series on 1,000 validation images (start, 10/25/50/75% of the steps, end); semmae-analyze "
-              "(1,000 images); no segmentation, no floor row (~13 min per cell)",
+              "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning "
+              "4 epochs on 16,000 (batch 64, 1,000 steps) with the artifact series on 1,000 validation images "
+              "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row (~13 min per cell)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
@@ -229,6 +234,8 @@ PRESETS = {
                          "callbacks.attention_maps.num_images=256"],
             "linprobe": CPU_PROBE,
             "linprobe_avg": [*CPU_PROBE, "model.pool=avg"],
+            "probe_ep": [*CPU_PROBE, "model.head=ep"],
+            "knn": [*CPU_PROBE, "model.head=knn"],
             # 1,000 steps: 250 (2 epochs on 8,000) left fine-tuning below the linear probe (72.1 vs 77.6% top-1,
             # random, seed 0), though the sink series had settled by half of them
             "finetune": READINGS_FINETUNE,
@@ -274,8 +281,8 @@ PRESETS = {
     "gpu-readings": Preset(
         about="the readings study on one GPU: every cpu-readings arm with ViT-T/4 at 32 px "
               "(experiment=fmnist_vit_tiny_gpu), pretrained 100 epochs on all 60,000 images without the online "
-              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token) on all "
-              "cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
+              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token, EP, k-NN) on "
+              "all cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
               "(1,000 images)",
         data=FMNIST,
         tasks={
@@ -287,6 +294,9 @@ PRESETS = {
                          "trainer.max_epochs=30"],
             "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
                              "trainer.max_epochs=30", "model.pool=avg"],
+            "probe_ep": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "trainer.max_epochs=30", "model.head=ep"],
+            "knn": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null", "model.head=knn"],
             "finetune": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
                          "dataset.batch_size=256", "trainer.max_epochs=10", "model.optim.warmup_epochs=1",
                          "callbacks.attention_maps.num_images=1000", SERIES_AT],
@@ -299,9 +309,9 @@ PRESETS = {
               "semantic and semantic_features with ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu, batch 1024, "
               "data resident on the GPU, eager: compiling costs more than it saves in 10 epochs), every arm "
               "pretrained 10 epochs on all 60,000 images without the online probe, the sinks on 1,000 validation "
-              "images every 2 epochs; probes on the CLS and the mean token (all cached features, batch 1024, 20 "
-              "epochs); cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series on 1,000 "
-              "images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
+              "images every 2 epochs; probes on the CLS and the mean token and EP (all cached features, batch 1024, "
+              "20 epochs), k-NN; cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series "
+              "on 1,000 images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
               "66 epochs of 60,000 in 140 s, 2.1 s an epoch, semantic 3.0; so 10 epochs take 21-30 s (semantic_features "
               "adds a no-gradient forward to each step, ~30 s); five processes of ~6 s each to start (imports, "
               "CUDA, the resident data): 30 s; probes ~4 s each, fine-tuning ~15 s with its series, analysis ~3 s: "
@@ -317,6 +327,9 @@ PRESETS = {
                          "dataset.batch_size=1024", "trainer.max_epochs=20"],
             "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
                              "dataset.batch_size=1024", "trainer.max_epochs=20", "model.pool=avg"],
+            "probe_ep": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
+                         "dataset.batch_size=1024", "trainer.max_epochs=20", "model.head=ep"],
+            "knn": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null", "model.head=knn"],
             "finetune": [*VIT_TINY_GPU, *READINGS_FINETUNE],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
@@ -330,6 +343,8 @@ PRESETS = {
                "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
                             "callbacks.attention_maps.num_images=32"],
                "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+               "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+               "knn": [*SMOKE["linprobe"], "model.head=knn"],
                "finetune": [*SMOKE["finetune"], SERIES_AT]},
         section="gpu",
         **{**READINGS, "strategies": SUITE_ARMS},

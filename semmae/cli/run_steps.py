@@ -191,8 +191,8 @@ def finish_run(task: str, cfg: DictConfig, trainer: Any, loggers: list[Any], sta
         "metrics": metrics,
         **(fields or {}),
         "wandb_run": wandb_dir,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch if trainer is not None else None,  # None: no one training run
+        "global_step": trainer.global_step if trainer is not None else None,
         "wall_time_s": round(time.time() - start, 1),
         "config": resolved_config(cfg),
     }

@@ -1,6 +1,8 @@
-"""The linear probe's feature cache: the frozen encoder's features of the un-augmented images of the train and
-validation splits, computed once and then served in batches from memory, so the head trains on them for every
-epoch at no further encoder cost (the fast path on CPU). Without augmentation, as MAE's probe uses only light
+"""The probes' feature cache: what the frozen encoder gives of the un-augmented images of the train and validation
+splits, computed once and then served in batches from memory, so a head trains on it for every epoch at no further
+encoder cost (the fast path on CPU). What is cached is one tensor per image and "view", as the encode function names
+them: a pooled feature [D] for the linear probe and k-NN, every token of a block [T, D] (in bf16) for the attentive
+probes; a batch carries the view a head reads as "feature". Without augmentation, as MAE's probe uses only light
 augmentation; turn it off (model.feature_cache=false) to train on augmented images instead. A run that reads only
 part of a split (debug=fast_dev_run, trainer.limit_*_batches, trainer.max_steps) encodes only that part."""
 
@@ -50,11 +52,14 @@ def images_read(limits: Mapping[str, Any] | None, total: int, batch_size: int, t
     return total if n >= length else max(1, n) * batch_size * world  # every batch: every image (over the epochs)
 
 
-def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], datamodule: L.LightningDataModule,
-                     split: str, device: torch.device,
-                     indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (features [N, D] float32, labels [N]) on device of the split's images in order (only those at indices, if
-    given) in the datamodule's evaluation view (no augmentation: eval_batches)."""
+Features = torch.Tensor | dict[str, torch.Tensor]  # one view, or several by name
+
+
+def extract_features(encode: Callable[[torch.Tensor], Features], datamodule: L.LightningDataModule, split: str,
+                     device: torch.device, indices: list[int] | None = None) -> tuple[Features, torch.Tensor]:
+    """-> (features, labels [N]) on device of the split's images in order (only those at indices, if given) in the
+    datamodule's evaluation view (no augmentation: eval_batches). features: what encode gives of a batch of images
+    ([B, ...], or {view: [B, ...]}), concatenated over the batches."""
     feats, labels = [], []
     for batch in datamodule.eval_batches(split, device, indices=indices):
         if "label" not in batch:
@@ -62,11 +67,26 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], datamodule:
                               "'label': set model.feature_cache=false")
         feats.append(encode(batch["image"]))
         labels.append(batch["label"])
+    if feats and isinstance(feats[0], dict):
+        return {view: torch.cat([f[view] for f in feats]) for view in feats[0]}, torch.cat(labels)
     return torch.cat(feats), torch.cat(labels)
 
 
+def cache_indices(datamodule: SemmaeDataModule, limits: Mapping[str, Any] | None,
+                  seed: int = 0) -> dict[str, list[int] | None]:
+    """{split: the indices of the images the cache encodes, None for all}: what the run reads (images_read) under
+    the trainer's limits, the first images of the validation split (read in order) and a fixed random subset of the
+    training split (reshuffled every epoch)."""
+    out = {}
+    for split, train, batch in (("train", True, datamodule.batch_size), ("val", False, datamodule.eval_batch_size)):
+        total = datamodule.split_size(split)
+        n = images_read(limits, total, batch, train)
+        out[split] = None if n == total else subset_indices(total, n, seed) if train else list(range(n))
+    return out
+
+
 class FeatureBatches(ResidentBatches):
-    """ResidentBatches over a feature tensor [N, D]: the batch carries it as "feature"."""
+    """ResidentBatches over a feature tensor [N, ...]: the batch carries it as "feature"."""
 
     def __iter__(self):
         for batch in super().__iter__():
@@ -75,51 +95,71 @@ class FeatureBatches(ResidentBatches):
 
 
 class FeatureDataModule(SemmaeDataModule):
-    """Cached features and labels of the train and validation splits; shuffled fixed-size training batches."""
+    """Cached features and labels of the train and validation splits; shuffled fixed-size training batches. A split's
+    features are one tensor, or several views by name, of which `view` is served."""
 
-    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features"):
+    def __init__(self, train: tuple[Features, torch.Tensor], val: tuple[Features, torch.Tensor],
+                 batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features", view: str | None = None,
+                 train_repeat: int = 1):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=0, seed=seed, name=name)
         self.splits = {"train": train, "val": val}
+        self.view = view
+        self.train_repeat = train_repeat  # passes over the training set an epoch (ResidentBatches' repeat)
         if len(train[1]) < self.batch_size:
             raise ConfigError(f"{len(train[1])} training samples are fewer than one batch of {self.batch_size}: "
                               "lower dataset.batch_size")
+        for split, (feats, _) in self.splits.items():
+            if isinstance(feats, dict) and view not in feats:
+                raise ConfigError(f"the feature cache of {split} holds {sorted(feats)}, not the view {view!r}")
 
     @classmethod
-    def from_images(cls, datamodule: L.LightningDataModule, encode: Callable[[torch.Tensor], torch.Tensor],
-                    device: torch.device, seed: int = 0,
-                    limits: Mapping[str, Any] | None = None) -> "FeatureDataModule":
-        """Encodes what the run reads (images_read): all of a split, or under limits (by default the cache_limits of
-        the task whose encode this is) the first images of the validation split, which is read in order, and a fixed
-        random subset of the training split, reshuffled every epoch."""
+    def from_images(cls, datamodule: L.LightningDataModule, encode: Callable[[torch.Tensor], Features],
+                    device: torch.device, seed: int = 0, limits: Mapping[str, Any] | None = None,
+                    view: str | None = None, val: tuple[Features, torch.Tensor] | None = None,
+                    batch_size: int | None = None) -> FeatureDataModule:
+        """Encodes what the run reads (cache_indices): all of a split, or under limits (by default the cache_limits
+        of the task whose encode this is) a part of it. val: an already encoded validation split to reuse (e.g. that
+        of another training subset of the same run). batch_size: the training batch (default: the datamodule's)."""
         if not isinstance(datamodule, SemmaeDataModule):
             raise ConfigError(f"the feature cache does not know how to read {type(datamodule).__name__}: "
                               "set model.feature_cache=false")
         if limits is None:
             limits = getattr(getattr(encode, "__self__", None), "cache_limits", None)
-        splits = {}
-        for split, train, batch in (("train", True, datamodule.batch_size), ("val", False, datamodule.eval_batch_size)):
-            total = datamodule.split_size(split)
-            n = images_read(limits, total, batch, train)
-            indices = None if n == total else subset_indices(total, n, seed) if train else list(range(n))
-            splits[split] = extract_features(encode, datamodule, split, device, indices)
-        return cls(splits["train"], splits["val"], datamodule.batch_size, datamodule.eval_batch_size, seed,
-                   name=f"{datamodule.name} (cached features)")
+        indices = cache_indices(datamodule, limits, seed)
+        train = extract_features(encode, datamodule, "train", device, indices["train"])
+        val = val if val is not None else extract_features(encode, datamodule, "val", device, indices["val"])
+        return cls(train, val, batch_size or datamodule.batch_size, datamodule.eval_batch_size, seed,
+                   name=f"{datamodule.name} (cached features)", view=view)
+
+    def with_view(self, view: str, batch_size: int | None = None, seed: int | None = None,
+                  train_repeat: int | None = None) -> FeatureDataModule:
+        """The same cached tensors, serving another view (and training batch, seed, passes an epoch)."""
+        return type(self)(self.splits["train"], self.splits["val"], batch_size or self.batch_size,
+                          self.eval_batch_size, self.seed if seed is None else seed, self.name, view,
+                          self.train_repeat if train_repeat is None else train_repeat)
+
+    def features(self, split: str) -> torch.Tensor:
+        """The served view of a split [N, ...]."""
+        feats = self.splits[split][0]
+        return feats[self.view] if isinstance(feats, dict) else feats
+
+    def labels(self, split: str) -> torch.Tensor:
+        return self.splits[split][1]
 
     def split_size(self, split: str) -> int:
         return len(self.splits[split][1])
 
     def _batches(self, feats: torch.Tensor, labels: torch.Tensor, train: bool, shard: bool = True) -> Dataset:
         ds = FeatureBatches(feats, labels, self.batch_size if train else self.eval_batch_size, train=train,
-                            seed=self.seed, shard=shard)
+                            seed=self.seed, shard=shard, repeat=self.train_repeat)
         ds.epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0
         return ds
 
     def split_dataset(self, split: str, train: bool) -> Dataset:
-        return self._batches(*self.splits[split], train)
+        return self._batches(self.features(split), self.labels(split), train)
 
     def eval_dataset(self, split: str, indices: list[int] | None = None) -> Dataset:
-        feats, labels = self.splits[split]
+        feats, labels = self.features(split), self.labels(split)
         if indices is not None:
             idx = torch.tensor(list(indices), dtype=torch.long, device=labels.device)
             feats, labels = feats[idx], labels[idx]

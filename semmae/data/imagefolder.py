@@ -133,7 +133,7 @@ class ImageFolderDataModule(SemmaeDataModule):
 
     def _folder(self, split: str, train: bool) -> Dataset:
         ds = self._scan(self.train_dir if split == "train" else self.val_dir)
-        indices = self.subset(len(ds), split)
+        indices = self.subset(len(ds), split, ds.targets)
         if self.on_device():
             return jpeg_decode.EncodedImageFolder(ds, indices, skip_corrupt=self.skip_corrupt)
         return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None,

@@ -77,12 +77,13 @@ class ImageDataModule(SemmaeDataModule):
         pin_memory: bool | str = "auto",
         name: str | None = None,
         num_classes: int | None = None,
+        train_per_class: int | None = None,
     ):
         if num_classes is not None and self.num_classes and int(num_classes) != self.num_classes:
             raise ConfigError(f"dataset.num_classes={num_classes}, but {type(self).__name__} has {self.num_classes}")
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          pin_memory=pin_memory, train_subset=train_subset, val_subset=val_subset, seed=seed, name=name,
-                         mean=mean, std=std)
+                         mean=mean, std=std, train_per_class=train_per_class)
         self.img_size = int(img_size)
         self.channels = int(channels or self.source_channels)
         if self.channels not in (1, 3):
@@ -140,7 +141,7 @@ class ImageDataModule(SemmaeDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _subset(self, images, labels, split):
-        indices = self.subset(len(labels), split)
+        indices = self.subset(len(labels), split, labels)
         if indices is None:
             return images, labels
         idx = torch.tensor(indices)

@@ -2,7 +2,8 @@
 augmentation, `semmae-analyze`, `semmae-masks`) never test a datamodule's class or read its internals:
 
 - loader settings: `batch_size`, `eval_batch_size`, `num_workers`, `pin_memory`, `loader_timeout_s`,
-  `train_subset` / `val_subset` (+ `seed`), `name`, and the normalisation `mean` / `std` of the images it gives;
+  `train_subset` / `val_subset` / `train_per_class` (+ `seed`), `name`, and the normalisation `mean` / `std` of the
+  images it gives;
 - one DataLoader builder (`dataloader`, through semmae.data.loaders.split_loader) behind train/val/test_dataloader;
   a subclass says which dataset a split's loader reads (`split_dataset`) and how its items are batched
   (`collate_fn`);
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from semmae.data.loaders import auto_num_workers, split_loader, subset_indices
+from semmae.data.low_shot import check_per_class, class_balanced_subset
 from semmae.data.resident import ResidentBatches
 from semmae.errors import ConfigError
 
@@ -68,6 +70,7 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         loader_timeout_s: float = 600.0,
         mean: tuple[float, ...] = (0.5,),
         std: tuple[float, ...] = (0.5,),
+        train_per_class: int | None = None,
     ):
         super().__init__()
         if int(batch_size) < 1:
@@ -85,6 +88,11 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
         self.pin_memory = pin_memory
         self.train_subset, self.val_subset = train_subset, val_subset
+        self.train_per_class = check_per_class(train_per_class)
+        self.train_pool_size: int | None = None
+        if self.train_per_class is not None and train_subset is not None:
+            raise ConfigError("dataset.train_per_class and dataset.train_subset both choose the training images: "
+                              "set dataset.train_subset=null")
         self.seed = int(seed)
         self.loader_timeout_s = float(loader_timeout_s)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -112,9 +120,16 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         return dataset if indices is None else Subset(dataset, list(indices))
 
     # --- loaders -----------------------------------------------------------------------------------------
-    def subset(self, total: int, split: str) -> list[int] | None:
-        """The fixed random subset of a split of total items (dataset.train_subset / val_subset); None: all. A subset
-        larger than the split is all of it, with a warning that says so."""
+    def subset(self, total: int, split: str, labels: Any = None) -> list[int] | None:
+        """The fixed random subset of a split of total items (dataset.train_subset / val_subset), or of the training
+        split dataset.train_per_class images of every class (seeded, class-balanced: semmae.data.low_shot), which
+        needs the split's labels; None: all. A subset larger than the split is all of it, with a warning that says
+        so."""
+        if split == "train" and self.train_per_class is not None:
+            if labels is None:
+                raise ConfigError(f"dataset.train_per_class: {self.name} has no class labels to balance")
+            self.train_pool_size = total  # the images the subset is drawn from (a low-shot probe's schedule reads it)
+            return class_balanced_subset(torch.as_tensor(labels), self.train_per_class, self.seed)
         key = "train_subset" if split == "train" else "val_subset"
         n = getattr(self, key)
         if n is not None and int(n) > total:

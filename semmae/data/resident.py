@@ -22,15 +22,18 @@ class ResidentBatches(IterableDataset):
     image's entry of every per-image map in maps ({key: [N, ...]}, e.g. segment maps or label masks) as batch[key].
 
     train=True: a fresh permutation every epoch (seeded by seed and epoch), each rank a disjoint equal share,
-    incomplete batches dropped. train=False: the data in order, split over ranks into the same number of
-    batches; ranks short of data repeat their last sample with valid=False so metrics can ignore it.
+    incomplete batches dropped; repeat=r: an epoch passes over the data r times (a permutation of r copies), so that
+    a small training set (a low-shot subset) gets as many steps an epoch as a large one. train=False: the data in
+    order, split over ranks into the same number of batches; ranks short of data repeat their last sample with
+    valid=False so metrics can ignore it.
     shard=False: every rank reads all of the data (as one process would)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
-                 maps: dict[str, torch.Tensor] | None = None, shard: bool = True):
+                 maps: dict[str, torch.Tensor] | None = None, shard: bool = True, repeat: int = 1):
         super().__init__()
         self.images, self.labels, self.maps = images, labels, dict(maps or {})
         self.batch_size, self.train, self.seed, self.shard = int(batch_size), bool(train), int(seed), bool(shard)
+        self.repeat = max(1, int(repeat)) if train else 1
         self.epoch_fn = lambda: 0  # the owner sets this to read the trainer's epoch, so resumed runs line up
         self.start_fn = lambda: 0  # training batches of the epoch already trained on: a mid-epoch resume skips them
 
@@ -41,7 +44,7 @@ class ResidentBatches(IterableDataset):
         _, world = self._rank_world()
         n = len(self.labels)
         if self.train:
-            return (n // world) // self.batch_size
+            return (n * self.repeat // world) // self.batch_size
         return math.ceil(math.ceil(n / world) / self.batch_size)
 
     def _indices(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +52,8 @@ class ResidentBatches(IterableDataset):
         n = len(self.labels)
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 100_003 + int(self.epoch_fn()))
-            perm = torch.randperm(n, generator=g)
-            per_rank = n // world
+            perm = torch.randperm(n * self.repeat, generator=g) % n
+            per_rank = n * self.repeat // world
             idx = perm[rank * per_rank : (rank + 1) * per_rank]
             idx = idx[: len(idx) // self.batch_size * self.batch_size]
             return idx, torch.ones(len(idx), dtype=torch.bool)

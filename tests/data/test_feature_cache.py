@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from semmae.cli.linprobe import run
 from semmae.data.feature_cache import FeatureDataModule, images_read
 from semmae.data.loaders import subset_indices
-from semmae.tasks.linprobe import LinearProbeTask
 from tests.tasks.test_linprobe import TINY
 
 FMNIST_TRAIN, FMNIST_TEST = 60000, 10000
@@ -35,14 +34,16 @@ def test_images_read(limits, train, val):
 
 
 def test_fast_dev_run_encodes_one_batch_of_each_split(compose_cfg, fmnist_root, monkeypatch):
+    import semmae.cli.linprobe as cli
+
     encoded = []
-    encode = LinearProbeTask.encode
+    views = cli.probe_views
 
-    def counting(self, images):
+    def counting(encoder, images, *args, **kwargs):
         encoded.append(len(images))
-        return encode(self, images)
+        return views(encoder, images, *args, **kwargs)
 
-    monkeypatch.setattr(LinearProbeTask, "encode", counting)
+    monkeypatch.setattr(cli, "probe_views", counting)
     cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY])
     metrics = run(cfg)
     assert sum(encoded) == 64 + 128  # dataset.batch_size + dataset.eval_batch_size, not 600 + 300
@@ -69,3 +70,25 @@ def test_limited_cache_holds_the_same_features_as_the_full_one(compose_cfg, fmni
     # by default the task's limits apply: limit_test_batches=null reads the whole test set
     default = FeatureDataModule.from_images(datamodule, model.encode, torch.device("cpu"))
     assert len(default.splits["train"][1]) == 128 and len(default.splits["val"][1]) == 300
+
+
+def test_repeated_epochs_pass_over_every_sample_that_many_times():
+    from semmae.data.resident import ResidentBatches
+
+    labels = torch.arange(10)
+    ds = ResidentBatches(labels.view(10, 1).float(), labels, batch_size=4, train=True, seed=3, repeat=3)
+    seen = torch.cat([b["label"] for b in ds])
+    assert len(ds) == 7 and len(seen) == 28  # 30 draws, the incomplete batch dropped
+    assert torch.bincount(seen, minlength=10).max() <= 3 and torch.bincount(seen, minlength=10).sum() == 28
+    assert ResidentBatches(labels.view(10, 1).float(), labels, 4, train=False, repeat=3).repeat == 1
+
+
+def test_low_shot_runs_the_full_runs_steps(compose_cfg, fmnist_root):
+    from semmae.cli.linprobe import low_shot_repeat
+
+    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "dataset.train_per_class=2"])
+    datamodule = instantiate(cfg.dataset)
+    assert datamodule.split_size("train") == 20 and datamodule.train_pool_size == 600
+    assert low_shot_repeat(datamodule, batch=20) == 9  # 600 // 64 = 9 steps an epoch, of 20 images each
+    full = instantiate(cfg.dataset, train_per_class=None)
+    assert low_shot_repeat(full, batch=64) == 1

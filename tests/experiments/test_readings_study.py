@@ -70,8 +70,9 @@ def test_every_cpu_readings_command_composes(tmp_path):
             continue
         # the later tasks read the registers from the checkpoint's weights: no backbone override needed
         assert cfg.ckpt == str(job.run_dir.parent / "pretrain" / "checkpoints" / "last.ckpt")
-        if job.task in ("linprobe", "linprobe_avg"):
+        if job.task in ("linprobe", "linprobe_avg", "probe_ep", "knn"):  # the same images for every probe
             assert cfg.model.pool == ("avg" if job.task == "linprobe_avg" else "token")
+            assert cfg.model.head == {"probe_ep": "ep", "knn": "knn"}.get(job.task, "linear")
             assert (cfg.dataset.train_subset, cfg.dataset.val_subset, cfg.trainer.max_epochs) == (10000, 5000, 30)
         elif job.task == "finetune":
             assert (cfg.dataset.train_subset, cfg.dataset.batch_size, cfg.trainer.max_epochs) == (16000, 64, 4)
@@ -82,11 +83,13 @@ def test_every_cpu_readings_command_composes(tmp_path):
 
 
 def fake_cell(cell: Path, probe=0.8, probe_avg=0.78, top1=0.85, sink=2.0, ft_sink=(3.0, 2.0), prefix=0.1,
-              norm=1.5, high=0.01):
+              norm=1.5, high=0.01, ep=0.86, knn=0.75):
     """A readings cell of fake results.json files; ft_sink: the fine-tuning series' sink ratio, start and end."""
     fake_task(cell / "pretrain", {})
     fake_task(cell / "linprobe", {"test/top1": probe})
     fake_task(cell / "linprobe_avg", {"test/top1": probe_avg})
+    fake_task(cell / "probe_ep", {"test/top1": ep})
+    fake_task(cell / "knn", {"test/top1": knn})
     fake_task(cell / "finetune", {"test/top1": top1})
     series = [{"at": at, "step": step, "epoch": 0, "shallow_sink_ratio": v, "shallow_prefix_share": prefix,
                "shallow_norm_ratio": norm, "shallow_high_norm_fraction": high}
@@ -108,8 +111,10 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     rand = {0: (0.80, 2.0), 1: (0.82, 2.2), 2: (0.81, 2.4)}  # probe CLS, fine-tuning-end sink ratio
     arm = {0: (0.79, 1.5), 1: (0.83, 1.8), 2: (0.80, 2.5)}
     for k in rand:
-        fake_cell(out / "random" / f"seed{k}", probe=rand[k][0], ft_sink=(3.0, rand[k][1]), sink=1.0 + k)
-        fake_cell(out / "semantic_stratified" / f"seed{k}", probe=arm[k][0], ft_sink=(3.0, arm[k][1]), sink=1.0 + k)
+        fake_cell(out / "random" / f"seed{k}", probe=rand[k][0], ft_sink=(3.0, rand[k][1]), sink=1.0 + k,
+                  ep=0.86 + k / 100, knn=0.75)
+        fake_cell(out / "semantic_stratified" / f"seed{k}", probe=arm[k][0], ft_sink=(3.0, arm[k][1]), sink=1.0 + k,
+                  ep=0.85 + 2 * k / 100, knn=0.74)
     fake_task(out / "semantic_stratified" / "seed2" / "linprobe_avg", error="semmae-linprobe: error: boom")
     (out / "semantic_stratified" / "seed2" / "linprobe_avg" / "results.json").unlink(missing_ok=True)
     arms, seeds = run.readings_scope(out, ["random"], [0])  # a confirmation's report keeps every cell on disk
@@ -131,6 +136,10 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     row = row_of(text, "semantic_stratified", "probe mean top-1 (points)")  # seed 2 failed: left out, and said so
     assert row[2] == "+0.00 ± 0.00" and row[4:6] == ["2/2 equal", "2 (seed 2 missing)"]
     assert row_of(text, "semantic_stratified", "pretrained shallow sink ratio (analyze)")[4] == "3/3 equal"
+    ep = [100 * ((0.85 + 2 * k / 100) - (0.86 + k / 100)) for k in rand]  # EP and k-NN, paired like the others
+    row = row_of(text, "semantic_stratified", "probe EP top-1 (points)")
+    assert row[2] == f"{statistics.fmean(ep):+.2f} ± {statistics.stdev(ep):.2f}" and row[4] == "1/3 lower, 1/3 higher"
+    assert row_of(text, "semantic_stratified", "k-NN top-1 (points)")[2:5] == ["-1.00 ± 0.00", "", "3/3 lower"]
     # the per-arm table: the fine-tuning series' first and last point, and the failed probe named
     line = next(ln for ln in text.splitlines() if ln.startswith("| semantic_stratified | 3 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -141,6 +150,8 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     end = cells[header.index("fine-tune end: sink ratio")]
     assert end == f"{statistics.fmean(ends):.2f} ± {statistics.stdev(ends):.2f}"
     assert cells[header.index("probe mean top-1 %")] == "78.0 ± 0.0 (1 of 3 failed)"
+    assert cells[header.index("probe EP top-1 %")] == "87.0 ± 2.0"
+    assert cells[header.index("k-NN top-1 %")] == "74.0 ± 0.0"
     assert "| fine-tuning: shallow sink ratio at | start | 0.5 | end |" in text
     assert f"| semantic_stratified | 3.00 | {statistics.fmean((3.0 + e) / 2 for e in ends):.2f} | " \
         f"{statistics.fmean(ends):.2f} |" in text
@@ -230,7 +241,7 @@ def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root,
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     capsys.readouterr()
     assert run.main(argv) == 0
-    assert "30 of 30 tasks already done; running 0" in capsys.readouterr().out
+    assert "42 of 42 tasks already done; running 0" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamps
 
 
@@ -252,6 +263,8 @@ def test_the_gpu_readings_preset_runs_the_same_arms_and_every_command_composes(t
             assert cfg.backbone.reg_tokens == (4 if job.cell.startswith("random_registers/") else 0)
         if job.task == "linprobe_avg":
             assert cfg.model.pool == "avg"
+        if job.task in ("probe_ep", "knn"):
+            assert cfg.model.head == {"probe_ep": "ep", "knn": "knn"}[job.task] and cfg.dataset.train_subset is None
         if job.task == "finetune":
             assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
 
