@@ -88,6 +88,8 @@ def test_report_writes_csv_markdown_and_plot(sweep):
     assert "| 3 | failed | semantic | 0.5 |" in md and "CUDA out of memory \\| in block 3" in md
     assert "| 4 | ok | semantic | 0.75 | 74.00% |" in md
     assert "7 jobs: 5 ok, 2 failed or incomplete." in md
+    assert "attn/shallow_sink_ratio" in table[0] and "block_0" not in table[0]  # per-block values stay in the CSV
+    assert "`sweep.csv` has every metric of every block" in md
 
     png = out["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

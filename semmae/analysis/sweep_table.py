@@ -185,15 +185,22 @@ def write_csv(path: Path, header: list[str], table: list[dict[str, Any]]) -> Non
     atomic_write_text(path, text.getvalue())
 
 
+def is_summary(metric: str) -> bool:
+    """A model-level attention metric (the mean over the shallow blocks), as opposed to one block's value."""
+    return metric.startswith("attn/shallow_")
+
+
 def markdown(header: list[str], table: list[dict[str, Any]], title: str) -> str:
-    cols = [c for c in header if c != "overrides"]  # the CSV keeps every override; the table shows the varying ones
+    cols = [c for c in header if c != "overrides" and not (c.startswith("attn/") and not is_summary(c))]
     if not any(row["error"] for row in table):
         cols.remove("error")
     ok = sum(row["status"] == "ok" for row in table)
     lines = [f"# Sweep {title}", "", f"{len(table)} jobs: {ok} ok, {len(table) - ok} failed or incomplete.", "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(c, row[c]) for c in cols) + " |" for row in table]
-    lines += ["", "Accuracies in percent; losses are the last epoch's values. `sweep.csv` has every override of every job."]
+    lines += ["", "Accuracies in percent; losses are the last epoch's values. The table shows the attention metrics' "
+              "means over the shallow blocks and the overrides that vary between jobs; `sweep.csv` has every metric "
+              "of every block and every override of every job."]
     return "\n".join(lines) + "\n"
 
 
