@@ -126,10 +126,8 @@ def fit(trainer: Any, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: s
             raise
         raise CheckpointError(
             f"ckpt_path={ckpt_path} holds the optimiser state of other parameter groups than this run's ({exc}); "
-            "resume with the settings the run was started with (its .hydra/overrides.yaml; a pretraining run "
-            "from before the weight decay of the CLS and mask tokens became the default: model.optim.decay_tokens=false). "
-            "A pretraining checkpoint from before the online probe became a group of the one optimiser (it holds "
-            "a probe_optimizer entry) does not resume: start again, or read its encoder with ckpt=PATH"
+            "resume with the settings the run was started with (its .hydra/overrides.yaml), or start a new run "
+            "that reads its encoder with ckpt=PATH"
         ) from exc
 
 

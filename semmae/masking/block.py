@@ -8,8 +8,8 @@ falls with the index of the first rectangle that covers it, so keeping the lowes
 rectangles first. The rectangle during which the count is reached is hidden in part, row by row from its top or
 its bottom (still a block); patches no rectangle covers come last, in random order (with the defaults the candidates cover
 the required count in all but a vanishing fraction of images). All images at once on the training device, a few
-broadcasted comparisons: cheaper than BEiT's loop, also on the CPU, so nothing runs in the data loader (~1 ms per
-batch of 256 on an H200, ~10-20 ms on one CPU thread).
+broadcasted comparisons: cheaper than BEiT's loop, also on the CPU, so nothing runs in the data loader (its cost per
+batch: docs/masking.md#cost).
 
 As with BEiT, large blocks on a small grid cover the centre far more often than the border: at 8x8 and 75% the
 centre patches are visible ~30-40x less often than the corners (semmae-masks reports the per-position min/max)."""

@@ -16,12 +16,6 @@ two jumps per round: paths with random vertex orders (the hardest shape for labe
 5 / 6 / 7 / 8 rounds for N = 64 / 196 / 256 / 1024, where the bound gives 7 / 9 / 9 / 11; spirals, snakes and
 random 2- or 3-label maps at 7x7 to 16x16 need at most 4. tests/masking/test_components.py checks the result
 against scipy on such maps.
-
-Cost at B = 256 (rough; one CPU thread on a loaded 2-core machine): 8x8 grid ~4 ms, 14x14 ~16 ms; on an H200
-a few hundred microseconds, all of it kernel launches. The alternatives measured while choosing, same setting:
-min-label propagation with a safe bound of N/2 rounds ~16 ms (8x8) and ~200 ms (14x14); exact reachability by
-boolean matrix squaring (log2 N batched N x N matmuls) ~40 ms and ~1.9 s. Computing components in the data
-loader's workers (scipy per image) is not possible for `color_kmeans`, whose clusters only exist on the device.
 """
 
 from __future__ import annotations

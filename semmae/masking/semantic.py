@@ -21,17 +21,13 @@ content, while which regions are visible stays random.
 Everything is batched tensor code driven by the step's generator: no per-image Python loop, no host synchronisation
 (checked under torch.cuda.set_sync_debug_mode("error") by experiments/bench_masking.py --check-sync).
 random_fraction = 1 is random masking (the random part then holds every visible patch).
-
-Cost per batch of 256 (experiments/bench_masking.py; rough): ~50 ms at 8x8 on one thread of a loaded 2-core CPU,
-~2% of a vit_micro step timed alongside; on an H200 ~5 ms standalone at 8x8 and 14x14 alike (~300 small tensor
-ops, so kernel launches dominate: 7% of a ViT-B/16 step), and +2.6% on the real ViT-B training step, where those
-launches overlap the previous step's GPU work. SLIC in the workers costs ~1.6 ms per 32 px image on one core.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

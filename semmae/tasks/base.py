@@ -10,7 +10,8 @@ import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -113,8 +114,8 @@ def valid_part(batch: Mapping[str, Any], *tensors: torch.Tensor) -> tuple[torch.
 
 
 def bf16_enabled(setting: bool | str, device: torch.device) -> bool:
-    """bf16 for a forward whose output only a probe reads: "auto" = on CPUs with native bf16 (about 1.7x faster
-    there); on GPUs the trainer's bf16 autocast already applies."""
+    """bf16 for a forward whose output only a probe reads: "auto" = on CPUs with native bf16 (faster there,
+    docs/speed.md); on GPUs the trainer's bf16 autocast already applies."""
     if setting == "auto":
         return torch.device(device).type == "cpu" and cpu_has_native_bf16()
     return bool(setting)
