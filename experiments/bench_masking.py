@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
 
             given = {**batch, "progress": 1.0} if name == "semantic_features" else batch  # after its warm-up
 
-            def call(i, s=s, given=given):
+            def call(i, s=s, given=given, images=images, grid=grid, gens=gens):
                 return s(images, grid, gens(device, 0, 0, 0, i), given)
 
             ms = timed_ms(call, device, args.warmup, args.windows, per_window=5 if gpu else 1)

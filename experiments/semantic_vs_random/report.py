@@ -177,7 +177,7 @@ def portable_text(text: str, out: Path | None = None, repo: Path = REPO) -> str:
     every path under a study directory outside it as $STUDY/...: what a reader of a clone can use."""
     for prefix, name in _path_swaps(out, repo):
         pattern = re.compile(r"(?:^|(?<=[\s=\[,:(\"']))" + re.escape(prefix) + r"(?:(/)|(?=[\s\],)\"']|$))")
-        text = pattern.sub(lambda m: (name + "/" if name else "") if m.group(1) else (name or "."), text)
+        text = pattern.sub(lambda m, name=name: (name + "/" if name else "") if m.group(1) else (name or "."), text)
     return text
 
 

@@ -6,8 +6,9 @@ zero-padded to two digits: `attn/block_03/sink_ratio` is the third block's sink 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ are found once for the largest k: the votes of every smaller k are read off the 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,7 @@ complementary parts), on the colour scale of the attention figures (1 = the fair
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -5,8 +5,8 @@ row per head (and block) and a column per encoder."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 ENCODER_LABELS = {"checkpoint": "checkpoint", "random_init": "random init"}
 HEAD_LABELS = {"linear": "linear", "ep": "EP", "mhca": "MHCA", "knn": "k-NN"}

@@ -3,7 +3,7 @@ side by side."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from semmae.analysis.artifacts import ArtifactMeasurement
 from semmae.analysis.metrics import METRICS

@@ -7,8 +7,9 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from semmae.cli.config_checks import check_config
 from semmae.errors import find_semmae_error

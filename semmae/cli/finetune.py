@@ -7,8 +7,8 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from semmae.callbacks.attention_maps import artifact_series
 from semmae.analysis.fixes import fix_encoder
+from semmae.callbacks.attention_maps import artifact_series
 from semmae.cli.entry import hydra_entry
 from semmae.cli.run_steps import (
     begin_run,

@@ -9,7 +9,8 @@ part of a split (debug=fast_dev_run, trainer.limit_*_batches, trainer.max_steps)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch

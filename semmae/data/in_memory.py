@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset

@@ -20,7 +20,6 @@ from semmae.data.augment import normalize, sample_crop_boxes
 from semmae.errors import DataError
 
 
-
 class EncodedImageFolder(Dataset):
     """root/<class>/<image>.jpg -> {"jpeg": raw bytes (uint8 [L]), "label", "index", "path"}; no decoding in the
     worker. An unreadable file is {"corrupt": path} with skip_corrupt (collate_encoded drops it), else a DataError."""

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import IterableDataset
 
 
-
 def dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -6,7 +6,7 @@ of them: "pooled/k" (the CLS or mean patch token of block k, float32) and "token
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ it, and an optional FCN head on one level adds an auxiliary loss. Whole-image an
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,7 @@ Conv + BatchNorm + ReLU units are timm's ConvNormAct. Logits come out at the res
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

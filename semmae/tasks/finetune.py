@@ -5,7 +5,8 @@ lr scaling rule, per-step warmup + cosine) over layer-wise lr decay groups; Mixu
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ model.head=knn` classifies the cached features directly."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,6 @@ from semmae.models.heads import POOLS
 from semmae.models.probe_heads import ATTENTIVE, HEADS, build_probe_head
 from semmae.tasks.base import ClassifierEvaluation, plain
 from semmae.tasks.settings import settings
-
 
 EP_DEFAULTS = {"num_queries": 32}
 MHCA_DEFAULTS = {"num_heads": None, "mlp_ratio": 4.0}

@@ -4,7 +4,8 @@ warmup + cosine) over weight-decay groups, and an online linear probe that is on
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,6 @@ from semmae.optim import weight_decay_groups
 from semmae.optim.schedule import WarmupDecay
 from semmae.tasks.base import TaskBase, plain
 from semmae.tasks.settings import settings
-
-
 
 VAL_STREAM = 1  # generator stream ids: validation masks are fixed across epochs, training masks are not
 TRAIN_STREAM = 0

@@ -7,7 +7,8 @@ confusion matrix -> mIoU, pixel accuracy, per-class IoU."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def job_argv(argv0: str, task_overrides: list[str]) -> list[str]:

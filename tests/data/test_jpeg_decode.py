@@ -71,7 +71,7 @@ def test_device_decode_with_workers_runs_to_completion(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4, num_workers=2, decode="device",
                                loader_timeout_s=30)
     dm.setup()
-    for epoch in range(2):  # persistent workers serve the second epoch too
+    for _epoch in range(2):  # persistent workers serve the second epoch too
         for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader())):
             sizes = []
             for raw in loader:

@@ -162,7 +162,7 @@ def test_sink_over_training_reads_the_pretraining_csv_by_epoch(tmp_path):
 
 def test_ablation_table_marks_the_default_and_names_candidates(tmp_path):
     out = tmp_path / "study"
-    for i, (name, _, _) in enumerate(run.ABLATION):
+    for name, _, _ in run.ABLATION:
         cell = out / "ablation" / name
         fake_task(cell / "pretrain", {"val/online_probe_acc": 0.7})
         fake_task(cell / "linprobe", {"test/top1": 0.80 if name != "num_regions_16" else 0.81})
