@@ -1,12 +1,12 @@
 """What the diagnostics cost (docs/artifacts.md#cost), printed against their targets; nothing is asserted.
 
-    python experiments/bench_diagnostics.py analyze [--ckpt PATH] [--images 1000] [--threads 2]
-        semmae-analyze with every diagnostic on the first N Fashion-MNIST validation images of the default vit_micro
-        (ckpt=random unless given): wall time and the time of each part, against 60 s on 2 cores.
-    python experiments/bench_diagnostics.py callback [--steps 20] [--threads 2]
-        the attention callback at its defaults (every validation epoch, 64 images, head sinks + CLS statistics)
-        against a default pretraining epoch (vit_micro, 40,000 images, batch 256): the callback's analysis time,
-        with and without the diagnostics, over the epoch time measured on --steps real training steps; target 10%.
+python experiments/bench_diagnostics.py analyze [--ckpt PATH] [--images 1000] [--threads 2]
+    semmae-analyze with every diagnostic on the first N Fashion-MNIST validation images of the default vit_micro
+    (ckpt=random unless given): wall time and the time of each part, against 60 s on 2 cores.
+python experiments/bench_diagnostics.py callback [--steps 20] [--threads 2]
+    the attention callback at its defaults (every validation epoch, 64 images, head sinks + CLS statistics)
+    against a default pretraining epoch (vit_micro, 40,000 images, batch 256): the callback's analysis time,
+    with and without the diagnostics, over the epoch time measured on --steps real training steps; target 10%.
 """
 
 from __future__ import annotations
@@ -29,8 +29,15 @@ sys.path.insert(0, str(REPO))
 def bench_analyze(args) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench_analyze_"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "semmae.analyze", f"ckpt={args.ckpt}", f"num_images={args.images}",
-           f"hydra.run.dir={out}", *args.overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semmae.analyze",
+        f"ckpt={args.ckpt}",
+        f"num_images={args.images}",
+        f"hydra.run.dir={out}",
+        *args.overrides,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -74,9 +81,19 @@ def bench_callback(args) -> dict:
     timer = StepTimer()
     callback = AttentionMapCallback()
     root = tempfile.mkdtemp(prefix="bench_callback_")
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=args.steps, limit_val_batches=1, num_sanity_val_steps=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer, callback], default_root_dir=root, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=args.steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, callback],
+        default_root_dir=root,
+        accelerator="cpu",
+    )
     trainer.fit(model, datamodule=datamodule)
     step = statistics.median(timer.times[2:] or timer.times)
     steps_per_epoch = -(-int(cfg.dataset.train_subset or 60000) // int(cfg.dataset.batch_size))
@@ -93,14 +110,24 @@ def bench_callback(args) -> dict:
 
     plain, full = analysis_time(()), analysis_time(("heads", "cls"))
     load = os.getloadavg()[0]
-    print(f"attention callback at its defaults ({callback.num_images} images, every validation epoch), "
-          f"{args.threads} threads (load average {load:.1f}):")
+    print(
+        f"attention callback at its defaults ({callback.num_images} images, every validation epoch), "
+        f"{args.threads} threads (load average {load:.1f}):"
+    )
     print(f"  training step        {1000 * step:7.1f} ms  -> a default epoch ({steps_per_epoch} steps) {epoch:6.1f} s")
     print(f"  analysis, metrics    {plain:7.2f} s  = {100 * plain / epoch:5.1f}% of the epoch")
-    print(f"  analysis, + heads/cls{full:7.2f} s  = {100 * full / epoch:5.1f}% of the epoch "
-          f"(the diagnostics add {100 * (full - plain) / epoch:.1f}%; target: the callback <= 10%)")
-    return {"step_s": step, "epoch_s": epoch, "analysis_s": plain, "analysis_with_diagnostics_s": full,
-            "overhead_pct": 100 * full / epoch, "load_average": load}
+    print(
+        f"  analysis, + heads/cls{full:7.2f} s  = {100 * full / epoch:5.1f}% of the epoch "
+        f"(the diagnostics add {100 * (full - plain) / epoch:.1f}%; target: the callback <= 10%)"
+    )
+    return {
+        "step_s": step,
+        "epoch_s": epoch,
+        "analysis_s": plain,
+        "analysis_with_diagnostics_s": full,
+        "overhead_pct": 100 * full / epoch,
+        "load_average": load,
+    }
 
 
 def main(argv=None) -> dict:

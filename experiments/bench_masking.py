@@ -41,8 +41,18 @@ sys.path.insert(0, str(REPO))
 from bench_pretrain import Timer  # noqa: E402  (experiments/ is on the path when run as a script)
 
 SETTINGS = {"224/16": (224, 16, 3), "32/4": (32, 4, 1)}
-STRATEGIES = ("random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-              "random_units", "semantic_features", "semantic[given]")
+STRATEGIES = (
+    "random",
+    "block",
+    "grid",
+    "semantic",
+    "colored_noise",
+    "semantic_informative",
+    "semantic_stratified",
+    "random_units",
+    "semantic_features",
+    "semantic[given]",
+)
 FEATURE_WIDTH = {"224/16": 768, "32/4": 128}  # the encoders' widths at these settings (ViT-B, vit_micro)
 
 
@@ -189,8 +199,11 @@ def main(argv=None) -> dict:
         size, patch, channels = SETTINGS[setting]
         grid = (size // patch, size // patch)
         images = smooth_images(args.batch, channels, size, device)
-        batch = {"image": images, "segments": voronoi_maps(args.batch, size, 8, device),
-                 "features": torch.randn(args.batch, grid[0] * grid[1], FEATURE_WIDTH[setting], device=device)}
+        batch = {
+            "image": images,
+            "segments": voronoi_maps(args.batch, size, 8, device),
+            "features": torch.randn(args.batch, grid[0] * grid[1], FEATURE_WIDTH[setting], device=device),
+        }
         gens = StepGenerator(0)
         for name in names:
             s = strategy(name)
@@ -210,8 +223,12 @@ def main(argv=None) -> dict:
             rows.setdefault("slic worker (1 core)", {})[setting] = {"ms": ms, "ratio_to_step": ms / ref_ms}
     env = {
         "device": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch,
-        "date": time.strftime("%Y-%m-%d %H:%M"), "reference_step": ref_name, "reference_step_ms": ref_ms,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "reference_step": ref_name,
+        "reference_step_ms": ref_ms,
     }
     result = {"env": env, "rows": rows, **({"sync_check": sync} if sync else {})}
 
@@ -219,8 +236,10 @@ def main(argv=None) -> dict:
     print(f"reference: one pretraining step of {ref_name} = {ref_ms:.1f} ms")
     print(f"{'strategy':>22} " + " ".join(f"{s + ' ms':>11} {'x step':>7}" for s in settings))
     for name, cols in rows.items():
-        cells = [f"{cols[s]['ms']:11.2f} {cols[s]['ratio_to_step']:7.3f}" if s in cols else f"{'-':>11} {'-':>7}"
-                 for s in settings]
+        cells = [
+            f"{cols[s]['ms']:11.2f} {cols[s]['ratio_to_step']:7.3f}" if s in cols else f"{'-':>11} {'-':>7}"
+            for s in settings
+        ]
         print(f"{name:>22} " + " ".join(cells))
     if sync:
         bad = {n: v for n, v in sync.items() if any(r != "ok" for r in v.values())}

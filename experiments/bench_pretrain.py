@@ -178,8 +178,15 @@ def top_kernels(prof, cuda: bool, steps: int, n: int = 10) -> list[dict]:
         events = [e for e in events if getattr(e, "device_type", None) != DeviceType.CPU] or events
     total = sum(getattr(e, key) for e in events) or 1.0
     events.sort(key=lambda e: getattr(e, key), reverse=True)
-    return [{"name": e.key, "self_ms": getattr(e, key) / 1000.0 / steps, "share": getattr(e, key) / total,
-             "calls_per_step": e.count / steps} for e in events[:n]]
+    return [
+        {
+            "name": e.key,
+            "self_ms": getattr(e, key) / 1000.0 / steps,
+            "share": getattr(e, key) / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in events[:n]
+    ]
 
 
 def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int = 5, profiled: int = 3) -> dict:
@@ -209,9 +216,12 @@ def step_breakdown(task, batch: dict, optimizer, device: torch.device, reps: int
             whole_step(task, batch, optimizer, gen, task.train_forward)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    return {"parts_ms": parts_ms, "parts_sum_ms": sum(parts_ms.values()),
-            "eager_step_ms": 1000 * min(wholes),
-            "top_kernels": top_kernels(prof, device.type == "cuda", profiled)}
+    return {
+        "parts_ms": parts_ms,
+        "parts_sum_ms": sum(parts_ms.values()),
+        "eager_step_ms": 1000 * min(wholes),
+        "top_kernels": top_kernels(prof, device.type == "cuda", profiled),
+    }
 
 
 def make_step_profiler(device: torch.device):
@@ -327,10 +337,18 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     import lightning as L
     from hydra.utils import instantiate
 
-    overrides = [f"backbone={args.backbone}", f"masking={masking}", *MASKING_EXTRA.get(masking, []),
-                 f"dataset.batch_size={args.batch}",
-                 f"model.compile={str(compiled).lower()}", f"model.probe.enabled={str(args.probe).lower()}",
-                 f"dataset.channels={args.channels}", "seed=0", *args.override, *extra]
+    overrides = [
+        f"backbone={args.backbone}",
+        f"masking={masking}",
+        *MASKING_EXTRA.get(masking, []),
+        f"dataset.batch_size={args.batch}",
+        f"model.compile={str(compiled).lower()}",
+        f"model.probe.enabled={str(args.probe).lower()}",
+        f"dataset.channels={args.channels}",
+        "seed=0",
+        *args.override,
+        *extra,
+    ]
     if args.img_size:
         overrides += [f"backbone.img_size={args.img_size}"]
     if args.patch_size:
@@ -339,8 +357,9 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     total = args.warmup + args.steps * args.windows + 1
     task = instantiate(cfg.model)
     if data == "synthetic":
-        dm = synthetic_datamodule(args.batch, args.channels, cfg.backbone.img_size, cfg.dataset.num_classes,
-                                  device, total)
+        dm = synthetic_datamodule(
+            args.batch, args.channels, cfg.backbone.img_size, cfg.dataset.num_classes, device, total
+        )
     else:
         dm = instantiate(cfg.dataset)
         dm.prepare_data()
@@ -349,9 +368,19 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     callbacks = [timer, counter] + ([make_step_profiler(device)] if args.profile else [])
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_steps=total, max_epochs=-1,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, log_every_n_steps=50,
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_steps=total,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        log_every_n_steps=50,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -362,10 +391,19 @@ def run_variant(args, masking: str, compiled: bool, data: str, device: torch.dev
     flops = train_flops_per_image(cfg.model.mae, cfg.masking.mask_ratio)
     img_s = args.batch / step_s
     row = {
-        "masking": masking, "compiled": compiled, "data": data, "batch": args.batch, "extra": list(extra),
-        "backbone": args.backbone, "img_size": cfg.backbone.img_size, "patch_size": cfg.backbone.patch_size,
-        "probe": args.probe, "img_s": img_s, "step_ms": 1000 * step_s,
-        "model_tflops": img_s * flops / 1e12, "gflop_per_image": flops / 1e9,
+        "masking": masking,
+        "compiled": compiled,
+        "data": data,
+        "batch": args.batch,
+        "extra": list(extra),
+        "backbone": args.backbone,
+        "img_size": cfg.backbone.img_size,
+        "patch_size": cfg.backbone.patch_size,
+        "probe": args.probe,
+        "img_s": img_s,
+        "step_ms": 1000 * step_s,
+        "model_tflops": img_s * flops / 1e12,
+        "gflop_per_image": flops / 1e9,
         "window_step_ms": [1000 * t / args.steps for t in timer.times],
     }
     if device.type == "cuda":
@@ -386,11 +424,15 @@ def profile_lines(row: dict) -> list[str]:
     if "error" in prof:
         return [f"{name}: no breakdown ({prof['error']})"]
     parts = "  ".join(f"{k} {v:.2f}" for k, v in prof["parts_ms"].items())
-    lines = [f"{name}, where an eager step's time goes (ms): {parts}; sum {prof['parts_sum_ms']:.2f} of "
-             f"{prof['eager_step_ms']:.2f} timed whole; the variant's own step: {row['step_ms']:.2f}",
-             f"  top kernels by self time ({'compiled' if row['compiled'] else 'eager'} step):"]
-    lines += [f"  {k['share']:6.1%} {k['self_ms']:8.3f} ms {k['calls_per_step']:6.1f}x  {k['name'][:90]}"
-              for k in prof["top_kernels"]]
+    lines = [
+        f"{name}, where an eager step's time goes (ms): {parts}; sum {prof['parts_sum_ms']:.2f} of "
+        f"{prof['eager_step_ms']:.2f} timed whole; the variant's own step: {row['step_ms']:.2f}",
+        f"  top kernels by self time ({'compiled' if row['compiled'] else 'eager'} step):",
+    ]
+    lines += [
+        f"  {k['share']:6.1%} {k['self_ms']:8.3f} ms {k['calls_per_step']:6.1f}x  {k['name'][:90]}"
+        for k in prof["top_kernels"]
+    ]
     return lines
 
 
@@ -404,14 +446,22 @@ def data_throughput(args, device: torch.device) -> dict:
     """Images per second the real data path delivers (index + on-device augmentation), without the model."""
     from hydra.utils import instantiate
 
-    overrides = [f"backbone={args.backbone}", f"dataset.batch_size={args.batch}", f"dataset.channels={args.channels}",
-                 *args.override]
+    overrides = [
+        f"backbone={args.backbone}",
+        f"dataset.batch_size={args.batch}",
+        f"dataset.channels={args.channels}",
+        *args.override,
+    ]
     if args.img_size:
         overrides += [f"backbone.img_size={args.img_size}"]
     if args.patch_size:
         overrides += [f"backbone.patch_size={args.patch_size}"]
     cfg = compose(overrides)
-    dm = instantiate(cfg.dataset, resident_device=str(device)) if cfg.dataset.get("resident") else instantiate(cfg.dataset)
+    dm = (
+        instantiate(cfg.dataset, resident_device=str(device))
+        if cfg.dataset.get("resident")
+        else instantiate(cfg.dataset)
+    )
     dm.prepare_data()
     dm.setup()
     loader = dm.train_dataloader()
@@ -439,21 +489,29 @@ def main(argv=None) -> dict:
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--channels", type=int, default=None, help="default: 3 on GPU (ImageNet-like), 1 on CPU")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--masking", default="random,semantic,semantic_informative,semantic_stratified,random_units,"
-                                          "semantic_features")
+    ap.add_argument(
+        "--masking", default="random,semantic,semantic_informative,semantic_stratified,random_units,semantic_features"
+    )
     ap.add_argument("--variants", default=None, help="eager,compiled (default: both on GPU, eager on CPU)")
     ap.add_argument("--data", default=None, help="synthetic,real (default: both)")
     ap.add_argument("--probe", action="store_true", help="include the online probe's full-image forward")
-    ap.add_argument("--profile", action="store_true",
-                    help="also time the parts of a step and list the top-10 kernels by self time, per variant")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time the parts of a step and list the top-10 kernels by self time, per variant",
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per timed window")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--json", default=None, help="where to write the results (default: stdout only)")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every variant")
-    ap.add_argument("--baseline", nargs="*", default=None,
-                    help="overrides that rebuild an earlier configuration: its random / eager / real-data step is "
-                         "timed in the same run and compared with the current one (before / after)")
+    ap.add_argument(
+        "--baseline",
+        nargs="*",
+        default=None,
+        help="overrides that rebuild an earlier configuration: its random / eager / real-data step is "
+        "timed in the same run and compared with the current one (before / after)",
+    )
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -477,52 +535,77 @@ def main(argv=None) -> dict:
                 if args.json:  # keep what is measured so far, in case the run is cut short
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.json).write_text(json.dumps({"partial": True, "peak_tflops": peak, "rows": rows}))
-                print(f"  {masking:>17} {'compiled' if compiled else 'eager':>8} {data:>9}: "
-                      f"{row['img_s']:8.0f} img/s  {row['step_ms']:7.1f} ms/step", flush=True)
+                print(
+                    f"  {masking:>17} {'compiled' if compiled else 'eager':>8} {data:>9}: "
+                    f"{row['img_s']:8.0f} img/s  {row['step_ms']:7.1f} ms/step",
+                    flush=True,
+                )
     for row in rows:
         row["mfu"] = row["model_tflops"] / peak
-        ref = next((r for r in rows if r["masking"] == "random" and r["compiled"] == row["compiled"]
-                    and r["data"] == row["data"]), None)
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["masking"] == "random" and r["compiled"] == row["compiled"] and r["data"] == row["data"]
+            ),
+            None,
+        )
         row["step_ratio_to_random"] = row["step_ms"] / ref["step_ms"] if ref else None
     baseline = None
     if args.baseline is not None:
         before = run_variant(args, "random", False, "real", device, extra=args.baseline)
         after = next((r for r in rows if r["masking"] == "random" and not r["compiled"] and r["data"] == "real"), None)
         after = after or run_variant(args, "random", False, "real", device)
-        baseline = {"overrides": args.baseline, "before_img_s": before["img_s"], "after_img_s": after["img_s"],
-                    "speedup": after["img_s"] / before["img_s"]}
+        baseline = {
+            "overrides": args.baseline,
+            "before_img_s": before["img_s"],
+            "after_img_s": after["img_s"],
+            "speedup": after["img_s"] / before["img_s"],
+        }
     loader = data_throughput(args, device) if "real" in datas else {}
     env = {
         "device": torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "bf16_matmul_peak_tflops": peak, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bf16_matmul_peak_tflops": peak,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     result = {"env": env, "loader": loader, "rows": rows, "baseline": baseline}
 
-    print(f"\n{env['device']} | torch {env['torch']} | bf16 matmul peak {peak:.1f} TFLOP/s"
-          + (f" | data path {loader['data_img_s']:.0f} img/s" if loader else ""))
-    head = f"{'masking':>17} {'mode':>8} {'data':>9} {'img/s':>8} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6} {'x random':>8}"
+    print(
+        f"\n{env['device']} | torch {env['torch']} | bf16 matmul peak {peak:.1f} TFLOP/s"
+        + (f" | data path {loader['data_img_s']:.0f} img/s" if loader else "")
+    )
+    head = (
+        f"{'masking':>17} {'mode':>8} {'data':>9} {'img/s':>8} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6} {'x random':>8}"
+    )
     if gpu:
         head += f" {'GiB':>6}"
     print(head)
     for r in rows:
-        line = (f"{r['masking']:>17} {'compiled' if r['compiled'] else 'eager':>8} {r['data']:>9} {r['img_s']:8.0f} "
-                f"{r['step_ms']:8.1f} {r['model_tflops']:8.2f} {r['mfu']:6.3f} {r['step_ratio_to_random'] or 0:8.3f}")
+        line = (
+            f"{r['masking']:>17} {'compiled' if r['compiled'] else 'eager':>8} {r['data']:>9} {r['img_s']:8.0f} "
+            f"{r['step_ms']:8.1f} {r['model_tflops']:8.2f} {r['mfu']:6.3f} {r['step_ratio_to_random'] or 0:8.3f}"
+        )
         if gpu:
             line += f" {r['peak_mem_gib']:6.1f}"
         print(line)
     for r in rows:
         if r["masking"] in SEPARATE and r["step_ratio_to_random"]:
             probe = "shared with the online probe" if r["probe"] else "the online probe is off"
-            print(f"\n{r['masking']} ({'compiled' if r['compiled'] else 'eager'}, {r['data']} data): "
-                  f"{r['step_ratio_to_random']:.2f}x random's step, after its warm-up; it adds a no-gradient forward "
-                  f"of the encoder on the full batch for its features ({probe}) and k-means on them")
+            print(
+                f"\n{r['masking']} ({'compiled' if r['compiled'] else 'eager'}, {r['data']} data): "
+                f"{r['step_ratio_to_random']:.2f}x random's step, after its warm-up; it adds a no-gradient forward "
+                f"of the encoder on the full batch for its features ({probe}) and k-means on them"
+            )
     for r in rows:
         if r.get("profile"):
             print("\n" + "\n".join(profile_lines(r)))
     if baseline:
-        print(f"\nbefore ({' '.join(baseline['overrides'])}): {baseline['before_img_s']:.0f} img/s; "
-              f"now: {baseline['after_img_s']:.0f} img/s; {baseline['speedup']:.2f}x (random, eager, real data)")
+        print(
+            f"\nbefore ({' '.join(baseline['overrides'])}): {baseline['before_img_s']:.0f} img/s; "
+            f"now: {baseline['after_img_s']:.0f} img/s; {baseline['speedup']:.2f}x (random, eager, real data)"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -69,18 +69,38 @@ def bench_head(head: str, epochs: int | None, overrides: list[str]) -> dict:
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[cfg.model.cache_dtype]
     split = {}
     for name, n in (("train", TRAIN), ("val", TEST)):
-        split[name] = ({view_name("tokens", depth): torch.randn(n, TOKENS, WIDTH, generator=g).to(dtype),
-                        view_name("pooled", depth): torch.randn(n, WIDTH, generator=g)},
-                       torch.randint(0, CLASSES, (n,), generator=g))
-    data = FeatureDataModule(split["train"], split["val"], cfg.dataset.batch_size, cfg.dataset.eval_batch_size,
-                             view=model.view)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        split[name] = (
+            {
+                view_name("tokens", depth): torch.randn(n, TOKENS, WIDTH, generator=g).to(dtype),
+                view_name("pooled", depth): torch.randn(n, WIDTH, generator=g),
+            },
+            torch.randint(0, CLASSES, (n,), generator=g),
+        )
+    data = FeatureDataModule(
+        split["train"], split["val"], cfg.dataset.batch_size, cfg.dataset.eval_batch_size, view=model.view
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     _, wall, cpu = timed(lambda: (trainer.fit(model, data), trainer.test(model, data, verbose=False)))
     steps = trainer.global_step
-    return {"head": head, "epochs": epochs, "steps": steps, "batch": int(cfg.dataset.batch_size),
-            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "ms_per_step": round(1000 * wall / max(1, steps), 1),
-            "optimizer": OmegaConf.select(cfg, "model.optim.optimizer._target_")}
+    return {
+        "head": head,
+        "epochs": epochs,
+        "steps": steps,
+        "batch": int(cfg.dataset.batch_size),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "ms_per_step": round(1000 * wall / max(1, steps), 1),
+        "optimizer": OmegaConf.select(cfg, "model.optim.optimizer._target_"),
+    }
 
 
 def bench_knn() -> dict:
@@ -90,8 +110,14 @@ def bench_knn() -> dict:
     train, test = torch.randn(TRAIN, WIDTH, generator=g), torch.randn(TEST, WIDTH, generator=g)
     ytrain, ytest = torch.randint(0, CLASSES, (TRAIN,), generator=g), torch.randint(0, CLASSES, (TEST,), generator=g)
     _, wall, cpu = timed(lambda: knn_accuracy(train, ytrain, test, ytest, CLASSES, ks=(20, 10, 50)))
-    return {"train": TRAIN, "test": TEST, "width": WIDTH, "ks": [20, 10, 50], "wall_s": round(wall, 2),
-            "cpu_s": round(cpu, 2)}
+    return {
+        "train": TRAIN,
+        "test": TEST,
+        "width": WIDTH,
+        "ks": [20, 10, 50],
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,13 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     out = {"threads": threads, "load_average": [round(x, 2) for x in load]}
     out["knn"] = bench_knn()
     k = out["knn"]
-    print(f"k-NN {TRAIN:,} x {TEST:,} features of width {WIDTH}, k = 20, 10, 50: {k['wall_s']:.1f} s wall, "
-          f"{k['cpu_s']:.1f} s CPU (target <= {TARGETS_S['knn']:.0f} s)")
+    print(
+        f"k-NN {TRAIN:,} x {TEST:,} features of width {WIDTH}, k = 20, 10, 50: {k['wall_s']:.1f} s wall, "
+        f"{k['cpu_s']:.1f} s CPU (target <= {TARGETS_S['knn']:.0f} s)"
+    )
     if not args.skip_head:
         out["head"] = h = bench_head(args.head, args.epochs, args.overrides)
-        print(f"{args.head} head on cached tokens {TRAIN:,} + {TEST:,} x {TOKENS} x {WIDTH}: {h['epochs']} epochs, "
-              f"{h['steps']} steps of {h['batch']}, {h['wall_s']:.0f} s wall ({h['ms_per_step']:.0f} ms a step), "
-              f"{h['cpu_s']:.0f} s CPU (target <= {TARGETS_S['head']:.0f} s)")
+        print(
+            f"{args.head} head on cached tokens {TRAIN:,} + {TEST:,} x {TOKENS} x {WIDTH}: {h['epochs']} epochs, "
+            f"{h['steps']} steps of {h['batch']}, {h['wall_s']:.0f} s wall ({h['ms_per_step']:.0f} ms a step), "
+            f"{h['cpu_s']:.0f} s CPU (target <= {TARGETS_S['head']:.0f} s)"
+        )
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,14 @@ OUT_FILES = ("summary.json", "summary.md", "suite.log", "profile.md", "RESULTS.m
 TARGETS = {"img_s": 6000.0, "mfu": 0.45, "semantic_ratio": 1.03}  # DESIGN.md section 7, on one H200
 READINGS = ("semantic_informative", "semantic_stratified", "random_units", "semantic_features")
 PROBE_HEADS = ("ep", "knn")
-TINY_VIT = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-            "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
+TINY_VIT = [
+    "backbone.embed_dim=32",
+    "backbone.depth=3",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+]
 
 
 @dataclass(frozen=True)
@@ -88,18 +94,32 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(bench=("--backbone", "vit_base", "--batch", "256", "--warmup", "10", "--steps", "10",
-                         "--windows", "5"),
-                  overrides=(), modes=("compiled", "eager"), images=512, classes=4, image_px=224, workers=8,
-                  data_bench=("--backbone", "vit_base", "--batch", "256", "--warmup", "10", "--steps", "10",
-                              "--windows", "4"),
-                  preset="gpu-suite-readings", budget_s=570.0, reserve_s=60.0),
-    "tiny": Scale(bench=("--backbone", "vit_micro", "--batch", "16", "--warmup", "1", "--steps", "2",
-                         "--windows", "2"),
-                  overrides=tuple(TINY_VIT), modes=("eager",), images=24, classes=3, image_px=48, workers=2,
-                  data_bench=("--backbone", "vit_micro", "--batch", "8", "--warmup", "2", "--steps", "2",
-                              "--windows", "2"),
-                  preset="gpu-suite-tiny", budget_s=3600.0, reserve_s=30.0),
+    "full": Scale(
+        bench=("--backbone", "vit_base", "--batch", "256", "--warmup", "10", "--steps", "10", "--windows", "5"),
+        overrides=(),
+        modes=("compiled", "eager"),
+        images=512,
+        classes=4,
+        image_px=224,
+        workers=8,
+        data_bench=("--backbone", "vit_base", "--batch", "256", "--warmup", "10", "--steps", "10", "--windows", "4"),
+        preset="gpu-suite-readings",
+        budget_s=570.0,
+        reserve_s=60.0,
+    ),
+    "tiny": Scale(
+        bench=("--backbone", "vit_micro", "--batch", "16", "--warmup", "1", "--steps", "2", "--windows", "2"),
+        overrides=tuple(TINY_VIT),
+        modes=("eager",),
+        images=24,
+        classes=3,
+        image_px=48,
+        workers=2,
+        data_bench=("--backbone", "vit_micro", "--batch", "8", "--warmup", "2", "--steps", "2", "--windows", "2"),
+        preset="gpu-suite-tiny",
+        budget_s=3600.0,
+        reserve_s=30.0,
+    ),
 }
 
 
@@ -128,19 +148,36 @@ def wheels_to_install(missing: list[str], wheel_dir: Path) -> list[Path]:
         return []
     wheels = sorted(wheel_dir.glob("*.whl"))
     if not wheels:
-        raise SystemExit(f"gpu_suite: error: {', '.join(missing)} not importable and no wheels in {wheel_dir}: run "
-                         "`bash ../shared/tools/device-wheels.sh` in the repository and carry .whl")
+        raise SystemExit(
+            f"gpu_suite: error: {', '.join(missing)} not importable and no wheels in {wheel_dir}: run "
+            "`bash ../shared/tools/device-wheels.sh` in the repository and carry .whl"
+        )
     return wheels
 
 
 def install_wheels(wheels: list[Path], target: Path) -> None:
     """pip-install the wheels into target, offline, and make them importable here too."""
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-           "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(target),
+        *map(str, wheels),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"gpu_suite: error: installing {len(wheels)} wheels into {target} failed: "
-                         f"{last_line(proc.stderr + proc.stdout)}")
+        raise SystemExit(
+            f"gpu_suite: error: installing {len(wheels)} wheels into {target} failed: "
+            f"{last_line(proc.stderr + proc.stdout)}"
+        )
     sys.path.insert(1, str(target))  # after the repository: its semmae wins over the wheel's
     importlib.invalidate_caches()
 
@@ -153,16 +190,23 @@ def prepare_imports(wheel_dir: Path, target: Path) -> dict:
         install_wheels(wheels, target)
         still = missing_modules()
         if still:
-            raise SystemExit(f"gpu_suite: error: {', '.join(still)} still not importable after installing "
-                             f"{wheel_dir}/*.whl into {target}")
+            raise SystemExit(
+                f"gpu_suite: error: {', '.join(still)} still not importable after installing "
+                f"{wheel_dir}/*.whl into {target}"
+            )
     return {"missing": missing, "installed": [w.name for w in wheels], "target": str(target) if wheels else None}
 
 
 def subprocess_env(target: str | None) -> dict[str, str]:
     """The commands' environment: this repository first on PYTHONPATH, then the installed wheels."""
     paths = [str(REPO), *([target] if target else []), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline",
-            "PYTHONWARNINGS": "ignore"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 def environment(device: str) -> dict:
@@ -171,13 +215,23 @@ def environment(device: str) -> dict:
     import timm
     import torch
 
-    env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "python": platform.python_version(),
-           "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
-           "lightning": lightning.__version__, "cpus": os.cpu_count()}
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "cpus": os.cpu_count(),
+    }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        env.update(device=torch.cuda.get_device_name(0), memory_gib=round(props.total_memory / 2**30, 1),
-                   gpus=torch.cuda.device_count())
+        env.update(
+            device=torch.cuda.get_device_name(0),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            gpus=torch.cuda.device_count(),
+        )
     else:
         env.update(device=cpu_name(), memory_gib=None, gpus=0)
     return env
@@ -254,8 +308,9 @@ class Suite:
             log.write(f"\n$ {command}\n")
             log.flush()
             begin = log.tell()
-            proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # its own process group: stop() ends its workers too
+            proc = subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # its own process group: stop() ends its workers too
             try:
                 code = proc.wait(timeout=max(1.0, until - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -273,11 +328,24 @@ class Suite:
 
 
 # --- step 1: throughput -----------------------------------------------------------------------------------------
-def bench_argv(suite: Suite, mode: str, data: str, maskings, json_path: Path, profile: bool,
-               extra: tuple[str, ...] = ()) -> list[str]:
+def bench_argv(
+    suite: Suite, mode: str, data: str, maskings, json_path: Path, profile: bool, extra: tuple[str, ...] = ()
+) -> list[str]:
     s = suite.scale
-    argv = suite.python("experiments/bench_pretrain.py", "--device", suite.args.device, *s.bench, "--variants", mode,
-                        "--data", data, "--masking", ",".join(maskings), "--json", str(json_path))
+    argv = suite.python(
+        "experiments/bench_pretrain.py",
+        "--device",
+        suite.args.device,
+        *s.bench,
+        "--variants",
+        mode,
+        "--data",
+        data,
+        "--masking",
+        ",".join(maskings),
+        "--json",
+        str(json_path),
+    )
     argv += ["--profile"] if profile else []
     overrides = [*s.overrides, *extra]
     return argv + (["--override", *overrides] if overrides else [])
@@ -293,8 +361,7 @@ def read_bench(path: Path) -> tuple[list[dict], float | None]:
 
 
 def slim_row(row: dict, peak: float | None) -> dict:
-    keep = ("masking", "compiled", "data", "img_s", "step_ms", "model_tflops", "peak_mem_gib", "profile",
-            "images_read")
+    keep = ("masking", "compiled", "data", "img_s", "step_ms", "model_tflops", "peak_mem_gib", "profile", "images_read")
     slim = {k: row[k] for k in keep if k in row}
     slim["mode"] = "compiled" if row["compiled"] else "eager"
     slim["mfu"] = row.get("mfu", row["model_tflops"] / peak if peak else None)
@@ -317,14 +384,32 @@ def check_targets(rows: list[dict], mode: str) -> list[dict]:
     random, semantic = find_row(rows, "random", mode, "synthetic"), find_row(rows, "semantic", mode, "synthetic")
     checks = []
     if random:
-        checks.append({"target": f"random img/s >= {TARGETS['img_s']:.0f}", "value": random["img_s"],
-                       "met": random["img_s"] >= TARGETS["img_s"], "rows": ["random"]})
+        checks.append(
+            {
+                "target": f"random img/s >= {TARGETS['img_s']:.0f}",
+                "value": random["img_s"],
+                "met": random["img_s"] >= TARGETS["img_s"],
+                "rows": ["random"],
+            }
+        )
         if random.get("mfu") is not None:
-            checks.append({"target": f"random MFU >= {TARGETS['mfu']}", "value": random["mfu"],
-                           "met": random["mfu"] >= TARGETS["mfu"], "rows": ["random"]})
+            checks.append(
+                {
+                    "target": f"random MFU >= {TARGETS['mfu']}",
+                    "value": random["mfu"],
+                    "met": random["mfu"] >= TARGETS["mfu"],
+                    "rows": ["random"],
+                }
+            )
     if random and semantic:
-        checks.append({"target": f"semantic step <= {TARGETS['semantic_ratio']}x random", "value": semantic["x_random"],
-                       "met": semantic["x_random"] <= TARGETS["semantic_ratio"], "rows": ["random", "semantic"]})
+        checks.append(
+            {
+                "target": f"semantic step <= {TARGETS['semantic_ratio']}x random",
+                "value": semantic["x_random"],
+                "met": semantic["x_random"] <= TARGETS["semantic_ratio"],
+                "rows": ["random", "semantic"],
+            }
+        )
     return checks
 
 
@@ -388,22 +473,37 @@ def write_profiles(suite: Suite, fig: dict) -> None:
     rows = [r for r in fig["rows"] if r.get("profile")]
     if not rows:
         return
-    parts = ["# Where a training step's time goes", "",
-             f"bench_pretrain.py --profile, {suite.args.device}, scale {suite.args.scale}. Parts: the eager pieces "
-             "of the fastest of 5 eager steps timed part by part; their sum against the fastest of 5 eager steps timed whole; top "
-             "kernels (operators on a CPU) by self time over 3 steps of the variant's own step (compiled if it "
-             "is).", ""]
+    parts = [
+        "# Where a training step's time goes",
+        "",
+        f"bench_pretrain.py --profile, {suite.args.device}, scale {suite.args.scale}. Parts: the eager pieces "
+        "of the fastest of 5 eager steps timed part by part; their sum against the fastest of 5 eager steps timed whole; top "
+        "kernels (operators on a CPU) by self time over 3 steps of the variant's own step (compiled if it "
+        "is).",
+        "",
+    ]
     for row in rows:
         prof = row["profile"]
         parts.append(f"## {row['masking']}, {row['mode']}, {row['data']} data: {row['step_ms']:.2f} ms/step")
         if "error" in prof:
             parts += ["", f"no breakdown: {prof['error']}", ""]
             continue
-        parts += ["", "| part | ms |", "|---|---|", *(f"| {k} | {v:.3f} |" for k, v in prof["parts_ms"].items()),
-                  f"| **sum** | {prof['parts_sum_ms']:.3f} |", f"| eager step timed whole | {prof['eager_step_ms']:.3f} |",
-                  "", "| share | ms per step | calls per step | kernel |", "|---|---|---|---|",
-                  *(f"| {k['share']:.1%} | {k['self_ms']:.3f} | {k['calls_per_step']:.1f} | `{k['name'][:120]}` |"
-                    for k in prof["top_kernels"]), ""]
+        parts += [
+            "",
+            "| part | ms |",
+            "|---|---|",
+            *(f"| {k} | {v:.3f} |" for k, v in prof["parts_ms"].items()),
+            f"| **sum** | {prof['parts_sum_ms']:.3f} |",
+            f"| eager step timed whole | {prof['eager_step_ms']:.3f} |",
+            "",
+            "| share | ms per step | calls per step | kernel |",
+            "|---|---|---|---|",
+            *(
+                f"| {k['share']:.1%} | {k['self_ms']:.3f} | {k['calls_per_step']:.1f} | `{k['name'][:120]}` |"
+                for k in prof["top_kernels"]
+            ),
+            "",
+        ]
     atomic_write_text(suite.out / "profile.md", "\n".join(parts))
 
 
@@ -450,11 +550,30 @@ def data_path(suite: Suite, fig: dict) -> None:
     path = suite.work / "bench_data.json"
     path.unlink(missing_ok=True)
     mode = s.modes[0]
-    argv = suite.python("experiments/bench_pretrain.py", "--device", suite.args.device, *s.data_bench,
-                        "--channels", "3", "--variants", mode, "--data", "synthetic,real", "--masking", "random",
-                        "--json", str(path), "--override", *s.overrides, "dataset=imagenet", f"dataset.root={root}",
-                        "dataset.decode=auto", f"dataset.num_workers={s.workers}", "dataset.loader_timeout_s=60",
-                        f"dataset.num_classes={s.classes}")
+    argv = suite.python(
+        "experiments/bench_pretrain.py",
+        "--device",
+        suite.args.device,
+        *s.data_bench,
+        "--channels",
+        "3",
+        "--variants",
+        mode,
+        "--data",
+        "synthetic,real",
+        "--masking",
+        "random",
+        "--json",
+        str(path),
+        "--override",
+        *s.overrides,
+        "dataset=imagenet",
+        f"dataset.root={root}",
+        "dataset.decode=auto",
+        f"dataset.num_workers={s.workers}",
+        "dataset.loader_timeout_s=60",
+        f"dataset.num_classes={s.classes}",
+    )
     try:
         suite.call(argv)
     finally:
@@ -488,8 +607,9 @@ def host_sync(suite: Suite, fig: dict) -> None:
     fig["selection"] = selection
     if not suite.cuda:
         fig["note"] = "skipped: no CUDA (the CPU part ran: host reads counted in training steps)"
-    argv = suite.python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", selection,
-                        "tests/tasks/test_step_sync.py")
+    argv = suite.python(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", selection, "tests/tasks/test_step_sync.py"
+    )
     try:
         output = suite.call(argv)
     except StepFailed as exc:
@@ -509,9 +629,17 @@ def load_study(name: str):
 
 
 def readings_argv(suite: Suite, budget_min: float | None, report_only: bool = False) -> list[str]:
-    argv = suite.python(str(STUDY.relative_to(REPO) / "run.py"), "--preset", suite.scale.preset,
-                        "--out", str(suite.work / "readings"), "--data-root", str(suite.fmnist),
-                        "--results", str(suite.out / "RESULTS.md"))
+    argv = suite.python(
+        str(STUDY.relative_to(REPO) / "run.py"),
+        "--preset",
+        suite.scale.preset,
+        "--out",
+        str(suite.work / "readings"),
+        "--data-root",
+        str(suite.fmnist),
+        "--results",
+        str(suite.out / "RESULTS.md"),
+    )
     if report_only:
         return argv + ["--report-only"]
     return argv + (["--budget-min", f"{budget_min:.2f}"] if budget_min is not None else [])
@@ -551,8 +679,11 @@ def collect_readings(suite: Suite, fig: dict) -> None:
     for arm in run.PRESETS[suite.scale.preset].strategies:
         cell = study / arm / "seed0"
         done = [t for t in run.READINGS_TASKS if (cell / t / "results.json").is_file()]
-        fig["arms"][arm] = {"tasks_done": len(done), "tasks": len(run.READINGS_TASKS),
-                            **(report.cell_values(cell) if done else {})}
+        fig["arms"][arm] = {
+            "tasks_done": len(done),
+            "tasks": len(run.READINGS_TASKS),
+            **(report.cell_values(cell) if done else {}),
+        }
     text = (suite.out / "RESULTS.md").read_text() if (suite.out / "RESULTS.md").is_file() else ""
     heading = next((ln for ln in text.splitlines() if ln.startswith("## gpu: ")), None)
     fig["results_md"] = "RESULTS.md" if text else None
@@ -575,9 +706,17 @@ def probe_argv(suite: Suite, arm: str, head: str) -> list[str]:
     run = load_study("run")
     ckpt = suite.work / "readings" / arm / "seed0" / "pretrain" / "checkpoints" / "last.ckpt"
     run_dir = suite.work / "probes" / arm / head
-    return suite.python("-m", "semmae.linprobe", *run.PRESETS[suite.scale.preset].overrides("linprobe"),
-                        f"dataset.root={suite.fmnist}", f"ckpt={ckpt}", f"model.head={head}", "seed=0",
-                        "overwrite=true", f"hydra.run.dir={run_dir}")
+    return suite.python(
+        "-m",
+        "semmae.linprobe",
+        *run.PRESETS[suite.scale.preset].overrides("linprobe"),
+        f"dataset.root={suite.fmnist}",
+        f"ckpt={ckpt}",
+        f"model.head={head}",
+        "seed=0",
+        "overwrite=true",
+        f"hydra.run.dir={run_dir}",
+    )
 
 
 def top1(run_dir: Path) -> float | None:
@@ -588,11 +727,15 @@ def top1(run_dir: Path) -> float | None:
 
 def probes(suite: Suite, fig: dict) -> None:
     if not probing_heads(suite):
-        raise StepSkipped("skipped: probing heads not available (semmae-linprobe does not accept "
-                          f"model.head={'/'.join(PROBE_HEADS)})")
+        raise StepSkipped(
+            f"skipped: probing heads not available (semmae-linprobe does not accept model.head={'/'.join(PROBE_HEADS)})"
+        )
     study = suite.work / "readings"
-    arms = [a for a in load_study("run").PRESETS[suite.scale.preset].strategies
-            if (study / a / "seed0" / "pretrain" / "results.json").is_file()]
+    arms = [
+        a
+        for a in load_study("run").PRESETS[suite.scale.preset].strategies
+        if (study / a / "seed0" / "pretrain" / "results.json").is_file()
+    ]
     if not arms:
         raise StepSkipped("skipped: no finished pretraining of step 4 to probe")
     fig["top1"] = {a: {"linear": top1(study / a / "seed0" / "linprobe")} for a in arms}
@@ -618,9 +761,11 @@ def throughput_lines(fig: dict) -> tuple[str, list[str]]:
     head = "; ".join(f"{t['target']}: {fmt(t['value'], '.3g')} {'met' if t['met'] else 'MISSED'}" for t in targets)
     lines = [f"- {note}" for note in fig.get("notes", [])]
     lines += ["| masking | mode | data | img/s | ms/step | MFU | x random | GiB |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['masking']} | {r['mode']} | {r['data']} | {fmt(r['img_s'])} | {fmt(r['step_ms'], '.1f')} | "
-              f"{fmt(r.get('mfu'), '.3f')} | {fmt(r.get('x_random'), '.3f')} | {fmt(r.get('peak_mem_gib'), '.1f')} |"
-              for r in rows]
+    lines += [
+        f"| {r['masking']} | {r['mode']} | {r['data']} | {fmt(r['img_s'])} | {fmt(r['step_ms'], '.1f')} | "
+        f"{fmt(r.get('mfu'), '.3f')} | {fmt(r.get('x_random'), '.3f')} | {fmt(r.get('peak_mem_gib'), '.1f')} |"
+        for r in rows
+    ]
     missed = [t for t in targets if not t["met"]]
     if missed:
         lines += ["", "Targets missed; where the time goes (eager parts, ms; the top kernels are in profile.md):"]
@@ -628,22 +773,29 @@ def throughput_lines(fig: dict) -> tuple[str, list[str]]:
         for r in rows:
             prof = r.get("profile") or {}
             if r["masking"] in names and r["data"] == "synthetic" and "parts_ms" in prof:
-                lines.append(f"- {r['masking']} ({r['mode']}): " + ", ".join(
-                    f"{k} {v:.2f}" for k, v in prof["parts_ms"].items()) +
-                    f"; sum {prof['parts_sum_ms']:.2f} of {prof['eager_step_ms']:.2f} timed whole")
+                lines.append(
+                    f"- {r['masking']} ({r['mode']}): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in prof["parts_ms"].items())
+                    + f"; sum {prof['parts_sum_ms']:.2f} of {prof['eager_step_ms']:.2f} timed whole"
+                )
     return head or "no row measured", lines
 
 
 def data_lines(fig: dict) -> tuple[str, list[str]]:
-    head = (f"{fig.get('mode', '')} real {fmt(fig.get('real_img_s'))} img/s vs synthetic "
-            f"{fmt(fig.get('synthetic_img_s'))} ({fmt(fig.get('real_over_synthetic'), '.2f')}x); "
-            f"{fig.get('images_written')} JPEGs, " + ("each read once per epoch" if fig.get("no_drops") else
-                                                      "NOT each read once per epoch"))
+    head = (
+        f"{fig.get('mode', '')} real {fmt(fig.get('real_img_s'))} img/s vs synthetic "
+        f"{fmt(fig.get('synthetic_img_s'))} ({fmt(fig.get('real_over_synthetic'), '.2f')}x); "
+        f"{fig.get('images_written')} JPEGs, "
+        + ("each read once per epoch" if fig.get("no_drops") else "NOT each read once per epoch")
+    )
     read = fig.get("images_read") or {}
-    lines = [f"- ImageFolder of {fig.get('images_written')} JPEGs at {fig.get('image_px')} px, dataset.decode=auto, "
-             f"DataLoader workers; the loader alone: {fmt(fig.get('loader_img_s'))} img/s",
-             "- images read per epoch (images / distinct): " + ", ".join(
-                 f"{e['images']}/{e['distinct']}" for e in read.get("epochs", [])) + " (the last epoch is cut short)"]
+    lines = [
+        f"- ImageFolder of {fig.get('images_written')} JPEGs at {fig.get('image_px')} px, dataset.decode=auto, "
+        f"DataLoader workers; the loader alone: {fmt(fig.get('loader_img_s'))} img/s",
+        "- images read per epoch (images / distinct): "
+        + ", ".join(f"{e['images']}/{e['distinct']}" for e in read.get("epochs", []))
+        + " (the last epoch is cut short)",
+    ]
     return head, lines
 
 
@@ -657,11 +809,16 @@ def readings_lines(fig: dict) -> tuple[str, list[str]]:
     arms = fig.get("arms", {})
     done = sum(v["tasks_done"] == v["tasks"] for v in arms.values())
     head = f"{done} of {len(arms)} arms finished; RESULTS.md section: {fig.get('section') or 'none'}"
-    lines = ["| arm | tasks | probe CLS % | fine-tune end: sink ratio | pretrained: sink ratio | prefix share |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {a} | {v['tasks_done']}/{v['tasks']} | {fmt(v.get('linprobe') and 100 * v['linprobe'], '.1f')} | "
-              f"{fmt(v.get('ft_end/sink_ratio'), '.2f')} | {fmt(v.get('analyze/sink_ratio'), '.2f')} | "
-              f"{fmt(v.get('analyze/prefix_share'), '.3f')} |" for a, v in arms.items()]
+    lines = [
+        "| arm | tasks | probe CLS % | fine-tune end: sink ratio | pretrained: sink ratio | prefix share |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {a} | {v['tasks_done']}/{v['tasks']} | {fmt(v.get('linprobe') and 100 * v['linprobe'], '.1f')} | "
+        f"{fmt(v.get('ft_end/sink_ratio'), '.2f')} | {fmt(v.get('analyze/sink_ratio'), '.2f')} | "
+        f"{fmt(v.get('analyze/prefix_share'), '.3f')} |"
+        for a, v in arms.items()
+    ]
     lines += [f"- {fig['outcome']}"] if fig.get("outcome") else []
     return head, lines
 
@@ -670,7 +827,8 @@ def probes_lines(fig: dict) -> tuple[str, list[str]]:
     top = fig.get("top1", {})
     lines = ["| arm | linear % | EP % | k-NN % |", "|---|---|---|---|"] + [
         f"| {a} | " + " | ".join(fmt(v.get(h) and 100 * v[h], ".1f") for h in ("linear", "ep", "knn")) + " |"
-        for a, v in top.items()]
+        for a, v in top.items()
+    ]
     return f"{len(top)} arms probed", lines if top else []
 
 
@@ -685,12 +843,24 @@ class Step:
 
 
 STEPS = (
-    Step("throughput", "Throughput (bench_pretrain.py)", throughput, throughput_lines,
-         {"full": 150, "tiny": 60}, {"full": 200, "tiny": 600}),
+    Step(
+        "throughput",
+        "Throughput (bench_pretrain.py)",
+        throughput,
+        throughput_lines,
+        {"full": 150, "tiny": 60},
+        {"full": 200, "tiny": 600},
+    ),
     Step("data", "The ImageNet data path", data_path, data_lines, {"full": 50, "tiny": 30}, {"full": 120, "tiny": 300}),
     Step("sync", "No host sync", host_sync, sync_lines, {"full": 40, "tiny": 30}, {"full": 120, "tiny": 400}),
-    Step("readings", "The readings at ViT-T scale", readings, readings_lines, {"full": 150, "tiny": 120},
-         {"full": None, "tiny": None}),
+    Step(
+        "readings",
+        "The readings at ViT-T scale",
+        readings,
+        readings_lines,
+        {"full": 150, "tiny": 120},
+        {"full": None, "tiny": None},
+    ),
     Step("probes", "The probes", probes, probes_lines, {"full": 20, "tiny": 10}, {"full": 120, "tiny": 300}),
 )
 STEP_NAMES = tuple(s.name for s in STEPS)
@@ -718,13 +888,23 @@ def render(summary: dict) -> str:
     env, suite, setup = summary.get("env", {}), summary.get("suite", {}), summary.get("setup", {})
     memory = f", {env['memory_gib']} GiB" if env.get("memory_gib") else ""
     installed = setup.get("installed")
-    wheels = (f"installed {', '.join(installed)} into {setup.get('target')}" if installed
-              else "hydra-core and omegaconf present, no wheels installed")
-    parts = [f"# GPU suite: {env.get('device', '?')}{memory}", "",
-             f"{env.get('date', '')} · torch {env.get('torch')} (CUDA {env.get('cuda')}) · timm {env.get('timm')} · "
-             f"lightning {env.get('lightning')} · Python {env.get('python')} · scale {suite.get('scale')} · "
-             f"budget {fmt(suite.get('budget_s'))} s · wall {fmt(suite.get('wall_s'))} s", "",
-             f"Setup: {wheels}.", "", "| step | status | wall s | result |", "|---|---|---|---|"]
+    wheels = (
+        f"installed {', '.join(installed)} into {setup.get('target')}"
+        if installed
+        else "hydra-core and omegaconf present, no wheels installed"
+    )
+    parts = [
+        f"# GPU suite: {env.get('device', '?')}{memory}",
+        "",
+        f"{env.get('date', '')} · torch {env.get('torch')} (CUDA {env.get('cuda')}) · timm {env.get('timm')} · "
+        f"lightning {env.get('lightning')} · Python {env.get('python')} · scale {suite.get('scale')} · "
+        f"budget {fmt(suite.get('budget_s'))} s · wall {fmt(suite.get('wall_s'))} s",
+        "",
+        f"Setup: {wheels}.",
+        "",
+        "| step | status | wall s | result |",
+        "|---|---|---|---|",
+    ]
     by_name = {s.name: s for s in STEPS}
     steps = summary.get("steps", {})
     sections = []
@@ -741,8 +921,11 @@ def render(summary: dict) -> str:
 
 def pack_extras(out: Path) -> None:
     """Move every file under out but OUT_FILES into out/extras.tar (paths kept), so that at most 8 files come back."""
-    extra = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).as_posix() not in OUT_FILES
-                   and not p.name.startswith("."))
+    extra = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).as_posix() not in OUT_FILES and not p.name.startswith(".")
+    )
     if not extra:
         return
     tar_path = out / "extras.tar"
@@ -769,8 +952,13 @@ def run_step(suite: Suite, step: Step) -> dict:
     """Run one step under its deadline -> its summary entry (status ok | failed | timeout | skipped)."""
     left, scale = suite.remaining(), suite.args.scale
     if left < step.est_s[scale]:
-        return {"status": "skipped", "wall_s": 0.0, "figures": {}, "commands": [],
-                "reason": f"skipped: needs ~{step.est_s[scale]:.0f} s, {max(0.0, left):.0f} s of --budget-s left"}
+        return {
+            "status": "skipped",
+            "wall_s": 0.0,
+            "figures": {},
+            "commands": [],
+            "reason": f"skipped: needs ~{step.est_s[scale]:.0f} s, {max(0.0, left):.0f} s of --budget-s left",
+        }
     limit = step.timeout_s[scale]
     timeout = left if limit is None else min(limit, left)
     suite.deadline = time.monotonic() + timeout
@@ -790,34 +978,60 @@ def run_step(suite: Suite, step: Step) -> dict:
         status, reason = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         with open(suite.log, "a") as log:
             log.write(traceback.format_exc())
-    entry = {"status": status, "wall_s": round(time.monotonic() - t0, 1), "figures": fig,
-             "commands": suite.commands}
+    entry = {"status": status, "wall_s": round(time.monotonic() - t0, 1), "figures": fig, "commands": suite.commands}
     if reason:
         entry["reason"] = reason
     return entry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--scale", choices=tuple(SCALES), default=None,
-                   help="full (ViT-B/16, the GPU presets) or tiny (seconds per step on a CPU); default: full on\n"
-                   "cuda, tiny on cpu")
-    p.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_suite",
-                   help="where the summary and logs go (default: $OUT, else outputs/gpu_suite)")
-    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "semmae_gpu_suite"),
-                   help="models, studies and data (default: %(default)s)")
-    p.add_argument("--steps", nargs="+", choices=STEP_NAMES, default=list(STEP_NAMES),
-                   help="the steps to run, in the suite's order (default: all)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="skip a step that would not fit in what is left of this (default: 570 at full scale,\n"
-                   "3600 tiny)")
+    p.add_argument(
+        "--scale",
+        choices=tuple(SCALES),
+        default=None,
+        help="full (ViT-B/16, the GPU presets) or tiny (seconds per step on a CPU); default: full on\n"
+        "cuda, tiny on cpu",
+    )
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or "outputs/gpu_suite",
+        help="where the summary and logs go (default: $OUT, else outputs/gpu_suite)",
+    )
+    p.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "semmae_gpu_suite"),
+        help="models, studies and data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEP_NAMES,
+        default=list(STEP_NAMES),
+        help="the steps to run, in the suite's order (default: all)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="skip a step that would not fit in what is left of this (default: 570 at full scale,\n3600 tiny)",
+    )
     p.add_argument("--fmnist", default=FMNIST, help="the Fashion-MNIST IDX files (default: %(default)s)")
-    p.add_argument("--wheels", default=str(REPO / ".whl"),
-                   help="wheels of hydra-core, omegaconf, antlr4 (device-wheels.sh), installed where missing")
-    p.add_argument("--target", default=str(Path(tempfile.gettempdir()) / "semmae_site"),
-                   help="where those wheels are installed (default: %(default)s)")
+    p.add_argument(
+        "--wheels",
+        default=str(REPO / ".whl"),
+        help="wheels of hydra-core, omegaconf, antlr4 (device-wheels.sh), installed where missing",
+    )
+    p.add_argument(
+        "--target",
+        default=str(Path(tempfile.gettempdir()) / "semmae_site"),
+        help="where those wheels are installed (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     if args.device is None:
         import torch
@@ -847,10 +1061,23 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(args, subprocess_env(setup["target"]))
     invocation = ["python", "experiments/gpu_suite.py", *(argv if argv is not None else sys.argv[1:])]
     env = environment(args.device)
-    record(out, suite={"argv": invocation, "device": args.device, "scale": args.scale, "budget_s": args.budget_s,
-                       "steps": args.steps, "finished": None}, env=env, setup=setup)
-    suite.say(f"gpu_suite: {env['device']} | torch {env['torch']} | scale {args.scale} | budget {args.budget_s:.0f} s"
-              + (f" | installed {len(setup['installed'])} wheels into {setup['target']}" if setup["installed"] else ""))
+    record(
+        out,
+        suite={
+            "argv": invocation,
+            "device": args.device,
+            "scale": args.scale,
+            "budget_s": args.budget_s,
+            "steps": args.steps,
+            "finished": None,
+        },
+        env=env,
+        setup=setup,
+    )
+    suite.say(
+        f"gpu_suite: {env['device']} | torch {env['torch']} | scale {args.scale} | budget {args.budget_s:.0f} s"
+        + (f" | installed {len(setup['installed'])} wheels into {setup['target']}" if setup["installed"] else "")
+    )
     by_name = {s.name: s for s in STEPS}
     for name in args.steps:
         step = by_name[name]
@@ -863,8 +1090,14 @@ def main(argv: list[str] | None = None) -> int:
             suite.say(f"[{name}] {entry['reason']}")
         else:
             suite.say(f"[{name}] {entry['status']} in {entry['wall_s']:.0f} s: {entry.get('reason') or head}")
-    summary = record(out, suite={**read_summary(out)["suite"], "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "wall_s": round(time.monotonic() - suite.start, 1)})
+    summary = record(
+        out,
+        suite={
+            **read_summary(out)["suite"],
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "wall_s": round(time.monotonic() - suite.start, 1),
+        },
+    )
     print("\n" + (out / "summary.md").read_text(), flush=True)
     bad = [n for n, e in summary["steps"].items() if n in args.steps and e["status"] in ("failed", "timeout")]
     return 1 if bad else 0

@@ -34,7 +34,11 @@ def register_resolvers() -> None:
     from semmae.optim.batching import grad_accum, per_device_batch
     from semmae.utils.slurm import slurm_gpus_per_node, slurm_launcher_target
 
-    for name, fn in (("per_device_batch", per_device_batch), ("grad_accum", grad_accum),
-                     ("slurm_launcher", slurm_launcher_target), ("slurm_gpus", slurm_gpus_per_node)):
+    for name, fn in (
+        ("per_device_batch", per_device_batch),
+        ("grad_accum", grad_accum),
+        ("slurm_launcher", slurm_launcher_target),
+        ("slurm_gpus", slurm_gpus_per_node),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

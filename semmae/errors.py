@@ -18,7 +18,7 @@ def _worker_original(message: str, cls: type) -> str:
         return message
     prefix = f"{cls.__module__}.{cls.__qualname__}: "
     last = message.rstrip().splitlines()[-1]
-    return last[len(prefix):] if last.startswith(prefix) else message
+    return last[len(prefix) :] if last.startswith(prefix) else message
 
 
 class ConfigError(SemmaeError, ValueError):

@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(args, cwd, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "semmae.pretrain", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "semmae.pretrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(proc, *needles):
@@ -64,12 +65,29 @@ def last_line(text: str) -> str:
 
 def test_an_error_during_training_is_the_last_line_of_the_log(tmp_path, fmnist_root):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", "logger=none", f"dataset.root={fmnist_root}",
-                           "dataset.train_subset=512", "dataset.val_subset=64", "dataset.batch_size=32",
-                           "trainer.max_epochs=1", "backbone.depth=1", "model.optim.blr=1e12",
-                           "model.optim.warmup_epochs=0", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semmae.pretrain",
+            "logger=none",
+            f"dataset.root={fmnist_root}",
+            "dataset.train_subset=512",
+            "dataset.val_subset=64",
+            "dataset.batch_size=32",
+            "trainer.max_epochs=1",
+            "backbone.depth=1",
+            "model.optim.blr=1e12",
+            "model.optim.warmup_epochs=0",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stdout[-2000:]
     assert last_line(proc.stdout).startswith("semmae-pretrain: error: training diverged"), proc.stdout[-2000:]
 
@@ -82,11 +100,26 @@ def test_sigterm_mid_epoch_saves_and_says_how_to_resume(tmp_path, fmnist_root, r
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "semmae.pretrain", "logger=none", f"dataset.root={fmnist_root}",
-                             "dataset.train_subset=600", "dataset.val_subset=64", "dataset.batch_size=8",
-                             "trainer.max_epochs=50", "backbone.depth=1", f"callbacks.requeue.enabled={requeue}",
-                             f"hydra.run.dir={run}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "semmae.pretrain",
+            "logger=none",
+            f"dataset.root={fmnist_root}",
+            "dataset.train_subset=600",
+            "dataset.val_subset=64",
+            "dataset.batch_size=8",
+            "trainer.max_epochs=50",
+            "backbone.depth=1",
+            f"callbacks.requeue.enabled={requeue}",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     seen = bytearray()
 
     def read():

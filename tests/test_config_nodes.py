@@ -61,8 +61,18 @@ def test_the_artifact_settings_are_one_node_for_analyze_and_the_callback(compose
     from semmae.analysis import ArtifactSettings
 
     settings = OmegaConf.to_container(node("analysis/artifacts.yaml"))
-    assert set(settings) == {"tau", "k", "flat_fraction", "shallow_blocks", "vmax", "parts", "sinks", "outliers",
-                             "invariance", "asymmetry"}
+    assert set(settings) == {
+        "tau",
+        "k",
+        "flat_fraction",
+        "shallow_blocks",
+        "vmax",
+        "parts",
+        "sinks",
+        "outliers",
+        "invariance",
+        "asymmetry",
+    }
     for key in settings:
         callback_own = ["callbacks/attention_maps.yaml"] if key == "parts" else []  # it runs the attention-only parts
         assert yaml_files_defining(key) == ["analysis/artifacts.yaml", *callback_own], key
@@ -74,8 +84,14 @@ def test_the_artifact_settings_are_one_node_for_analyze_and_the_callback(compose
         assert {k: cb[k] for k in shared} == shared, task
         assert list(cb.parts) == ["heads", "cls"], task
     # an override of one reaches it, not the other; the callback measures with the settings analyze uses
-    cfg = compose_cfg("pretrain", ["callbacks=[default,attention_maps]", "callbacks.attention_maps.tau=3",
-                                   "callbacks.attention_maps.shallow_blocks=[1,2]"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            "callbacks=[default,attention_maps]",
+            "callbacks.attention_maps.tau=3",
+            "callbacks.attention_maps.shallow_blocks=[1,2]",
+        ],
+    )
     callback = instantiate(cfg.callbacks.attention_maps)
     assert callback.settings == ArtifactSettings(tau=3.0, k=5.0, flat_fraction=0.25, shallow_blocks=(1, 2))
     assert compose_cfg("analyze", ["analysis.tau=3"]).analysis.tau == 3.0

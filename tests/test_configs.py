@@ -24,7 +24,9 @@ def test_groups_exist():
     assert {"wandb", "csv", "none"} <= set(options("logger"))
 
 
-@pytest.mark.parametrize("group", ["masking", "backbone", "dataset", "trainer", "logger", "callbacks", "experiment", "debug"])
+@pytest.mark.parametrize(
+    "group", ["masking", "backbone", "dataset", "trainer", "logger", "callbacks", "experiment", "debug"]
+)
 def test_every_option_composes(compose_cfg, group):
     for option in options(group):
         if group == "trainer" and option == "default":

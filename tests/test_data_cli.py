@@ -12,8 +12,16 @@ TINY = ["backbone.img_size=32", "backbone.patch_size=4", "debug=fast_dev_run", "
 
 
 def imagefolder_args(root, decode, workers=2):
-    return ["dataset=imagenet", f"dataset.root={root}", f"dataset.decode={decode}", f"dataset.num_workers={workers}",
-            "dataset.batch_size=4", "dataset.num_classes=2", "dataset.loader_timeout_s=60", *TINY]
+    return [
+        "dataset=imagenet",
+        f"dataset.root={root}",
+        f"dataset.decode={decode}",
+        f"dataset.num_workers={workers}",
+        "dataset.batch_size=4",
+        "dataset.num_classes=2",
+        "dataset.loader_timeout_s=60",
+        *TINY,
+    ]
 
 
 @pytest.mark.timeout(180)  # the regression was a hang: fail instead of waiting forever
@@ -56,8 +64,7 @@ def empty_class(root):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("make,decode", [(corrupt_jpeg, "workers"), (corrupt_jpeg, "device"),
-                                         (not_an_image, "device")])
+@pytest.mark.parametrize("make,decode", [(corrupt_jpeg, "workers"), (corrupt_jpeg, "device"), (not_an_image, "device")])
 def test_corrupt_image_is_one_error_line_naming_it(tmp_path, make, decode):
     bad = make(tmp_path / "data")
     proc = run_cli(imagefolder_args(tmp_path / "data", decode), cwd=tmp_path)

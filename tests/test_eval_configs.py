@@ -36,13 +36,23 @@ def test_presets_keep_the_total_batch(compose_cfg, task, devices, nodes):
 
 def test_presets_state_the_official_numbers(compose_cfg):
     ft = compose_cfg("finetune", ["experiment=mae_vit_base_in1k_finetune", "ckpt=x.pth"]).model
-    assert (ft.optim.blr, ft.optim.layer_decay, ft.optim.weight_decay, ft.encoder.drop_path_rate) == (5e-4, 0.65, 0.05, 0.1)
+    assert (ft.optim.blr, ft.optim.layer_decay, ft.optim.weight_decay, ft.encoder.drop_path_rate) == (
+        5e-4,
+        0.65,
+        0.05,
+        0.1,
+    )
     assert (ft.mixup.mixup_alpha, ft.mixup.cutmix_alpha, ft.mixup.label_smoothing) == (0.8, 1.0, 0.1)
     lp = compose_cfg("linprobe", ["experiment=mae_vit_base_in1k_linprobe", "ckpt=x.pth"])
     assert (lp.model.optim.blr, lp.model.optim.weight_decay, lp.model.feature_cache) == (0.1, 0.0, False)
     assert lp.dataset.train_subset is None and lp.dataset.val_subset is None
     pt = compose_cfg("pretrain", ["experiment=mae_vit_base_in1k_pretrain"]).model
-    assert (pt.optim.blr, pt.optim.warmup_epochs, pt.mae.norm_pix_loss, tuple(pt.optim.betas)) == (1.5e-4, 40, True, (0.9, 0.95))
+    assert (pt.optim.blr, pt.optim.warmup_epochs, pt.mae.norm_pix_loss, tuple(pt.optim.betas)) == (
+        1.5e-4,
+        40,
+        True,
+        (0.9, 0.95),
+    )
 
 
 def test_export_config_composes(compose_cfg):

@@ -23,24 +23,50 @@ SPECS = [p for p in sorted((REPO / "docs").glob("*.md")) if str(p.relative_to(RE
 OVERRIDE = re.compile(r"^[+~]?[a-z_][\w.@/]*(<key>)?[\w.]*=")
 # Spans that look like overrides but are not: generic notation, a deliberate typo shown as an error, a metric
 # setting named without its node (its nodes are analysis.* and callbacks.attention_maps.*, listed below).
-NOT_OVERRIDES = {"group=option", "group.key=value", "+model.optim.blrr=1", "shallow_blocks=[...]",
-                 "hydra.launcher.<field>=..."}
+NOT_OVERRIDES = {
+    "group=option",
+    "group.key=value",
+    "+model.optim.blrr=1",
+    "shallow_blocks=[...]",
+    "hydra.launcher.<field>=...",
+}
 # Spans the README names as options of semmae-analyze without a command around them, and a value for each.
-OPTIONS_OF = {"num_images": "num_images=10", "batch_size": "batch_size=5", "figure_images": "figure_images=2",
-              "device": "device=cpu", "names=[a,b]": "names=[a,b]", "analysis.tau": "analysis.tau=3.0",
-              "analysis.k": "analysis.k=4", "analysis.flat_fraction": "analysis.flat_fraction=0.5",
-              "analysis.shallow_blocks": "analysis.shallow_blocks=[1,2]", "analysis.vmax": "analysis.vmax=6"}
+OPTIONS_OF = {
+    "num_images": "num_images=10",
+    "batch_size": "batch_size=5",
+    "figure_images": "figure_images=2",
+    "device": "device=cpu",
+    "names=[a,b]": "names=[a,b]",
+    "analysis.tau": "analysis.tau=3.0",
+    "analysis.k": "analysis.k=4",
+    "analysis.flat_fraction": "analysis.flat_fraction=0.5",
+    "analysis.shallow_blocks": "analysis.shallow_blocks=[1,2]",
+    "analysis.vmax": "analysis.vmax=6",
+}
 EXTRA = [  # documented in prose, conf/ comments or error messages rather than as a span of overrides
     ("linprobe", ("ckpt=random",)),
     ("linprobe", ("+model.encoder.num_heads=4",)),
     ("linprobe", ("ckpt=timm:vit_base_patch16_224.mae", "ckpt_file=model.safetensors", "backbone=vit_base")),
     ("segment", ("ckpt=random", "trust_checkpoint=true")),
     ("analyze", ("ckpt=[null,random]", "trust_checkpoint=true")),
-    ("pretrain", ("callbacks=[default,attention_maps]", "callbacks.attention_maps.shallow_blocks=[1,2]",
-                  "callbacks.attention_maps.tau=3")),
+    (
+        "pretrain",
+        (
+            "callbacks=[default,attention_maps]",
+            "callbacks.attention_maps.shallow_blocks=[1,2]",
+            "callbacks.attention_maps.tau=3",
+        ),
+    ),
 ]
-PLACEHOLDERS = [(r"<run>", "2026-01-01_00-00-00"), (r"<key>", "img_size"), (r"\[\.\.\.\]", "[1,2]"),
-                (r"=\.\.\.$", "=x"), (r"\bPATH\b", "x.ckpt"), (r"\bDIR\b", "/data"), (r"=[NM]$", "=2")]
+PLACEHOLDERS = [
+    (r"<run>", "2026-01-01_00-00-00"),
+    (r"<key>", "img_size"),
+    (r"\[\.\.\.\]", "[1,2]"),
+    (r"=\.\.\.$", "=x"),
+    (r"\bPATH\b", "x.ckpt"),
+    (r"\bDIR\b", "/data"),
+    (r"=[NM]$", "=2"),
+]
 
 
 def fill(token: str) -> str:
@@ -83,8 +109,12 @@ def documented() -> tuple[list[tuple[str, list[str]]], list[list[str]]]:
     """-> (commands: (task, overrides)), (spans of overrides with no command: for any entry point)."""
     commands, spans = [], []
     manual = [line for name in MANUAL for line in code_texts((REPO / name).read_text())]
-    specs = [line for path in SPECS for line in code_texts(path.read_text())
-             if re.search(r"(?:semmae-|python -m semmae\.)\w+\b|\bmake \w+ ARGS=", line)]
+    specs = [
+        line
+        for path in SPECS
+        for line in code_texts(path.read_text())
+        if re.search(r"(?:semmae-|python -m semmae\.)\w+\b|\bmake \w+ ARGS=", line)
+    ]
     for text in manual + specs:
         cmd = re.search(r"(?:semmae-|python -m semmae\.)(\w+)\b(.*)", text)
         make = re.search(r"\bmake (\w+) ARGS='([^']*)'", text)
@@ -119,14 +149,24 @@ def test_the_readme_documents_what_this_test_reads():
     tasks = {task for task, _ in COMMANDS}
     assert {"linprobe", "finetune", "segment", "analyze", "export", "pretrain"} <= tasks
     flat = [o for _, ov in COMMANDS for o in ov] + [o for ov in SPANS for o in ov]
-    for needle in ("ckpt=null", "ckpt=random", "trust_checkpoint=true", "analysis.tau=3.0", "encoder.img_size=64",
-                   "+encoder.img_size=x", "callbacks=[default,attention_maps]", "callbacks.attention_maps.every_n_epochs=5"):
+    for needle in (
+        "ckpt=null",
+        "ckpt=random",
+        "trust_checkpoint=true",
+        "analysis.tau=3.0",
+        "encoder.img_size=64",
+        "+encoder.img_size=x",
+        "callbacks=[default,attention_maps]",
+        "callbacks.attention_maps.every_n_epochs=5",
+    ):
         assert needle in flat, needle
     assert any(o.startswith("ckpt=[") and o.endswith(",random]") for o in flat)  # semmae-analyze 'ckpt=[PATH,random]'
     assert len(COMMANDS) >= 20 and len(SPANS) >= 20
 
 
-@pytest.mark.parametrize("task,overrides", COMMANDS + EXTRA, ids=lambda v: v if isinstance(v, str) else " ".join(v) or "(none)")
+@pytest.mark.parametrize(
+    "task,overrides", COMMANDS + EXTRA, ids=lambda v: v if isinstance(v, str) else " ".join(v) or "(none)"
+)
 def test_every_documented_command_composes(task, overrides, tmp_path):
     composes(task, list(overrides), tmp_path)
 

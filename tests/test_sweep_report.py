@@ -24,11 +24,24 @@ def fake_job(root: Path, num: int, strategy: str, ratio: float, *, metrics=None,
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     config = {"masking": {"_target_": TARGETS[strategy], "mask_ratio": ratio}, "seed": seed or 0}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"masking": strategy}}}}))
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"masking": strategy}}}})
+    )
     if metrics is not None:
-        (job / "results.json").write_text(json.dumps({
-            "task": "pretrain", "metrics": metrics, "checkpoint": str(job / "checkpoints" / "last.ckpt"),
-            "wandb_run": None, "epochs": 2, "global_step": 40, "wall_time_s": 12.5, "config": config}))
+        (job / "results.json").write_text(
+            json.dumps(
+                {
+                    "task": "pretrain",
+                    "metrics": metrics,
+                    "checkpoint": str(job / "checkpoints" / "last.ckpt"),
+                    "wandb_run": None,
+                    "epochs": 2,
+                    "global_step": 40,
+                    "wall_time_s": 12.5,
+                    "config": config,
+                }
+            )
+        )
     if error is not None:
         (job / "failed.json").write_text(json.dumps({"error": error, "type": "RuntimeError", "traceback": "..."}))
     return job
@@ -74,8 +87,13 @@ def test_report_writes_csv_markdown_and_plot(sweep):
     assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4", "5", "10"]
     header = list(rows[0])
     assert header[:4] == ["job", "status", "masking", "mask_ratio"]
-    assert {"val/online_probe_acc", "val/loss", "train/loss_epoch", "attn/shallow_sink_ratio",
-            "attn/sink_ratio/block_0"} <= set(header)
+    assert {
+        "val/online_probe_acc",
+        "val/loss",
+        "train/loss_epoch",
+        "attn/shallow_sink_ratio",
+        "attn/sink_ratio/block_0",
+    } <= set(header)
     assert float(rows[4]["val/online_probe_acc"]) == pytest.approx(0.74)
     failed = rows[3]
     assert failed["status"] == "failed" and failed["error"] == "CUDA out of memory | in block 3"
@@ -136,7 +154,10 @@ def test_corrupt_records_are_named_not_a_traceback(tmp_path, capsys):
     main([str(root)])
     jobs = {j.name: j for j in collect(root)}
     assert jobs["0"].status == "ok"
-    assert jobs["1"].status == "corrupt" and jobs["1"].error == "results.json is corrupt: its metrics are a str, not a table"
+    assert (
+        jobs["1"].status == "corrupt"
+        and jobs["1"].error == "results.json is corrupt: its metrics are a str, not a table"
+    )
     assert jobs["2"].status == "corrupt" and "results.json is corrupt: not valid JSON" in jobs["2"].error
     table = (root / "sweep.md").read_text()
     assert "| corrupt |" in table and "truncated or damaged" in table

@@ -27,10 +27,24 @@ KINDS = ("pretrain", "linprobe", "finetune", "segment")
 PREFIXES = {"pretrain": "mae.encoder.", "linprobe": "encoder.", "finetune": "encoder.", "segment": "segmenter.encoder."}
 RECORDED_KIND = {"pretrain": "pretrain", "linprobe": "linprobe", "finetune": "finetune", "segment": "segment"}
 
-BACKBONE = ["backbone.embed_dim=32", "backbone.depth=4", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-            "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
-TINY = ["dataset.train_subset=64", "dataset.val_subset=64", "dataset.batch_size=32", "dataset.eval_batch_size=64",
-        "logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+BACKBONE = [
+    "backbone.embed_dim=32",
+    "backbone.depth=4",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+]
+TINY = [
+    "dataset.train_subset=64",
+    "dataset.val_subset=64",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=64",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+]
 
 
 def env() -> dict[str, str]:
@@ -47,8 +61,9 @@ def run_cli(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProces
 
 
 def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def produce(task: str, args: list[str], root: Path) -> Path:
@@ -73,8 +88,18 @@ def checkpoints(tmp_path_factory, fmnist_root) -> dict[str, Path]:
         "pretrain": pre,
         "linprobe": produce("linprobe", [source, *data], root),
         "finetune": produce("finetune", [source, *data, "~callbacks.attention_maps"], root),
-        "segment": produce("segment", [source, "dataset=fashion_mnist_seg", *data, "model.segmenter.channels=8",
-                                       "model.segmenter.aux_channels=8", "~callbacks.segmentation_figure"], root),
+        "segment": produce(
+            "segment",
+            [
+                source,
+                "dataset=fashion_mnist_seg",
+                *data,
+                "model.segmenter.channels=8",
+                "model.segmenter.aux_channels=8",
+                "~callbacks.segmentation_figure",
+            ],
+            root,
+        ),
     }
 
 
@@ -83,7 +108,7 @@ def encoder_inside(ckpt: dict) -> ViTEncoder:
     prefix the task recorded (strict: nothing missing, nothing extra)."""
     meta = ckpt["semmae"]
     prefix = meta["encoder_prefix"]
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     config = {k: meta["model"][k] for k in (*ENCODER_KEYS, "qkv_bias") if k in meta["model"]}
     config.update({k: v for k, v in (meta.get("head") or {}).items() if k in HEAD_KEYS})
     encoder = ViTEncoder(**config)
@@ -139,8 +164,18 @@ def test_segmentation_encoder_is_the_trained_one_not_its_pretrained_source(check
 @pytest.mark.parametrize("kind", KINDS)
 def test_analyze_cli_reads_the_checkpoint(checkpoints, fmnist_root, tmp_path, kind):
     out = tmp_path / "analyze"
-    proc = run_cli("analyze", [f"ckpt={checkpoints[kind]}", "num_images=8", "batch_size=8", "figure_images=2",
-                               f"dataset.root={fmnist_root}", f"hydra.run.dir={out}"], tmp_path)
+    proc = run_cli(
+        "analyze",
+        [
+            f"ckpt={checkpoints[kind]}",
+            "num_images=8",
+            "batch_size=8",
+            "figure_images=2",
+            f"dataset.root={fmnist_root}",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "holds no encoder weights" not in proc.stderr
     report = json.loads((out / "artifacts.json").read_text())

@@ -34,7 +34,7 @@ MAIN_COLUMNS = [
     ("fine-tuned: shallow artifact fraction", "finetune", "attn/shallow_artifact_fraction", 1.0),
     ("fine-tuned: shallow high-norm fraction", "finetune", "attn/shallow_high_norm_fraction", 1.0),
     ("shallow prefix share", "analyze", "attn/shallow_prefix_share", 1.0),  # after the older columns: their
-    ("shallow norm ratio", "analyze", "attn/shallow_norm_ratio", 1.0),      # positions stay as they were
+    ("shallow norm ratio", "analyze", "attn/shallow_norm_ratio", 1.0),  # positions stay as they were
     ("fine-tuned: shallow prefix share", "finetune", "attn/shallow_prefix_share", 1.0),
     ("fine-tuned: shallow norm ratio", "finetune", "attn/shallow_norm_ratio", 1.0),
 ]
@@ -52,8 +52,12 @@ DIAGNOSTIC_COLUMNS = [
 # The readings study (run.py --preset cpu-readings): every value of a cell under one key (cell_values).
 # SERIES_METRICS: the shallow_* metrics read after pretraining (semmae-analyze) and along fine-tuning (its series).
 SERIES_METRICS = ("sink_ratio", "prefix_share", "norm_ratio", "high_norm_fraction")
-SERIES_LABELS = {"sink_ratio": "sink ratio", "prefix_share": "prefix share", "norm_ratio": "norm ratio",
-                 "high_norm_fraction": "high-norm fraction"}
+SERIES_LABELS = {
+    "sink_ratio": "sink ratio",
+    "prefix_share": "prefix share",
+    "norm_ratio": "norm ratio",
+    "high_norm_fraction": "high-norm fraction",
+}
 # (column, cell_values key, task it comes from, scale)
 READINGS_COLUMNS = [
     ("probe CLS top-1 %", "linprobe", "linprobe", 100.0),
@@ -87,9 +91,12 @@ RULE_MAX_PROBE_LOSS = 0.3
 RULE_SINK, RULE_PROBE = "ft_end/sink_ratio", "linprobe"
 # Arms the rule is applied to for comparison only: they are controls, not readings of semantic masking, so the outcome
 # never makes one of them what masking=semantic means.
-CONTROLS = {"random_registers": "the control with a known effect", "random_gated": "the gated-attention control",
-            "random_units": "a contiguity control",
-            "block": "a contiguity control"}
+CONTROLS = {
+    "random_registers": "the control with a known effect",
+    "random_gated": "the gated-attention control",
+    "random_units": "a contiguity control",
+    "block": "a contiguity control",
+}
 ABLATION_COLUMNS = [
     ("linear probe top-1 %", "linprobe", "test/top1", 100.0),
     ("shallow sink ratio", "analyze", "attn/shallow_sink_ratio", 1.0),
@@ -154,8 +161,9 @@ def cell_values(cell: Path) -> dict[str, float | None]:
     for m in SERIES_METRICS:
         values[f"analyze/{m}"] = metric(tasks["analyze"], f"attn/shallow_{m}")
         values[f"ft_start/{m}"] = _finite(series[0].get(f"shallow_{m}")) if series else None
-        values[f"ft_end/{m}"] = (_finite(series[-1].get(f"shallow_{m}")) if series
-                                 else metric(tasks["finetune"], f"attn/shallow_{m}"))
+        values[f"ft_end/{m}"] = (
+            _finite(series[-1].get(f"shallow_{m}")) if series else metric(tasks["finetune"], f"attn/shallow_{m}")
+        )
     return values
 
 
@@ -316,34 +324,58 @@ def paired_table(values: dict[str, dict[int, dict]], arms: list[str]) -> str:
     for arm in arms:
         if arm == REFERENCE:
             continue
-        if not any(paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()}).seeds
-                   for _, key, _, _ in PAIRED_METRICS):
+        if not any(
+            paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()}).seeds
+            for _, key, _, _ in PAIRED_METRICS
+        ):
             unpaired.append(arm)  # no seed with numbers on both sides yet: one line below the table, not 7 rows
             continue
         for label, key, scale, relative in PAIRED_METRICS:
             pair = paired({k: v[key] for k, v in values[arm].items()}, {k: v[key] for k, v in ref.items()})
             d = 2 if scale != 1.0 else 3  # points to 2 decimals: the rule's threshold is 0.3 points
             spread = [v[key] for v in ref.values() if v[key] is not None]
-            seeds = f"{len(pair.seeds)}" + (f" (seed {', '.join(map(str, pair.missing))} missing)"
-                                            if pair.missing else "")
-            rows.append([arm, label, pm(pair.diffs, scale, d, sign=True),
-                         pm(pair.rel_pct, 1.0, 1, sign=True) if relative else "", pair.signs(), seeds,
-                         f"{statistics.stdev(spread) * scale:.{d}f}" if len(spread) > 1 else "—"])
-    table = markdown_table(["arm", "metric", "arm − random (mean ± std)", "relative %", "sign", "paired seeds",
-                            "random's seed std"], rows) if rows else "No arm has a seed paired with random yet."
+            seeds = f"{len(pair.seeds)}" + (
+                f" (seed {', '.join(map(str, pair.missing))} missing)" if pair.missing else ""
+            )
+            rows.append(
+                [
+                    arm,
+                    label,
+                    pm(pair.diffs, scale, d, sign=True),
+                    pm(pair.rel_pct, 1.0, 1, sign=True) if relative else "",
+                    pair.signs(),
+                    seeds,
+                    f"{statistics.stdev(spread) * scale:.{d}f}" if len(spread) > 1 else "—",
+                ]
+            )
+    table = (
+        markdown_table(
+            ["arm", "metric", "arm − random (mean ± std)", "relative %", "sign", "paired seeds", "random's seed std"],
+            rows,
+        )
+        if rows
+        else "No arm has a seed paired with random yet."
+    )
     if unpaired:
-        table += "\n\nNot paired with random yet (no seed with results on both sides): " + \
-            ", ".join(f"`{a}`" for a in unpaired) + "."
+        table += (
+            "\n\nNot paired with random yet (no seed with results on both sides): "
+            + ", ".join(f"`{a}`" for a in unpaired)
+            + "."
+        )
     return table
 
 
 def rule_pairs(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[Paired, Paired]:
     """The rule's sink ratio and probe of an arm paired with the reference's, on the seeds where both sides have
     both values."""
-    both = [k for k in sorted(set(arm) | set(ref)) if all(side.get(k, {}).get(key) is not None for side in (arm, ref)
-                                                          for key in (RULE_SINK, RULE_PROBE))]
-    return tuple(paired({k: arm[k][key] for k in both}, {k: ref[k][key] for k in both})
-                 for key in (RULE_SINK, RULE_PROBE))
+    both = [
+        k
+        for k in sorted(set(arm) | set(ref))
+        if all(side.get(k, {}).get(key) is not None for side in (arm, ref) for key in (RULE_SINK, RULE_PROBE))
+    ]
+    return tuple(
+        paired({k: arm[k][key] for k in both}, {k: ref[k][key] for k in both}) for key in (RULE_SINK, RULE_PROBE)
+    )
 
 
 def decide(arm: dict[int, dict], ref: dict[int, dict]) -> tuple[str, str]:
@@ -366,9 +398,12 @@ def arm_names(arms: list[str]) -> str:
 def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[str]:
     """The decision rule applied mechanically to every arm but random, one line each, under the rule itself, and
     the outcome for the readings (controls are marked and left out of it)."""
-    lines = [f"Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink ratio vs random in "
-             f"every confirmation seed (≥ {RULE_MIN_SEEDS} seeds) by at least {RULE_MIN_SINK_DROP_PCT:g}% on average "
-             f"and loses at most {RULE_MAX_PROBE_LOSS:g} linear-probe points (CLS). Applied to the numbers above:", ""]
+    lines = [
+        f"Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink ratio vs random in "
+        f"every confirmation seed (≥ {RULE_MIN_SEEDS} seeds) by at least {RULE_MIN_SINK_DROP_PCT:g}% on average "
+        f"and loses at most {RULE_MAX_PROBE_LOSS:g} linear-probe points (CLS). Applied to the numbers above:",
+        "",
+    ]
     if REFERENCE not in values:
         return [*lines, f"- the rule cannot be applied yet: no `{REFERENCE}` arm to pair with"]
     verdicts = {}
@@ -387,11 +422,12 @@ def decision_lines(values: dict[str, dict[int, dict]], arms: list[str]) -> list[
         # a qualifying arm has a relative sink change on every paired seed: rank by the rule's own mean
         best = min(winners, key=lambda a: statistics.fmean(rule_pairs(values[a], values[REFERENCE])[0].rel_pct))
         outcome = f"{arm_names(winners)} qualif{'ies' if len(winners) == 1 else 'y'}; " + (
-            "`masking=semantic` keeps its meaning, now with the evidence" if best == "semantic" else
-            f"`{best}` (the largest sink drop) is to become what `masking=semantic` means")
+            "`masking=semantic` keeps its meaning, now with the evidence"
+            if best == "semantic"
+            else f"`{best}` (the largest sink drop) is to become what `masking=semantic` means"
+        )
     elif decided:
-        outcome = f"no reading qualifies ({arm_names(decided)} decided on ≥ {RULE_MIN_SEEDS} seeds); " \
-                  "the defaults stay"
+        outcome = f"no reading qualifies ({arm_names(decided)} decided on ≥ {RULE_MIN_SEEDS} seeds); the defaults stay"
     else:
         outcome = f"not reached yet: no reading has {RULE_MIN_SEEDS} seeds paired with random"
     if decided and undecided:
@@ -405,16 +441,33 @@ def series_table(values: dict[str, list[list[dict]]], metric_name: str) -> str:
     points = list(dict.fromkeys(str(e.get("at")) for runs in values.values() for run in runs for e in run))
     rows = []
     for arm, runs in values.items():
-        by_point = {p: [v for run in runs for e in run if str(e.get("at")) == p
-                        and (v := _finite(e.get(f"shallow_{metric_name}"))) is not None] for p in points}
+        by_point = {
+            p: [
+                v
+                for run in runs
+                for e in run
+                if str(e.get("at")) == p and (v := _finite(e.get(f"shallow_{metric_name}"))) is not None
+            ]
+            for p in points
+        }
         if any(by_point.values()):
-            rows.append([arm, *(f"{(m := statistics.fmean(v)):.{decimals(m, 1.0)}f}" if v else "—"
-                                for v in by_point.values())])
+            rows.append(
+                [arm, *(f"{(m := statistics.fmean(v)):.{decimals(m, 1.0)}f}" if v else "—" for v in by_point.values())]
+            )
     return markdown_table([f"fine-tuning: shallow {SERIES_LABELS[metric_name]} at", *points], rows)
 
 
-def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about: str,
-                     tasks: tuple[str, ...], title: str | None = None) -> str:
+def readings_section(
+    out: Path,
+    figures: Path,
+    rel: Path,
+    preset: str,
+    arms,
+    seeds,
+    about: str,
+    tasks: tuple[str, ...],
+    title: str | None = None,
+) -> str:
     """The readings study: per-arm numbers (mean ± std over seeds), paired differences against random, the decision
     rule, the sinks over pretraining and along fine-tuning, wall times, failures and commands."""
     cells = {a: [{t: read_task(out / a / f"seed{k}" / t) for t in tasks} for k in seeds] for a in arms}
@@ -429,28 +482,46 @@ def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, see
             text = pm(got, scale) if got else ("failed" if failed else "—")
             row.append(text + (f" ({failed} of {len(seeds)} failed)" if got and failed else ""))
         rows.append(row)
-    parts = [f"## {title or f'Preset `{preset}`'}: {', '.join(arms)} x seeds {', '.join(map(str, seeds))}", "",
-             f"Setting: {about}. Every arm and seed this study directory holds (the screening's and the "
-             "confirmation's cells). Mean ± sample std over the seeds; shallow = the first third of the blocks "
-             "(docs/artifacts.md#shallow-blocks); pretrained: semmae-analyze on the pretrained encoder; fine-tune "
-             "start / end: the first and last point of the fine-tuning run's artifact series.", "",
-             markdown_table(["arm", "seeds", *(c[0] for c in READINGS_COLUMNS)], rows), ""]
+    parts = [
+        f"## {title or f'Preset `{preset}`'}: {', '.join(arms)} x seeds {', '.join(map(str, seeds))}",
+        "",
+        f"Setting: {about}. Every arm and seed this study directory holds (the screening's and the "
+        "confirmation's cells). Mean ± sample std over the seeds; shallow = the first third of the blocks "
+        "(docs/artifacts.md#shallow-blocks); pretrained: semmae-analyze on the pretrained encoder; fine-tune "
+        "start / end: the first and last point of the fine-tuning run's artifact series.",
+        "",
+        markdown_table(["arm", "seeds", *(c[0] for c in READINGS_COLUMNS)], rows),
+        "",
+    ]
     if REFERENCE in arms:
-        parts += ["Paired differences against random (arm − random of the same seed; seeds where either is missing "
-                  "are left out, the paired-seeds column says so; the relative difference is the mean of the "
-                  "per-seed ones):", "", paired_table(values, arms), ""]
+        parts += [
+            "Paired differences against random (arm − random of the same seed; seeds where either is missing "
+            "are left out, the paired-seeds column says so; the relative difference is the mean of the "
+            "per-seed ones):",
+            "",
+            paired_table(values, arms),
+            "",
+        ]
     parts += [*decision_lines(values, arms), ""]
     during = {a: [sink_over_training(out / a / f"seed{k}" / "pretrain") for k in seeds] for a in arms}
     if any(c for runs in during.values() for c in runs):
         plot = plot_sink_over_training(during, figures / "sink_over_training.png")
-        parts += ["Shallow sink ratio during pretraining (the attention callback on the first validation images, "
-                  "after every epoch; mean over the seeds):", "", over_training_table(during), ""]
+        parts += [
+            "Shallow sink ratio during pretraining (the attention callback on the first validation images, "
+            "after every epoch; mean over the seeds):",
+            "",
+            over_training_table(during),
+            "",
+        ]
         if plot:
             parts += [f"![sink ratio over training]({(rel / plot.name).as_posix()})", ""]
     series = {a: [artifact_series(out / a / f"seed{k}" / "finetune") for k in seeds] for a in arms}
     if any(run for runs in series.values() for run in runs):
-        parts += ["Along fine-tuning (the artifact series: before the first step, at fractions of the optimizer "
-                  "steps, at the end; mean over the seeds):", ""]
+        parts += [
+            "Along fine-tuning (the artifact series: before the first step, at fractions of the optimizer "
+            "steps, at the end; mean over the seeds):",
+            "",
+        ]
         for m in SERIES_METRICS:
             parts += [series_table(series, m), ""]
         plot = plot_sink_over_finetuning(series, figures / "sink_over_finetuning.png")
@@ -462,8 +533,9 @@ def readings_section(out: Path, figures: Path, rel: Path, preset: str, arms, see
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
-def plot_series(series: list[tuple[str, list[float], list[list[float]], str, int]], xlabel: str, ylabel: str,
-                path: Path) -> Path | None:
+def plot_series(
+    series: list[tuple[str, list[float], list[list[float]], str, int]], xlabel: str, ylabel: str, path: Path
+) -> Path | None:
     """One mean ± std (over the runs) line a series (label, x, runs of y over x, line style, colour index), against
     the even-attention level 1; None when there is nothing to draw."""
     import matplotlib
@@ -477,8 +549,16 @@ def plot_series(series: list[tuple[str, list[float], list[list[float]], str, int
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for label, x, runs, style, colour in series:
         a = np.array(runs)
-        ax.errorbar(x, a.mean(0), yerr=a.std(0, ddof=1) if len(a) > 1 else None, fmt=style, marker="o",
-                    color=f"C{colour}", label=label, capsize=3)
+        ax.errorbar(
+            x,
+            a.mean(0),
+            yerr=a.std(0, ddof=1) if len(a) > 1 else None,
+            fmt=style,
+            marker="o",
+            color=f"C{colour}",
+            label=label,
+            capsize=3,
+        )
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -521,8 +601,9 @@ def plot_sink_over_finetuning(series: dict[str, list[list[dict]]], path: Path) -
         curves = []
         for run in runs:
             last = max((e.get("step", 0) for e in run), default=0)
-            points = {round(e.get("step", 0) / last, 3) if last else 0.0: _finite(e.get("shallow_sink_ratio"))
-                      for e in run}
+            points = {
+                round(e.get("step", 0) / last, 3) if last else 0.0: _finite(e.get("shallow_sink_ratio")) for e in run
+            }
             curves.append({x: v for x, v in points.items() if v is not None})
         curves = [c for c in curves if c]
         xs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -540,16 +621,27 @@ def attention_figures(out: Path, figures: Path, rel: Path, arms, seed: int, noun
         if src.is_file():
             dst = figures / f"attention_{arm}.png"
             shutil.copyfile(src, dst)
-            parts += [f"Attention maps, `{arm}` (seed {seed}, the same first validation images for every {noun}):",
-                      "", f"![attention {arm}]({(rel / dst.name).as_posix()})", ""]
+            parts += [
+                f"Attention maps, `{arm}` (seed {seed}, the same first validation images for every {noun}):",
+                "",
+                f"![attention {arm}]({(rel / dst.name).as_posix()})",
+                "",
+            ]
     return parts
 
 
 def closing_parts(cells, labels, tasks: tuple[str, ...], out: Path) -> list[str]:
     """What every study section ends with: the runner's wall times and hardware, the failed tasks, the commands."""
     table, total = timing_table(cells, tasks)
-    parts = ["Wall time (runner, seconds):", "", table, "", f"- total wall time of the finished tasks: "
-             f"{total:.0f} s ({total / 60:.1f} min)", *hardware_lines(out), ""]
+    parts = [
+        "Wall time (runner, seconds):",
+        "",
+        table,
+        "",
+        f"- total wall time of the finished tasks: {total:.0f} s ({total / 60:.1f} min)",
+        *hardware_lines(out),
+        "",
+    ]
     fails = failures(cells, labels, tasks, out)
     if fails:
         parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
@@ -562,8 +654,15 @@ def over_training_table(curves: dict[str, list[dict[int, float]]]) -> str:
     rows = []
     for name, runs in curves.items():
         if any(runs):
-            rows.append([name, *(f"{statistics.fmean(vals):.2f}" if (vals := [c[e] for c in runs if e in c])
-                                 else "—" for e in epochs)])
+            rows.append(
+                [
+                    name,
+                    *(
+                        f"{statistics.fmean(vals):.2f}" if (vals := [c[e] for c in runs if e in c]) else "—"
+                        for e in epochs
+                    ),
+                ]
+            )
     return markdown_table(["shallow sink ratio after epoch", *map(str, epochs)], rows)
 
 
@@ -586,11 +685,19 @@ def hardware_lines(out: Path) -> list[str]:
     lines = []
     for hw in {json.dumps(r["hardware"], sort_keys=True) for r in rows}:
         h = json.loads(hw)
-        lines.append(f"- hardware: {h['cpu']}, {h['cores']} cores, torch {h['torch']}, Python {h['python']}, "
-                     f"GPU: {h['gpu'] or 'none'}")
-    lines.append(f"- runner sessions: {len(rows)} (" + "; ".join(
-        f"{r['finished']}: `{portable_command(shlex.join(r['argv']), out)}`, {r['tasks_run']} tasks in "
-        f"{r['wall_s']:.0f} s" for r in rows) + ")")
+        lines.append(
+            f"- hardware: {h['cpu']}, {h['cores']} cores, torch {h['torch']}, Python {h['python']}, "
+            f"GPU: {h['gpu'] or 'none'}"
+        )
+    lines.append(
+        f"- runner sessions: {len(rows)} ("
+        + "; ".join(
+            f"{r['finished']}: `{portable_command(shlex.join(r['argv']), out)}`, {r['tasks_run']} tasks in "
+            f"{r['wall_s']:.0f} s"
+            for r in rows
+        )
+        + ")"
+    )
     return lines
 
 
@@ -608,69 +715,123 @@ def timing_table(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...]
 
 def commands_block(cells: dict[str, list[dict[str, dict]]], tasks: tuple[str, ...], out: Path | None = None) -> str:
     """The tasks' exact commands, as run from the repository root (portable_command: no path of this machine)."""
-    cmds = [portable_command(s[t]["command"], out) for seeds in cells.values() for s in seeds for t in tasks
-            if s[t]["command"]]
+    cmds = [
+        portable_command(s[t]["command"], out)
+        for seeds in cells.values()
+        for s in seeds
+        for t in tasks
+        if s[t]["command"]
+    ]
     if not cmds:
         return ""
-    where = "from the repository root" + ("; $STUDY is the study directory, run.py's --out"
-                                          if any(STUDY in c for c in cmds) else "")
-    return f"<details><summary>exact commands ({len(cmds)}, run {where})</summary>\n\n```\n" + "\n".join(cmds) + \
-        "\n```\n</details>"
+    where = "from the repository root" + (
+        "; $STUDY is the study directory, run.py's --out" if any(STUDY in c for c in cmds) else ""
+    )
+    return (
+        f"<details><summary>exact commands ({len(cmds)}, run {where})</summary>\n\n```\n"
+        + "\n".join(cmds)
+        + "\n```\n</details>"
+    )
 
 
-def failures(cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str]], tasks,
-             out: Path | None = None) -> list[str]:
-    return [f"- {labels[name][i]} {t}: {portable_text(s[t]['error'], out)}" for name, seeds in cells.items()
-            for i, s in enumerate(seeds) for t in tasks if s[t]["status"] == "failed"]
+def failures(
+    cells: dict[str, list[dict[str, dict]]], labels: dict[str, list[str]], tasks, out: Path | None = None
+) -> list[str]:
+    return [
+        f"- {labels[name][i]} {t}: {portable_text(s[t]['error'], out)}"
+        for name, seeds in cells.items()
+        for i, s in enumerate(seeds)
+        for t in tasks
+        if s[t]["status"] == "failed"
+    ]
 
 
 def diagnostics_table(cells: dict[str, list[dict[str, dict]]]) -> list[str]:
     """The diagnostics of the analyze runs (rows = arms), or nothing when no run has them."""
-    present = [c for c in DIAGNOSTIC_COLUMNS
-               if any(c[2] in cell.get(c[1], {}).get("metrics", {}) for arm in cells.values() for cell in arm)]
+    present = [
+        c
+        for c in DIAGNOSTIC_COLUMNS
+        if any(c[2] in cell.get(c[1], {}).get("metrics", {}) for arm in cells.values() for cell in arm)
+    ]
     if not present:
         return []
-    rows = [[name, *(summarise([cell[task] for cell in arm], key, scale) for _, task, key, scale in present)]
-            for name, arm in cells.items()]
-    return ["The field's diagnostics on the pretrained encoder (semmae-analyze; docs/artifacts.md#diagnostics; asym = "
-            "pretraining view - full view, each share relative to its fair share):", "",
-            markdown_table(["strategy", *(c[0] for c in present)], rows), ""]
+    rows = [
+        [name, *(summarise([cell[task] for cell in arm], key, scale) for _, task, key, scale in present)]
+        for name, arm in cells.items()
+    ]
+    return [
+        "The field's diagnostics on the pretrained encoder (semmae-analyze; docs/artifacts.md#diagnostics; asym = "
+        "pretraining view - full view, each share relative to its fair share):",
+        "",
+        markdown_table(["strategy", *(c[0] for c in present)], rows),
+        "",
+    ]
 
 
-def main_section(out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str,
-                 tasks: tuple[str, ...] = TASKS) -> str:
+def main_section(
+    out: Path, figures: Path, rel: Path, preset: str, strategies, seeds, about: str, tasks: tuple[str, ...] = TASKS
+) -> str:
     columns = [c for c in MAIN_COLUMNS if c[1] in tasks]  # a preset that skips a task has no column for it
     cells = {s: [{t: read_task(out / s / f"seed{k}" / t) for t in tasks} for k in seeds] for s in strategies}
     labels = {s: [f"{s}/seed{k}" for k in seeds] for s in strategies}
-    rows = [[s, str(sum(c["pretrain"]["status"] == "ok" for c in cells[s])),
-             *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in columns)]
-            for s in strategies]
+    rows = [
+        [
+            s,
+            str(sum(c["pretrain"]["status"] == "ok" for c in cells[s])),
+            *(summarise([c[task] for c in cells[s]], key, scale) for _, task, key, scale in columns),
+        ]
+        for s in strategies
+    ]
     floor = {t: read_task(out / FLOOR / f"seed{seeds[0]}" / t) for t in tasks}  # only linprobe and analyze run
     if any(t["status"] != "missing" for t in floor.values()):
-        rows.append([f"{FLOOR} (floor, no pretraining)", "—",
-                     *(summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
-                       for _, task, key, scale in columns)])
+        rows.append(
+            [
+                f"{FLOOR} (floor, no pretraining)",
+                "—",
+                *(
+                    summarise([floor[task]], key, scale) if floor[task]["status"] != "missing" else "—"
+                    for _, task, key, scale in columns
+                ),
+            ]
+        )
         cells[FLOOR], labels[FLOOR] = [floor], [f"{FLOOR}/seed{seeds[0]}"]
-    parts = [f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}", "",
-             f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
-             "(docs/artifacts.md#shallow-blocks), measured by semmae-analyze on the pretrained encoder"
-             + (" and by the fine-tuning run's attention callback at its end." if "finetune" in tasks else "."), "",
-             markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows), ""]
+    parts = [
+        f"## Preset `{preset}`: {', '.join(strategies)} x seeds {', '.join(map(str, seeds))}",
+        "",
+        f"Setting: {about}. Mean ± sample std over the seeds; shallow = the first third of the blocks "
+        "(docs/artifacts.md#shallow-blocks), measured by semmae-analyze on the pretrained encoder"
+        + (" and by the fine-tuning run's attention callback at its end." if "finetune" in tasks else "."),
+        "",
+        markdown_table(["strategy", "seeds", *(c[0] for c in columns)], rows),
+        "",
+    ]
     parts += diagnostics_table(cells)
-    curves = {s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds]
-                  for src in ("analyze", "finetune")} for s in strategies}
+    curves = {
+        s: {src: [sink_by_block(out / s / f"seed{k}" / src, src) for k in seeds] for src in ("analyze", "finetune")}
+        for s in strategies
+    }
     plot = plot_sink_vs_block(curves, figures / "sink_vs_block.png")
     if plot:
-        parts += ["Sink ratio by block (mean ± std over seeds" + ("; dashed: after fine-tuning):" if "finetune" in tasks
-                                                                  else "):"), "",
-                  f"![sink ratio vs block]({(rel / plot.name).as_posix()})", ""]
+        parts += [
+            "Sink ratio by block (mean ± std over seeds"
+            + ("; dashed: after fine-tuning):" if "finetune" in tasks else "):"),
+            "",
+            f"![sink ratio vs block]({(rel / plot.name).as_posix()})",
+            "",
+        ]
     parts += attention_figures(out, figures, rel, strategies, seeds[0], noun="strategy")
     during = {s: [sink_over_training(out / s / f"seed{k}" / "pretrain") for k in seeds] for s in strategies}
     plot = plot_sink_over_training(during, figures / "sink_over_training.png")
     if plot:
-        parts += ["Shallow sink ratio during pretraining (the attention callback on the first validation images, "
-                  "after every epoch):", "", over_training_table(during), "",
-                  f"![sink ratio over training]({(rel / plot.name).as_posix()})", ""]
+        parts += [
+            "Shallow sink ratio during pretraining (the attention callback on the first validation images, "
+            "after every epoch):",
+            "",
+            over_training_table(during),
+            "",
+            f"![sink ratio over training]({(rel / plot.name).as_posix()})",
+            "",
+        ]
     parts += closing_parts(cells, labels, tasks, out)
     return "\n".join(parts)
 
@@ -682,13 +843,23 @@ def ablation_section(out: Path, preset: str, variants, seed: int, about: str) ->
     rows = []
     for name, factor, overrides in variants:
         label = f"**{name} (default)**" if factor == "default" else name
-        rows.append([label, factor, " ".join(f"`{o}`" for o in overrides),
-                     *(summarise([cells[name][0][task]], key, scale)
-                       for _, task, key, scale in ABLATION_COLUMNS)])
-    parts = [f"## Ablation (preset `{preset}`, seed {seed})", "",
-             f"One factor at a time around conf/masking/semantic.yaml, equal epochs; `random` and `block` are "
-             f"controls. Setting: {about}.", "",
-             markdown_table(["variant", "factor", "overrides", *(c[0] for c in ABLATION_COLUMNS)], rows), ""]
+        rows.append(
+            [
+                label,
+                factor,
+                " ".join(f"`{o}`" for o in overrides),
+                *(summarise([cells[name][0][task]], key, scale) for _, task, key, scale in ABLATION_COLUMNS),
+            ]
+        )
+    parts = [
+        f"## Ablation (preset `{preset}`, seed {seed})",
+        "",
+        f"One factor at a time around conf/masking/semantic.yaml, equal epochs; `random` and `block` are "
+        f"controls. Setting: {about}.",
+        "",
+        markdown_table(["variant", "factor", "overrides", *(c[0] for c in ABLATION_COLUMNS)], rows),
+        "",
+    ]
     default = next(name for name, factor, _ in variants if factor == "default")
 
     def value(name, task, key):
@@ -696,15 +867,30 @@ def ablation_section(out: Path, preset: str, variants, seed: int, about: str) ->
 
     d_sink, d_probe = value(default, "analyze", "attn/shallow_sink_ratio"), value(default, "linprobe", "test/top1")
     if d_sink is not None and d_probe is not None:
-        better = [name for name, factor, _ in variants if factor not in ("default", "control")
-                  and (v := value(name, "analyze", "attn/shallow_sink_ratio")) is not None and v < d_sink
-                  and (p := value(name, "linprobe", "test/top1")) is not None and p >= d_probe]
-        parts += ["Variants with a lower shallow sink ratio than the default and no lower linear-probe top-1 "
-                  f"(one seed, so a candidate, not a verdict): {', '.join(better) if better else 'none'}.", ""]
+        better = [
+            name
+            for name, factor, _ in variants
+            if factor not in ("default", "control")
+            and (v := value(name, "analyze", "attn/shallow_sink_ratio")) is not None
+            and v < d_sink
+            and (p := value(name, "linprobe", "test/top1")) is not None
+            and p >= d_probe
+        ]
+        parts += [
+            "Variants with a lower shallow sink ratio than the default and no lower linear-probe top-1 "
+            f"(one seed, so a candidate, not a verdict): {', '.join(better) if better else 'none'}.",
+            "",
+        ]
     table, total = timing_table(cells, tasks)
-    parts += ["Wall time (runner, seconds):", "", table, "",
-              f"- total wall time of the finished tasks: {total:.0f} s ({total / 60:.1f} min)",
-              *hardware_lines(out), ""]
+    parts += [
+        "Wall time (runner, seconds):",
+        "",
+        table,
+        "",
+        f"- total wall time of the finished tasks: {total:.0f} s ({total / 60:.1f} min)",
+        *hardware_lines(out),
+        "",
+    ]
     fails = failures(cells, labels, tasks, out)
     if fails:
         parts += ["Failed tasks (rerun run.py to retry them):", "", *fails, ""]
@@ -716,12 +902,23 @@ def replace_section(text: str, key: str, body: str) -> str:
     begin, end = f"<!-- BEGIN {key} (written by run.py) -->", f"<!-- END {key} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text and end in text:
-        return text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+        return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     return text.rstrip() + "\n\n" + block + "\n"
 
 
-def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds, variants, about: str,
-          tasks: tuple[str, ...] = TASKS, readings: bool = False, section: str | None = None) -> Path:
+def write(
+    path: Path,
+    out: Path,
+    preset: str,
+    ablation: bool,
+    strategies,
+    seeds,
+    variants,
+    about: str,
+    tasks: tuple[str, ...] = TASKS,
+    readings: bool = False,
+    section: str | None = None,
+) -> Path:
     """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/.
     A section keyed apart from its preset (gpu-suite-readings: `gpu`) is titled by its key and names the device."""
     key = f"{preset}-ablation" if ablation else (section or preset)
@@ -735,9 +932,14 @@ def write(path: Path, out: Path, preset: str, ablation: bool, strategies, seeds,
         body = readings_section(out, figures, rel, preset, strategies, seeds, about, tasks, title)
     else:
         body = main_section(out, figures, rel, preset, strategies, seeds, about, tasks)
-    text = path.read_text() if path.is_file() else (
-        "# Replication study: semantic vs random masking\n\n"
-        "Written by `experiments/semantic_vs_random/run.py` from the runs' results.json files; each preset's "
-        "section is replaced when that preset is rerun, text outside the marked sections is kept.\n")
+    text = (
+        path.read_text()
+        if path.is_file()
+        else (
+            "# Replication study: semantic vs random masking\n\n"
+            "Written by `experiments/semantic_vs_random/run.py` from the runs' results.json files; each preset's "
+            "section is replaced when that preset is rerun, text outside the marked sections is kept.\n"
+        )
+    )
     path.write_text(replace_section(text, key, body))
     return path

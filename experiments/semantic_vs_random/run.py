@@ -65,26 +65,39 @@ MODULES = {"linprobe_avg": "linprobe", "probe_ep": "linprobe", "knn": "linprobe"
 TRAINING = ("pretrain", "linprobe", "linprobe_avg", "probe_ep", "knn", "finetune", "segment")
 FLOOR = "random_init"  # the floor every probe is read against (docs/masking.md#comparing-strategies): no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
-STRATEGIES = {"random": ["masking=random"], "semantic": ["masking=semantic"], "block": ["masking=block"],
-              # the ablation's flat-region variant, as a strategy of its own for the longer run
-              "semantic_flat_last": ["masking=semantic", "masking.flat_last=true"],
-              # the readings of semantic masking (the cpu-readings preset), each against random at equal epochs
-              "semantic_informative_a1": ["masking=semantic_informative", "masking.alpha=1"],
-              "semantic_informative_a3": ["masking=semantic_informative", "masking.alpha=3"],
-              "semantic_stratified": ["masking=semantic_stratified"],
-              "semantic_features": ["masking=semantic_features"],
-              "random_units": ["masking=random_units"],
-              # the control with a known effect on the sinks. Only pretraining needs the override: every later task
-              # builds its encoder from the checkpoint, whose weights (reg_token) fix the registers
-              # (semmae.models.weights.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
-              "random_registers": ["masking=random", "backbone.reg_tokens=4"],
-              # the second control: a sigmoid gate on each head's output, which the sink-taxonomy paper finds removes
-              # NOP sinks (the gate, like the registers, is in the checkpoint's weights)
-              "random_gated": ["masking=random", "backbone.attn_gate=true"]}
+STRATEGIES = {
+    "random": ["masking=random"],
+    "semantic": ["masking=semantic"],
+    "block": ["masking=block"],
+    # the ablation's flat-region variant, as a strategy of its own for the longer run
+    "semantic_flat_last": ["masking=semantic", "masking.flat_last=true"],
+    # the readings of semantic masking (the cpu-readings preset), each against random at equal epochs
+    "semantic_informative_a1": ["masking=semantic_informative", "masking.alpha=1"],
+    "semantic_informative_a3": ["masking=semantic_informative", "masking.alpha=3"],
+    "semantic_stratified": ["masking=semantic_stratified"],
+    "semantic_features": ["masking=semantic_features"],
+    "random_units": ["masking=random_units"],
+    # the control with a known effect on the sinks. Only pretraining needs the override: every later task
+    # builds its encoder from the checkpoint, whose weights (reg_token) fix the registers
+    # (semmae.models.weights.weights_from_checkpoint; backbone.reg_tokens shapes ckpt=null only)
+    "random_registers": ["masking=random", "backbone.reg_tokens=4"],
+    # the second control: a sigmoid gate on each head's output, which the sink-taxonomy paper finds removes
+    # NOP sinks (the gate, like the registers, is in the checkpoint's weights)
+    "random_gated": ["masking=random", "backbone.attn_gate=true"],
+}
 # the screening's arms in run order: the reference and the control first, today's reading, the new readings, then
 # the contiguity controls and the second alpha (a study cut short has compared the most telling arms)
-READINGS_ARMS = ("random", "random_registers", "semantic", "semantic_informative_a1", "semantic_stratified",
-                 "semantic_features", "random_units", "block", "semantic_informative_a3")
+READINGS_ARMS = (
+    "random",
+    "random_registers",
+    "semantic",
+    "semantic_informative_a1",
+    "semantic_stratified",
+    "semantic_features",
+    "random_units",
+    "block",
+    "semantic_informative_a3",
+)
 INSTRUMENT_ARMS = ("random", "random_registers", "random_gated", "semantic", "semantic_features")
 READINGS_CONTROLS = ("random", "random_registers")  # always in a confirmation: the reference and the known effect
 MODES = ("screening", "confirmation")
@@ -101,8 +114,11 @@ ABLATION = [
     ("segmenter_slic", "segmenter", ["masking=semantic", "masking.segmenter=slic"]),
     ("segmenter_given", "segmenter", ["masking=semantic", "masking.segmenter=given", "dataset.segments=foreground"]),
     ("flat_last", "flat regions", ["masking=semantic", "masking.flat_last=true"]),
-    ("flat_last_threshold_0.3", "flat regions",
-     ["masking=semantic", "masking.flat_last=true", "masking.flat_threshold=0.3"]),
+    (
+        "flat_last_threshold_0.3",
+        "flat regions",
+        ["masking=semantic", "masking.flat_last=true", "masking.flat_threshold=0.3"],
+    ),
     ("random", "control", ["masking=random"]),
     ("block", "control", ["masking=block"]),
 ]
@@ -141,26 +157,46 @@ READINGS = dict(run_tasks=READINGS_TASKS, strategies=READINGS_ARMS, seeds=(0,), 
 SUITE_ARMS = ("random", "random_registers", "semantic", "semantic_features")
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
-TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-        "backbone.decoder_depth=1", "backbone.decoder_num_heads=2"]
+TINY = [
+    "backbone.embed_dim=32",
+    "backbone.depth=3",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+]
 
 SMOKE = {
     "train": ["logger=none", "trainer.max_epochs=1"],
     "pretrain": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128", "dataset.batch_size=64"],
     "linprobe": [*TINY, "dataset.train_subset=256", "dataset.val_subset=128"],  # TINY: the floor's encoder
-    "finetune": ["dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
-                 "callbacks.attention_maps.num_images=32"],
-    "segment": ["dataset.train_subset=64", "dataset.val_subset=32", "dataset.batch_size=32",
-                "dataset.eval_batch_size=32"],
+    "finetune": [
+        "dataset.train_subset=128",
+        "dataset.val_subset=64",
+        "dataset.batch_size=64",
+        "callbacks.attention_maps.num_images=32",
+    ],
+    "segment": [
+        "dataset.train_subset=64",
+        "dataset.val_subset=32",
+        "dataset.batch_size=32",
+        "dataset.eval_batch_size=32",
+    ],
     "analyze": [*TINY, "num_images=32", "batch_size=32", "figure_images=2"],
 }
 CPU_PROBE = ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"]
 VIT_TINY_GPU = ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4"]
 SERIES_AT = "callbacks.attention_maps.series_at=[0.1,0.25,0.5,0.75]"  # the fine-tuning series of the readings
 # cpu-readings' fine-tuning: 1,000 steps of batch 64 on 16,000 images, the series on 1,000 validation images
-READINGS_FINETUNE = ["dataset.train_subset=16000", "dataset.val_subset=2000", "dataset.batch_size=64",
-                     "model.optim.blr=2.0e-3", "trainer.max_epochs=4", "callbacks.attention_maps.num_images=1000",
-                     SERIES_AT]
+READINGS_FINETUNE = [
+    "dataset.train_subset=16000",
+    "dataset.val_subset=2000",
+    "dataset.batch_size=64",
+    "model.optim.blr=2.0e-3",
+    "trainer.max_epochs=4",
+    "callbacks.attention_maps.num_images=1000",
+    SERIES_AT,
+]
 
 PRESETS = {
     "smoke": Preset(
@@ -169,20 +205,27 @@ PRESETS = {
     ),
     "smoke-readings": Preset(
         about="seconds per task: the cpu-readings tasks (probes on the CLS and the mean token, fine-tuning with "
-              "the artifact series, analysis) with the smoke preset's 3-block width-32 ViT on a few hundred images",
-        tasks={**SMOKE, "train": ["logger=csv", "trainer.max_epochs=1"],  # csv: the sinks over pretraining
-               "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                            "callbacks.attention_maps.num_images=32"],
-               "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
-               "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
-               "knn": [*SMOKE["linprobe"], "model.head=knn"],
-               "finetune": [*SMOKE["finetune"], SERIES_AT]},
+        "the artifact series, analysis) with the smoke preset's 3-block width-32 ViT on a few hundred images",
+        tasks={
+            **SMOKE,
+            "train": ["logger=csv", "trainer.max_epochs=1"],  # csv: the sinks over pretraining
+            "pretrain": [
+                *SMOKE["pretrain"],
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=32",
+            ],
+            "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+            "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+            "knn": [*SMOKE["linprobe"], "model.head=knn"],
+            "finetune": [*SMOKE["finetune"], SERIES_AT],
+        },
         **READINGS,
     ),
     "cpu": Preset(
         about="2 CPU cores: vit_micro, pretrain 2 epochs on 15,000 images; probe on cached features of 10,000 + "
-              "5,000; fine-tune 1 epoch on 8,000 (batch 64); segmentation 1 epoch on 2,000 (~4 min per cell); the ablation "
-              "pretrains on 12,000 and probes on 8,000 + 4,000",
+        "5,000; fine-tune 1 epoch on 8,000 (batch 64); segmentation 1 epoch on 2,000 (~4 min per cell); the ablation "
+        "pretrains on 12,000 and probes on 8,000 + 4,000",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
@@ -190,27 +233,39 @@ PRESETS = {
             "linprobe": CPU_PROBE,
             # 125 steps at the default run's per-step lr (blr 1e-3 at batch 128 = lr 5e-4): 31 steps of batch 128
             # on 4,000 images left the head near chance (14% top-1 in a timed trial)
-            "finetune": ["dataset.train_subset=8000", "dataset.val_subset=2000", "dataset.batch_size=64",
-                         "model.optim.blr=2.0e-3", "trainer.max_epochs=1"],
+            "finetune": [
+                "dataset.train_subset=8000",
+                "dataset.val_subset=2000",
+                "dataset.batch_size=64",
+                "model.optim.blr=2.0e-3",
+                "trainer.max_epochs=1",
+            ],
             "segment": ["dataset.train_subset=2000", "dataset.val_subset=1000", "trainer.max_epochs=1"],
             "analyze": ["num_images=1000"],
         },
         # 12 variants in ~25 min: a little less data than the main study, the same for every variant
-        ablation={"pretrain": ["dataset.train_subset=12000"],
-                  "linprobe": ["dataset.train_subset=8000", "dataset.val_subset=4000"]},
+        ablation={
+            "pretrain": ["dataset.train_subset=12000"],
+            "linprobe": ["dataset.train_subset=8000", "dataset.val_subset=4000"],
+        },
     ),
     "cpu-long": Preset(
         about="the longer-run check on 2 CPU cores: vit_micro pretrained 10 epochs on all 60,000 images without the "
-              "online probe (~20 min per strategy), the attention callback measuring the sinks on 256 validation "
-              "images after every epoch; then the cpu preset's linear probe (10,000 + 5,000) and semmae-analyze "
-              "(1,000 images); seed 0 unless --seeds says more, no fine-tuning or segmentation, no floor row (the "
-              "cpu preset's floor has the same probe and analysis)",
+        "online probe (~20 min per strategy), the attention callback measuring the sinks on 256 validation "
+        "images after every epoch; then the cpu preset's linear probe (10,000 + 5,000) and semmae-analyze "
+        "(1,000 images); seed 0 unless --seeds says more, no fine-tuning or segmentation, no floor row (the "
+        "cpu preset's floor has the same probe and analysis)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
-            "pretrain": ["dataset.train_subset=null", "dataset.val_subset=2000", "trainer.max_epochs=10",
-                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                         "callbacks.attention_maps.num_images=256"],
+            "pretrain": [
+                "dataset.train_subset=null",
+                "dataset.val_subset=2000",
+                "trainer.max_epochs=10",
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=256",
+            ],
             "linprobe": ["dataset.train_subset=10000", "dataset.val_subset=5000", "trainer.max_epochs=30"],
             "analyze": ["num_images=1000"],
         },
@@ -221,17 +276,22 @@ PRESETS = {
     ),
     "cpu-readings": Preset(
         about="the readings of semantic masking against random on 2 CPU cores, every arm at equal epochs: vit_micro "
-              "pretrained 6 epochs on all 60,000 images without the online probe, the attention callback measuring "
-              "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
-              "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning "
-              "4 epochs on 16,000 (batch 64, 1,000 steps) with the artifact series on 1,000 validation images "
-              "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row (~13 min per cell)",
+        "pretrained 6 epochs on all 60,000 images without the online probe, the attention callback measuring "
+        "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
+        "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning "
+        "4 epochs on 16,000 (batch 64, 1,000 steps) with the artifact series on 1,000 validation images "
+        "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row (~13 min per cell)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],
-            "pretrain": ["dataset.train_subset=null", "dataset.val_subset=2000", "trainer.max_epochs=6",
-                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                         "callbacks.attention_maps.num_images=256"],
+            "pretrain": [
+                "dataset.train_subset=null",
+                "dataset.val_subset=2000",
+                "trainer.max_epochs=6",
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=256",
+            ],
             "linprobe": CPU_PROBE,
             "linprobe_avg": [*CPU_PROBE, "model.pool=avg"],
             "probe_ep": [*CPU_PROBE, "model.head=ep"],
@@ -245,10 +305,10 @@ PRESETS = {
     ),
     "cpu-instrument": Preset(
         about="the resolving power of the artifact instrument on 2 CPU cores: the readings study's confirmation arms "
-              "(random, random + 4 registers, semantic, semantic_features) and random with gated attention, seeds 0 1 "
-              "2, each with cpu-readings' settings (pretraining 6 epochs on all 60,000 images, the CLS linear probe, "
-              "fine-tuning 1,000 steps with the artifact series, semmae-analyze on 1,000 images); the controls' "
-              "effects on every diagnostic against random's seed spread (~12 min per cell)",
+        "(random, random + 4 registers, semantic, semantic_features) and random with gated attention, seeds 0 1 "
+        "2, each with cpu-readings' settings (pretraining 6 epochs on all 60,000 images, the CLS linear probe, "
+        "fine-tuning 1,000 steps with the artifact series, semmae-analyze on 1,000 images); the controls' "
+        "effects on every diagnostic against random's seed spread (~12 min per cell)",
         data=FMNIST,
         tasks={},  # filled below: cpu-readings' tasks
         run_tasks=("pretrain", "linprobe", "finetune", "analyze"),
@@ -259,20 +319,46 @@ PRESETS = {
     ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
-              "images; probe on all cached features; fine-tune 10 epochs; segmentation 5 epochs on 20,000",
+        "images; probe on all cached features; fine-tune 10 epochs; segmentation 5 epochs on 20,000",
         data=FMNIST,
         tasks={
             "train": ["logger=csv"],
-            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=null",
-                         "trainer.max_epochs=100"],
-            "linprobe": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
-                         "dataset.train_subset=null", "dataset.val_subset=null", "trainer.max_epochs=30"],
-            "finetune": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
-                         "dataset.train_subset=null", "dataset.val_subset=null", "dataset.batch_size=256",
-                         "trainer.max_epochs=10", "model.optim.warmup_epochs=1"],
-            "segment": ["trainer=gpu", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4",
-                        "dataset.train_subset=20000", "dataset.val_subset=null", "dataset.batch_size=128",
-                        "trainer.max_epochs=5"],
+            "pretrain": [
+                "experiment=fmnist_vit_tiny_gpu",
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=100",
+            ],
+            "linprobe": [
+                "trainer=gpu",
+                "backbone=vit_tiny",
+                "backbone.img_size=32",
+                "backbone.patch_size=4",
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=30",
+            ],
+            "finetune": [
+                "trainer=gpu",
+                "backbone=vit_tiny",
+                "backbone.img_size=32",
+                "backbone.patch_size=4",
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "dataset.batch_size=256",
+                "trainer.max_epochs=10",
+                "model.optim.warmup_epochs=1",
+            ],
+            "segment": [
+                "trainer=gpu",
+                "backbone=vit_tiny",
+                "backbone.img_size=32",
+                "backbone.patch_size=4",
+                "dataset.train_subset=20000",
+                "dataset.val_subset=null",
+                "dataset.batch_size=128",
+                "trainer.max_epochs=5",
+            ],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
         # The issue's ablation on a GPU: ViT-T for about a minute per variant is enough to show the sinks.
@@ -280,55 +366,108 @@ PRESETS = {
     ),
     "gpu-readings": Preset(
         about="the readings study on one GPU: every cpu-readings arm with ViT-T/4 at 32 px "
-              "(experiment=fmnist_vit_tiny_gpu), pretrained 100 epochs on all 60,000 images without the online "
-              "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token, EP, k-NN) on "
-              "all cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
-              "(1,000 images)",
+        "(experiment=fmnist_vit_tiny_gpu), pretrained 100 epochs on all 60,000 images without the online "
+        "probe, the sinks on 1,000 validation images every 10 epochs; probes (CLS and mean token, EP, k-NN) on "
+        "all cached features; fine-tuning 10 epochs with the artifact series on 1,000 images; semmae-analyze "
+        "(1,000 images)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv"],
-            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=null",
-                         "trainer.max_epochs=100", "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                         "callbacks.attention_maps.num_images=1000", "callbacks.attention_maps.every_n_epochs=10"],
-            "linprobe": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                         "trainer.max_epochs=30"],
-            "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                             "trainer.max_epochs=30", "model.pool=avg"],
-            "probe_ep": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                         "trainer.max_epochs=30", "model.head=ep"],
+            "pretrain": [
+                "experiment=fmnist_vit_tiny_gpu",
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=100",
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=1000",
+                "callbacks.attention_maps.every_n_epochs=10",
+            ],
+            "linprobe": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=30",
+            ],
+            "linprobe_avg": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=30",
+                "model.pool=avg",
+            ],
+            "probe_ep": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "trainer.max_epochs=30",
+                "model.head=ep",
+            ],
             "knn": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null", "model.head=knn"],
-            "finetune": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                         "dataset.batch_size=256", "trainer.max_epochs=10", "model.optim.warmup_epochs=1",
-                         "callbacks.attention_maps.num_images=1000", SERIES_AT],
+            "finetune": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "dataset.batch_size=256",
+                "trainer.max_epochs=10",
+                "model.optim.warmup_epochs=1",
+                "callbacks.attention_maps.num_images=1000",
+                SERIES_AT,
+            ],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
         },
         **READINGS,
     ),
     "gpu-suite-readings": Preset(
         about="the GPU suite's readings (experiments/gpu_suite.py), ~6 min on one H200: random, random_registers, "
-              "semantic and semantic_features with ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu, batch 1024, "
-              "data resident on the GPU, eager: compiling costs more than it saves in 10 epochs), every arm "
-              "pretrained 10 epochs on all 60,000 images without the online probe, the sinks on 1,000 validation "
-              "images every 2 epochs; probes on the CLS and the mean token and EP (all cached features, batch 1024, "
-              "20 epochs), k-NN; cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series "
-              "on 1,000 images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
-              "66 epochs of 60,000 in 140 s, 2.1 s an epoch, semantic 3.0; so 10 epochs take 21-30 s (semantic_features "
-              "adds a no-gradient forward to each step, ~30 s); five processes of ~6 s each to start (imports, "
-              "CUDA, the resident data): 30 s; probes ~4 s each, fine-tuning ~15 s with its series, analysis ~3 s: "
-              "~75-90 s an arm, 5-6 min for 4",
+        "semantic and semantic_features with ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu, batch 1024, "
+        "data resident on the GPU, eager: compiling costs more than it saves in 10 epochs), every arm "
+        "pretrained 10 epochs on all 60,000 images without the online probe, the sinks on 1,000 validation "
+        "images every 2 epochs; probes on the CLS and the mean token and EP (all cached features, batch 1024, "
+        "20 epochs), k-NN; cpu-readings' fine-tuning (1,000 steps of batch 64 on 16,000, the artifact series "
+        "on 1,000 images); semmae-analyze (1,000 images). Arithmetic: the pilot (DESIGN.md section 4) trained random "
+        "66 epochs of 60,000 in 140 s, 2.1 s an epoch, semantic 3.0; so 10 epochs take 21-30 s (semantic_features "
+        "adds a no-gradient forward to each step, ~30 s); five processes of ~6 s each to start (imports, "
+        "CUDA, the resident data): 30 s; probes ~4 s each, fine-tuning ~15 s with its series, analysis ~3 s: "
+        "~75-90 s an arm, 5-6 min for 4",
         data=FMNIST,
         tasks={
             "train": ["logger=csv"],
-            "pretrain": ["experiment=fmnist_vit_tiny_gpu", "dataset.train_subset=null", "dataset.val_subset=2000",
-                         "trainer.max_epochs=10", "model.optim.warmup_epochs=1", "model.compile=false",
-                         "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                         "callbacks.attention_maps.num_images=1000", "callbacks.attention_maps.every_n_epochs=2"],
-            "linprobe": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                         "dataset.batch_size=1024", "trainer.max_epochs=20"],
-            "linprobe_avg": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                             "dataset.batch_size=1024", "trainer.max_epochs=20", "model.pool=avg"],
-            "probe_ep": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null",
-                         "dataset.batch_size=1024", "trainer.max_epochs=20", "model.head=ep"],
+            "pretrain": [
+                "experiment=fmnist_vit_tiny_gpu",
+                "dataset.train_subset=null",
+                "dataset.val_subset=2000",
+                "trainer.max_epochs=10",
+                "model.optim.warmup_epochs=1",
+                "model.compile=false",
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=1000",
+                "callbacks.attention_maps.every_n_epochs=2",
+            ],
+            "linprobe": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "dataset.batch_size=1024",
+                "trainer.max_epochs=20",
+            ],
+            "linprobe_avg": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "dataset.batch_size=1024",
+                "trainer.max_epochs=20",
+                "model.pool=avg",
+            ],
+            "probe_ep": [
+                *VIT_TINY_GPU,
+                "dataset.train_subset=null",
+                "dataset.val_subset=null",
+                "dataset.batch_size=1024",
+                "trainer.max_epochs=20",
+                "model.head=ep",
+            ],
             "knn": [*VIT_TINY_GPU, "dataset.train_subset=null", "dataset.val_subset=null", "model.head=knn"],
             "finetune": [*VIT_TINY_GPU, *READINGS_FINETUNE],
             "analyze": ["backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", "num_images=1000"],
@@ -338,21 +477,28 @@ PRESETS = {
     ),
     "gpu-suite-tiny": Preset(
         about="the GPU suite's readings shrunk to seconds per task on a CPU (gpu_suite.py --scale tiny): the "
-              "smoke-readings tasks and model on a few hundred images, the four arms of gpu-suite-readings",
-        tasks={**SMOKE, "train": ["logger=csv", "trainer.max_epochs=1"],
-               "pretrain": [*SMOKE["pretrain"], "model.probe.enabled=false", "callbacks=[default,attention_maps]",
-                            "callbacks.attention_maps.num_images=32"],
-               "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
-               "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
-               "knn": [*SMOKE["linprobe"], "model.head=knn"],
-               "finetune": [*SMOKE["finetune"], SERIES_AT]},
+        "smoke-readings tasks and model on a few hundred images, the four arms of gpu-suite-readings",
+        tasks={
+            **SMOKE,
+            "train": ["logger=csv", "trainer.max_epochs=1"],
+            "pretrain": [
+                *SMOKE["pretrain"],
+                "model.probe.enabled=false",
+                "callbacks=[default,attention_maps]",
+                "callbacks.attention_maps.num_images=32",
+            ],
+            "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+            "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+            "knn": [*SMOKE["linprobe"], "model.head=knn"],
+            "finetune": [*SMOKE["finetune"], SERIES_AT],
+        },
         section="gpu",
         **{**READINGS, "strategies": SUITE_ARMS},
     ),
     "paper": Preset(
         about="the paper's scale: ViT-B/16 MAE recipes on ImageNet-1K (conf/experiment/mae_vit_base_in1k_*) and "
-              "UperNet on ADE20K (ade20k_vit_base_upernet); needs --data-root (ImageNet) and --seg-root (ADE20K), "
-              "multi-GPU settings via --set (e.g. train:trainer.devices=8 pretrain:trainer.num_nodes=4)",
+        "UperNet on ADE20K (ade20k_vit_base_upernet); needs --data-root (ImageNet) and --seg-root (ADE20K), "
+        "multi-GPU settings via --set (e.g. train:trainer.devices=8 pretrain:trainer.num_nodes=4)",
         needs_roots=True,
         tasks={
             "train": ["logger=wandb"],
@@ -429,9 +575,17 @@ def plan(args: argparse.Namespace) -> list[Job]:
                 inputs = [f"ckpt={ckpt}"]
             user = [*extra.get("all", []), *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, [])]
             module = MODULES.get(task, task)  # linprobe_avg runs semmae.linprobe
-            argv = [sys.executable, "-m", f"semmae.{module}", *preset.overrides(task, args.ablation),
-                    *data_overrides(preset, task, args.data_root, args.seg_root), *inputs, f"seed={seed}", *user,
-                    f"hydra.run.dir={run_dir}"]
+            argv = [
+                sys.executable,
+                "-m",
+                f"semmae.{module}",
+                *preset.overrides(task, args.ablation),
+                *data_overrides(preset, task, args.data_root, args.seg_root),
+                *inputs,
+                f"seed={seed}",
+                *user,
+                f"hydra.run.dir={run_dir}",
+            ]
             jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" or floor else ckpt.parents[1]))
     return jobs
 
@@ -454,8 +608,9 @@ def execute(job: Job, env: dict[str, str]) -> dict:
     record = {"cell": job.cell, "task": job.task, "command": shlex.join(argv)}
     if job.needs is not None and not (job.needs / "results.json").is_file():
         # a crashed pretraining run may have left an early last.ckpt: only a finished one counts
-        record.update(returncode=None, wall_s=0.0,
-                      error=f"skipped: the cell's pretraining ({job.needs}) did not finish")
+        record.update(
+            returncode=None, wall_s=0.0, error=f"skipped: the cell's pretraining ({job.needs}) did not finish"
+        )
     else:
         t0 = time.perf_counter()
         with open(job.run_dir / "runner.log", "w") as log:
@@ -476,8 +631,13 @@ def hardware() -> dict:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": None}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": None,
+    }
     if torch.cuda.is_available():
         info["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return info
@@ -500,47 +660,83 @@ def readings_scope(out: Path, strategies: list[str], seeds: list[int]) -> tuple[
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="\n".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="\n".join(f"{k}: {v.about}" for k, v in PRESETS.items()),
+    )
     p.add_argument("--out", help="study directory (default experiments/semantic_vs_random/runs/<preset>)")
-    p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES),
-                   help="default: the preset's (random semantic block; cpu-long adds semantic_flat_last;\n"
-                   "cpu-readings: " + " ".join(READINGS_ARMS) + ")")
-    p.add_argument("--seeds", nargs="+", type=int,
-                   help="default: the preset's (0 1 2; cpu-long and a screening: 0; a confirmation: 0 1 2)")
-    p.add_argument("--mode", choices=MODES,
-                   help="the readings presets (cpu-readings, smoke-readings) only: screening (the default: seed 0,\n"
-                   "every arm) or confirmation (seeds 0 1 2, the arms of --strategies plus random and\n"
-                   "random_registers); both into the same --out, so the screening's seed-0 cells are reused")
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=list(STRATEGIES),
+        help="default: the preset's (random semantic block; cpu-long adds semantic_flat_last;\n"
+        "cpu-readings: " + " ".join(READINGS_ARMS) + ")",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="default: the preset's (0 1 2; cpu-long and a screening: 0; a confirmation: 0 1 2)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="the readings presets (cpu-readings, smoke-readings) only: screening (the default: seed 0,\n"
+        "every arm) or confirmation (seeds 0 1 2, the arms of --strategies plus random and\n"
+        "random_registers); both into the same --out, so the screening's seed-0 cells are reused",
+    )
     p.add_argument("--ablation", action="store_true", help="the ablation of the semantic spec (first seed only)")
-    p.add_argument("--floor", action=argparse.BooleanOptionalAction,
-                   help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row "
-                   "(default: on, except for cpu-long)")
-    p.add_argument("--data-root", help="dataset.root of pretraining / probe / fine-tune / analyze "
-                   "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)")
+    p.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        help="also probe and analyze a randomly initialised encoder (first seed): the table's floor row "
+        "(default: on, except for cpu-long)",
+    )
+    p.add_argument(
+        "--data-root",
+        help="dataset.root of pretraining / probe / fine-tune / analyze "
+        "(cpu, gpu: Fashion-MNIST, default " + FMNIST + "; paper: ImageNet)",
+    )
     p.add_argument("--seg-root", help="dataset.root of segmentation (default: --data-root; paper: ADE20K)")
-    p.add_argument("--set", action="append", default=[], metavar="TASK:OVERRIDE",
-                   help="an extra Hydra override for one task (pretrain, linprobe, ...), train (all but analyze)\n"
-                   "or all, "
-                   "e.g. train:trainer.devices=8")
-    p.add_argument("--results", help="RESULTS.md to write (default: next to run.py for cpu/gpu/paper in their default "
-                   "--out, else <out>/RESULTS.md); each preset and the ablation own a marked section in it")
-    p.add_argument("--budget-min", type=float, metavar="MINUTES",
-                   help="start no task after MINUTES of this run (the one running finishes); the next run resumes:\n"
-                   "a long study in pieces that each end within a working session")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TASK:OVERRIDE",
+        help="an extra Hydra override for one task (pretrain, linprobe, ...), train (all but analyze)\n"
+        "or all, "
+        "e.g. train:trainer.devices=8",
+    )
+    p.add_argument(
+        "--results",
+        help="RESULTS.md to write (default: next to run.py for cpu/gpu/paper in their default "
+        "--out, else <out>/RESULTS.md); each preset and the ablation own a marked section in it",
+    )
+    p.add_argument(
+        "--budget-min",
+        type=float,
+        metavar="MINUTES",
+        help="start no task after MINUTES of this run (the one running finishes); the next run resumes:\n"
+        "a long study in pieces that each end within a working session",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands (those already done marked) and stop")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from what is there; run nothing")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.mode is not None and not preset.readings:
-        p.error(f"--mode is for the readings presets ({', '.join(k for k, v in PRESETS.items() if v.readings)}), "
-                f"not --preset {args.preset}")
+        p.error(
+            f"--mode is for the readings presets ({', '.join(k for k, v in PRESETS.items() if v.readings)}), "
+            f"not --preset {args.preset}"
+        )
     if preset.readings:
         args.mode = args.mode or "screening"
     if args.mode == "confirmation":
         if not args.strategies:
-            p.error("--mode confirmation needs --strategies: the arms to confirm (random and random_registers are "
-                    "added)")
+            p.error(
+                "--mode confirmation needs --strategies: the arms to confirm (random and random_registers are added)"
+            )
         args.strategies = confirmation_arms(args.strategies)
         args.seeds = args.seeds or list(preset.confirmation_seeds)
     args.strategies = args.strategies or list(preset.strategies)
@@ -580,16 +776,24 @@ def main(argv: list[str] | None = None) -> int:
         for i, job in enumerate(todo, 1):
             if args.budget_min is not None and time.perf_counter() - t0 > 60 * args.budget_min:
                 stopped = len(todo) - i + 1
-                print(f"--budget-min {args.budget_min:g} reached: {stopped} tasks left, not started; run the same "
-                      "command again to resume", flush=True)
+                print(
+                    f"--budget-min {args.budget_min:g} reached: {stopped} tasks left, not started; run the same "
+                    "command again to resume",
+                    flush=True,
+                )
                 break
             rec = execute(job, env)
             status = "ok" if "error" not in rec else "FAILED: " + rec["error"]
             print(f"[{i}/{len(todo)}] {job.cell} {job.task}: {rec['wall_s']:.0f} s {status}", flush=True)
         invocation = argv if argv is not None else sys.argv[1:]
-        session = {"argv": ["python", str(Path(__file__).relative_to(REPO)), *invocation],
-                   "preset": args.preset, "tasks_run": len(todo), "wall_s": round(time.perf_counter() - t0, 1),
-                   "hardware": hardware(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        session = {
+            "argv": ["python", str(Path(__file__).relative_to(REPO)), *invocation],
+            "preset": args.preset,
+            "tasks_run": len(todo),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "hardware": hardware(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         with open(out / "sessions.jsonl", "a") as f:
             f.write(json.dumps(session) + "\n")
     sys.path.insert(0, str(HERE))
@@ -600,9 +804,19 @@ def main(argv: list[str] | None = None) -> int:
     readings = preset.readings and not args.ablation
     if readings:
         strategies, seeds = readings_scope(out, strategies, seeds)
-    path = report.write(Path(args.results), out, args.preset, ablation=args.ablation,
-                        strategies=strategies, seeds=seeds, variants=ABLATION,
-                        about=preset.about, tasks=preset.run_tasks, readings=readings, section=preset.section)
+    path = report.write(
+        Path(args.results),
+        out,
+        args.preset,
+        ablation=args.ablation,
+        strategies=strategies,
+        seeds=seeds,
+        variants=ABLATION,
+        about=preset.about,
+        tasks=preset.run_tasks,
+        readings=readings,
+        section=preset.section,
+    )
     print(f"wrote {path}")
     failed = [j for j in jobs if not j.done and (j.run_dir / "runner.json").is_file()]  # tried, no results
     return 1 if failed else 0

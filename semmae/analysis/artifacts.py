@@ -127,7 +127,8 @@ class ArtifactAccumulator:
         if tokens_seen != prefix + visible:
             raise ConfigError(
                 f"{tokens_seen} attention tokens, but num_prefix_tokens={prefix} + {visible} patches "
-                f"({grid[0]}x{grid[1]} grid): the prefix (CLS + registers) does not match the encoder's token layout")
+                f"({grid[0]}x{grid[1]} grid): the prefix (CLS + registers) does not match the encoder's token layout"
+            )
         if self.per_block is None:
             self.per_block = [{name: [] for name in (*M.METRICS, "position")} for _ in cap.attn]
         pixel_std = patch_pixel_std(images, grid)
@@ -167,8 +168,9 @@ class ArtifactAccumulator:
         num_patches = grid[0] * grid[1]
         blocks, modes = [], []
         for stats in self.per_block:
-            values = {name: float(torch.cat(stats[name]).mean()) for name in M.METRICS
-                      if name != "sink_position_consistency"}
+            values = {
+                name: float(torch.cat(stats[name]).mean()) for name in M.METRICS if name != "sink_position_consistency"
+            }
             consistency, mode = M.sink_position_consistency(torch.cat(stats["position"]), num_patches)
             values["sink_position_consistency"] = consistency
             blocks.append({name: values[name] for name in M.METRICS})

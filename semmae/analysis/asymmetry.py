@@ -36,8 +36,10 @@ class AsymmetrySettings:
 
     def __post_init__(self):
         if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
-            raise ConfigError(f"analysis.asymmetry.mask_ratio={self.mask_ratio}: must be in (0, 1), or null for the "
-                              "checkpoint's ratio")
+            raise ConfigError(
+                f"analysis.asymmetry.mask_ratio={self.mask_ratio}: must be in (0, 1), or null for the "
+                "checkpoint's ratio"
+            )
 
 
 def checkpoint_mask_ratio(source: str | None, trust: bool = False) -> float | None:
@@ -59,8 +61,13 @@ def checkpoint_mask_ratio(source: str | None, trust: bool = False) -> float | No
     return None
 
 
-def pretraining_mask(strategy: MaskingStrategy, images: torch.Tensor, grid: tuple[int, int],
-                     generator: torch.Generator, full_patches: torch.Tensor | None = None) -> Mask:
+def pretraining_mask(
+    strategy: MaskingStrategy,
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    generator: torch.Generator,
+    full_patches: torch.Tensor | None = None,
+) -> Mask:
     """The strategy's mask of images as pretraining draws it: at the end of training (progress 1), with the
     encoder's patch tokens of the full image as "features" for a strategy that reads them, and each entry a
     strategy asks the data loader for produced from the images."""
@@ -71,8 +78,10 @@ def pretraining_mask(strategy: MaskingStrategy, images: torch.Tensor, grid: tupl
         batch["features"] = full_patches
     for key, producer in strategy.data_needs().items():
         if producer is None:
-            raise ConfigError(f"{strategy.describe()} reads batch['{key}'] from the dataset, which semmae-analyze "
-                              "does not load: measure the asymmetry with another masking= strategy")
+            raise ConfigError(
+                f"{strategy.describe()} reads batch['{key}'] from the dataset, which semmae-analyze "
+                "does not load: measure the asymmetry with another masking= strategy"
+            )
         batch[key] = torch.stack([producer(img) for img in images.cpu()]).to(images.device)
     return strategy(images, grid, generator, batch)
 
@@ -89,8 +98,14 @@ def fair_shares(num_tokens: int, num_patches: int, num_prefix: int, flat_fractio
     return out
 
 
-def view_values(artifacts: ArtifactMeasurement, cls: list[dict[str, float]] | None, heads: list[HS.BlockHeads] | None,
-                num_tokens: int, num_patches: int, num_prefix: int) -> list[dict[str, float]]:
+def view_values(
+    artifacts: ArtifactMeasurement,
+    cls: list[dict[str, float]] | None,
+    heads: list[HS.BlockHeads] | None,
+    num_tokens: int,
+    num_patches: int,
+    num_prefix: int,
+) -> list[dict[str, float]]:
     """Every attention metric of one view, per block, divided by its fair share in that view."""
     fair = fair_shares(num_tokens, num_patches, num_prefix, artifacts.settings.flat_fraction)
     out = []
@@ -120,24 +135,48 @@ class Asymmetry:
 
     def scalars(self, prefix: str = "asym") -> dict[str, float]:
         depth = len(self.difference)
-        out = {f"{prefix}/{block_key(i + 1, depth)}/{k}": v
-               for i, d in enumerate(self.difference) for k, v in d.items()}
+        out = {
+            f"{prefix}/{block_key(i + 1, depth)}/{k}": v for i, d in enumerate(self.difference) for k, v in d.items()
+        }
         out.update({f"{prefix}/{k}": v for k, v in self.shallow.items()})
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"masking": self.masking, "mask_ratio": self.mask_ratio, "visible_patches": self.visible_patches,
-                "tokens": self.tokens, "shallow_blocks": self.shallow_blocks, "shallow": self.shallow,
-                "blocks": [{"block": i + 1, "difference": d, "full": f, "pretraining": p}
-                           for i, (d, f, p) in enumerate(zip(self.difference, self.full, self.pretraining,
-                                                             strict=True))]}
+        return {
+            "masking": self.masking,
+            "mask_ratio": self.mask_ratio,
+            "visible_patches": self.visible_patches,
+            "tokens": self.tokens,
+            "shallow_blocks": self.shallow_blocks,
+            "shallow": self.shallow,
+            "blocks": [
+                {"block": i + 1, "difference": d, "full": f, "pretraining": p}
+                for i, (d, f, p) in enumerate(zip(self.difference, self.full, self.pretraining, strict=True))
+            ],
+        }
 
 
-def asymmetry(full: list[dict[str, float]], pretraining: list[dict[str, float]], shallow_spec, masking: str,
-              mask_ratio: float, visible: int, tokens: dict[str, int]) -> Asymmetry:
+def asymmetry(
+    full: list[dict[str, float]],
+    pretraining: list[dict[str, float]],
+    shallow_spec,
+    masking: str,
+    mask_ratio: float,
+    visible: int,
+    tokens: dict[str, int],
+) -> Asymmetry:
     """The difference pretraining - full of two views' normalised metrics, per block and over the shallow blocks."""
     diff = [{k: p[k] - f[k] for k in f if k in p} for f, p in zip(full, pretraining, strict=True)]
     names = list(diff[0]) if diff else []
     idx, shallow = shallow_means(diff, shallow_spec, names)
-    return Asymmetry(full=full, pretraining=pretraining, difference=diff, shallow=shallow, shallow_blocks=idx,
-                     masking=masking, mask_ratio=mask_ratio, visible_patches=visible, tokens=tokens)
+    return Asymmetry(
+        full=full,
+        pretraining=pretraining,
+        difference=diff,
+        shallow=shallow,
+        shallow_blocks=idx,
+        masking=masking,
+        mask_ratio=mask_ratio,
+        visible_patches=visible,
+        tokens=tokens,
+    )

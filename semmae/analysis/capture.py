@@ -101,7 +101,11 @@ def _check_blocks(encoder: nn.Module) -> list[nn.Module]:
     blocks = list(encoder.blocks)
     for i, blk in enumerate(blocks):
         attn = getattr(blk, "attn", None)
-        if attn is None or not hasattr(attn, "fused_attn") or not isinstance(getattr(attn, "attn_drop", None), nn.Module):
+        if (
+            attn is None
+            or not hasattr(attn, "fused_attn")
+            or not isinstance(getattr(attn, "attn_drop", None), nn.Module)
+        ):
             raise ConfigError(
                 f"block {i + 1} of {type(encoder).__name__} has no timm Attention (attn.fused_attn and attn.attn_drop): "
                 "attention capture supports timm ViT blocks only"
@@ -114,11 +118,14 @@ def _check_values(blocks: list[nn.Module]) -> None:
         attn = blk.attn
         linear = [isinstance(getattr(attn, name, None), nn.Linear) for name in ("qkv", "proj")]
         if not all(linear):
-            raise ConfigError(f"block {i + 1}: the head diagnostics need a fused qkv projection and attn.proj (timm's "
-                              "Attention)")
+            raise ConfigError(
+                f"block {i + 1}: the head diagnostics need a fused qkv projection and attn.proj (timm's Attention)"
+            )
         if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
-            raise ConfigError(f"block {i + 1} normalises the heads' joint output before attn.proj (scale_norm): a "
-                              "head's update is then not linear in its values, so the head diagnostics do not apply")
+            raise ConfigError(
+                f"block {i + 1} normalises the heads' joint output before attn.proj (scale_norm): a "
+                "head's update is then not linear in its values, so the head diagnostics do not apply"
+            )
 
 
 def head_projection(block: nn.Module) -> torch.Tensor:
@@ -161,8 +168,9 @@ class _Store:
 
 
 @contextmanager
-def attention_capture(encoder: nn.Module, values: bool = False, residual: bool = False,
-                      mlp_hook: MlpHook | None = None) -> Iterator[_Store]:
+def attention_capture(
+    encoder: nn.Module, values: bool = False, residual: bool = False, mlp_hook: MlpHook | None = None
+) -> Iterator[_Store]:
     """Within the block, forward passes of `encoder` fill the store (one slot per block, from the latest pass):
     attention probabilities and block outputs; with values, each head's v [B, H, T, dh] (from the qkv output)
     and the gate per query when the attention has one (`attn.gate`); with residual, the attention branch as added
@@ -172,8 +180,9 @@ def attention_capture(encoder: nn.Module, values: bool = False, residual: bool =
     blocks = _check_blocks(encoder)
     if values:
         _check_values(blocks)
-    if mlp_hook is not None and any(not isinstance(getattr(getattr(b, "mlp", None), "act", None), nn.Module)
-                                    for b in blocks):
+    if mlp_hook is not None and any(
+        not isinstance(getattr(getattr(b, "mlp", None), "act", None), nn.Module) for b in blocks
+    ):
         raise ConfigError("the register-neuron search needs timm MLP blocks (mlp.act): this encoder has none")
     fused = [blk.attn.fused_attn for blk in blocks]
     training = [(m, m.training) for m in encoder.modules()]
@@ -222,8 +231,9 @@ def attention_capture(encoder: nn.Module, values: bool = False, residual: bool =
                 handles.append(blk.attn.qkv.register_forward_hook(keep(store.values, i, split_values(blk.attn))))
                 gate = getattr(blk.attn, "gate", None)
                 if isinstance(gate, nn.Module):
-                    handles.append(gate.register_forward_hook(
-                        keep(store.gates, i, lambda out, a=blk.attn: gate_values(a, out))))
+                    handles.append(
+                        gate.register_forward_hook(keep(store.gates, i, lambda out, a=blk.attn: gate_values(a, out)))
+                    )
             if residual:
                 handles.append(blk.register_forward_pre_hook(keep_input(store.residual, i)))
                 handles.append(blk.ls1.register_forward_hook(keep(store.branch, i)))
@@ -256,8 +266,14 @@ def timm_visible_forward(encoder: nn.Module, images: torch.Tensor, ids_keep: tor
     return encoder.norm(encoder.blocks(encoder.norm_pre(torch.cat([tokens[:, :npt], kept], dim=1))))
 
 
-def capture(encoder: nn.Module, images: torch.Tensor, ids_keep: torch.Tensor | None = None, values: bool = False,
-            residual: bool = False, mlp_hook: MlpHook | None = None) -> Capture:
+def capture(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    ids_keep: torch.Tensor | None = None,
+    values: bool = False,
+    residual: bool = False,
+    mlp_hook: MlpHook | None = None,
+) -> Capture:
     """Run the encoder on images [B, C, H, W] (full view; or, with ids_keep [B, K], the pretraining view on the
     kept patches) and return every block's attention and output, plus what `values` and `residual` ask for (see
     attention_capture). The token axis is [CLS, registers, patches]: metrics over patches start at

@@ -14,8 +14,16 @@ import torch
 from semmae.analysis.capture import Capture
 from semmae.errors import ConfigError
 
-STATS = ("cls_cls", "cls_patches", "patches_cls", "patch_self", "cls_entropy", "patch_entropy", "branch_ratio_cls",
-         "branch_ratio_patches")
+STATS = (
+    "cls_cls",
+    "cls_patches",
+    "patches_cls",
+    "patch_self",
+    "cls_entropy",
+    "patch_entropy",
+    "branch_ratio_cls",
+    "branch_ratio_patches",
+)
 SHARES = {"cls_cls", "cls_patches", "patches_cls", "patch_self"}  # attention shares (the rest: entropies, ratios)
 
 
@@ -54,15 +62,17 @@ def branch_ratios(branch: torch.Tensor, residual: torch.Tensor, num_prefix_token
     """The attention branch [B, T, D] as added to the residual stream, and that stream [B, T, D] (the block's
     input) -> per image [B]: ||branch|| / ||residual|| of the CLS token, and its mean over the patch tokens."""
     ratio = branch.float().norm(dim=-1) / residual.float().norm(dim=-1).clamp_min(1e-12)
-    return {"branch_ratio_cls": ratio[:, 0], "branch_ratio_patches": ratio[:, int(num_prefix_tokens):].mean(dim=-1)}
+    return {"branch_ratio_cls": ratio[:, 0], "branch_ratio_patches": ratio[:, int(num_prefix_tokens) :].mean(dim=-1)}
 
 
 def cls_stats(cap: Capture, block: int) -> dict[str, torch.Tensor]:
     """Every statistic of STATS for one block (0-based) of a capture made with residual=True."""
     if cap.branch is None or cap.residual is None:
         raise ConfigError("the CLS statistics need capture(..., residual=True)")
-    return {**attention_stats(cap.attn[block], cap.num_prefix_tokens),
-            **branch_ratios(cap.branch[block], cap.residual[block], cap.num_prefix_tokens)}
+    return {
+        **attention_stats(cap.attn[block], cap.num_prefix_tokens),
+        **branch_ratios(cap.branch[block], cap.residual[block], cap.num_prefix_tokens),
+    }
 
 
 def fair_share(name: str, num_tokens: int, num_patches: int) -> float:

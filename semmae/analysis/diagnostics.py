@@ -59,6 +59,7 @@ class DiagnosticSettings:
     def from_config(cls, node: Mapping[str, Any]) -> DiagnosticSettings:
         """From the analysis node: tau, k, flat_fraction, shallow_blocks, and the sinks / outliers / invariance /
         asymmetry sub-nodes and parts (each optional)."""
+
         def sub(kind, key):
             value = node.get(key)
             try:
@@ -66,12 +67,17 @@ class DiagnosticSettings:
             except TypeError as exc:
                 raise ConfigError(f"analysis.{key}: {exc}") from None
 
-        artifacts = ArtifactSettings(**{k: node[k] for k in ("tau", "k", "flat_fraction", "shallow_blocks")
-                                        if k in node})
-        return cls(artifacts=artifacts, sinks=sub(HS.SinkThresholds, "sinks"),
-                   outliers=sub(RN.OutlierSettings, "outliers"),
-                   invariance=sub(InvarianceSettings, "invariance"), asymmetry=sub(AS.AsymmetrySettings, "asymmetry"),
-                   parts=tuple(node.get("parts", PARTS) or ()))
+        artifacts = ArtifactSettings(
+            **{k: node[k] for k in ("tau", "k", "flat_fraction", "shallow_blocks") if k in node}
+        )
+        return cls(
+            artifacts=artifacts,
+            sinks=sub(HS.SinkThresholds, "sinks"),
+            outliers=sub(RN.OutlierSettings, "outliers"),
+            invariance=sub(InvarianceSettings, "invariance"),
+            asymmetry=sub(AS.AsymmetrySettings, "asymmetry"),
+            parts=tuple(node.get("parts", PARTS) or ()),
+        )
 
 
 @dataclass
@@ -130,13 +136,28 @@ class Diagnosis:
         out = self.artifacts.to_dict()
         out["diagnostic_settings"] = {k: v for k, v in asdict(self.settings).items() if k != "artifacts"}
         if self.heads is not None:
-            out["heads"] = [{"block": i + 1, **b.counts(), "sink_mass": b.scalars()["sink_mass"],
-                             "heads": [{"head": h, "class": b.classes[h], "position": b.positions[h],
-                                        "sink_token": b.sink_token[h], "mass": b.mass[h],
-                                        "routed_frac": b.routed_frac[h], "ratio_out": b.ratio_out[h],
-                                        "stable_rank": b.stable_rank[h], "class_shares": b.class_shares[h]}
-                                       for h in range(len(b.classes))]}
-                            for i, b in enumerate(self.heads)]
+            out["heads"] = [
+                {
+                    "block": i + 1,
+                    **b.counts(),
+                    "sink_mass": b.scalars()["sink_mass"],
+                    "heads": [
+                        {
+                            "head": h,
+                            "class": b.classes[h],
+                            "position": b.positions[h],
+                            "sink_token": b.sink_token[h],
+                            "mass": b.mass[h],
+                            "routed_frac": b.routed_frac[h],
+                            "ratio_out": b.ratio_out[h],
+                            "stable_rank": b.stable_rank[h],
+                            "class_shares": b.class_shares[h],
+                        }
+                        for h in range(len(b.classes))
+                    ],
+                }
+                for i, b in enumerate(self.heads)
+            ]
         if self.cls is not None:
             out["cls"] = [{"block": i + 1, **c} for i, c in enumerate(self.cls)]
         if self.outliers is not None:
@@ -193,9 +214,11 @@ def diagnose(
     inv = InvarianceAccumulator(settings.invariance, depth) if "invariance" in parts else None
     pre = None
     if "asymmetry" in parts:
-        pre = {"artifacts": ArtifactAccumulator(settings.artifacts, grid),
-               "heads": HS.HeadSinkAccumulator(settings.sinks) if heads is not None else None,
-               "cls": C.ClsAccumulator() if cls is not None else None}
+        pre = {
+            "artifacts": ArtifactAccumulator(settings.artifacts, grid),
+            "heads": HS.HeadSinkAccumulator(settings.sinks) if heads is not None else None,
+            "cls": C.ClsAccumulator() if cls is not None else None,
+        }
         generator = torch.Generator(device=device).manual_seed(int(settings.asymmetry.seed))
     visible = 0
     for images in batches():
@@ -219,7 +242,7 @@ def diagnose(
                 inv.update(inv.select(cap.output, cap.tokens, cap.num_prefix_tokens))
         if pre is not None:
             with clock.part("asymmetry"):
-                m = AS.pretraining_mask(masking, images, grid, generator, cap.output[:, cap.num_prefix_tokens:])
+                m = AS.pretraining_mask(masking, images, grid, generator, cap.output[:, cap.num_prefix_tokens :])
                 visible = m.ids_keep.shape[1]
                 mcap = capture(encoder, images, ids_keep=m.ids_keep, values=heads is not None, residual=cls is not None)
                 pre["artifacts"].update(mcap, images)
@@ -247,11 +270,22 @@ def diagnose(
             num_patches = grid[0] * grid[1]
             full = AS.view_values(out.artifacts, out.cls, out.heads, prefix + num_patches, num_patches, prefix)
             pre_artifacts = pre["artifacts"].result()
-            pretraining = AS.view_values(pre_artifacts, pre["cls"].result() if pre["cls"] else None,
-                                         pre["heads"].result() if pre["heads"] else None, prefix + visible, visible,
-                                         prefix)
-            out.asymmetry = AS.asymmetry(full, pretraining, settings.artifacts.shallow_blocks, repr(masking),
-                                         masking.mask_ratio, visible,
-                                         {"full": prefix + num_patches, "pretraining": prefix + visible})
+            pretraining = AS.view_values(
+                pre_artifacts,
+                pre["cls"].result() if pre["cls"] else None,
+                pre["heads"].result() if pre["heads"] else None,
+                prefix + visible,
+                visible,
+                prefix,
+            )
+            out.asymmetry = AS.asymmetry(
+                full,
+                pretraining,
+                settings.artifacts.shallow_blocks,
+                repr(masking),
+                masking.mask_ratio,
+                visible,
+                {"full": prefix + num_patches, "pretraining": prefix + visible},
+            )
     out.timings = dict(clock.spent)
     return out

@@ -42,7 +42,9 @@ def attention_grid(
     One logarithmic colour scale 1/vmax..vmax for the whole figure, so that blocks compare: the fair share 1 is
     neutral, patches that receive more are red (saturating at vmax), patches that receive less are blue."""
     if not vmax > 1:
-        raise ConfigError(f"vmax={vmax}: the colour scale runs from 1/vmax to vmax, so vmax must be > 1 (default 2 * tau)")
+        raise ConfigError(
+            f"vmax={vmax}: the colour scale runs from 1/vmax to vmax, so vmax must be > 1 (default 2 * tau)"
+        )
     n, depth = maps.shape[:2]
     gh, gw = grid_size
     height, width = images.shape[-2:]
@@ -78,7 +80,7 @@ def metrics_vs_depth(reports: Mapping[str, ArtifactMeasurement], title: str = "a
     cols = (len(METRICS) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 6.5), squeeze=False)
     first = next(iter(reports.values()))
-    for ax in axes.flat[len(METRICS):]:
+    for ax in axes.flat[len(METRICS) :]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, METRICS):
         lo, hi = min(first.shallow_blocks), max(first.shallow_blocks)
@@ -122,8 +124,9 @@ def sink_class_grid(heads, title: str = "attention sinks by block and head"):
     ax.set_xticks(range(width)), ax.set_yticks(range(depth), [str(i + 1) for i in range(depth)])
     ax.set_xlabel("head"), ax.set_ylabel("block")
     handles = [Patch(color=c, label=k) for k, c in SINK_COLOURS.items()]
-    handles += [Line2D([], [], marker=m, ls="", color="white", mec="black", label=f"sink on {k}")
-                for k, m in SINK_MARKS.items()]
+    handles += [
+        Line2D([], [], marker=m, ls="", color="white", mec="black", label=f"sink on {k}") for k, m in SINK_MARKS.items()
+    ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -56,8 +56,10 @@ class FixSettings:
         if not isinstance(self.soap, bool):
             raise ConfigError(f"encoder.soap={self.soap!r}: true or false")
         if self.images < 1 or self.register_neurons < 1:
-            raise ConfigError(f"encoder.fix.images={self.images}, encoder.fix.register_neurons="
-                              f"{self.register_neurons}: both must be >= 1")
+            raise ConfigError(
+                f"encoder.fix.images={self.images}, encoder.fix.register_neurons="
+                f"{self.register_neurons}: both must be >= 1"
+            )
         if not self.soap_tau > 0:
             raise ConfigError(f"encoder.fix.soap_tau={self.soap_tau}: must be > 0 (default 0.05)")
         self.outliers()  # checks ratio and norm
@@ -67,8 +69,9 @@ class FixSettings:
         return self.test_time_registers > 0 or self.soap
 
     def outliers(self) -> OutlierSettings:
-        return OutlierSettings(block=self.outlier_block, ratio=self.outlier_ratio, norm=self.outlier_norm,
-                               top_k=self.register_neurons)
+        return OutlierSettings(
+            block=self.outlier_block, ratio=self.outlier_ratio, norm=self.outlier_norm, top_k=self.register_neurons
+        )
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> FixSettings:
@@ -76,8 +79,11 @@ class FixSettings:
         node = dict(node or {})
         fix = dict(node.get("fix") or {})
         try:
-            return cls(test_time_registers=node.get("test_time_registers") or 0,
-                       soap=False if node.get("soap") is None else node.get("soap"), **fix)
+            return cls(
+                test_time_registers=node.get("test_time_registers") or 0,
+                soap=False if node.get("soap") is None else node.get("soap"),
+                **fix,
+            )
         except TypeError as exc:
             raise ConfigError(f"encoder.fix: {exc}") from None
 
@@ -86,8 +92,11 @@ def calibration_images(datamodule: Any, limit: int, device: torch.device | str |
     """The first `limit` images of the training split in its evaluation view (no augmentation)."""
     from semmae.analysis.artifacts import batch_images
 
-    out = [images.float() for batch in datamodule.eval_batches("train", device, limit=limit)
-           if (images := batch_images(batch)) is not None]
+    out = [
+        images.float()
+        for batch in datamodule.eval_batches("train", device, limit=limit)
+        if (images := batch_images(batch)) is not None
+    ]
     if not out:
         raise ConfigError(f"{type(datamodule).__name__} gave no training images to calibrate the training-free fixes")
     return out
@@ -100,38 +109,47 @@ def apply_fixes(encoder: nn.Module, settings: FixSettings, images: list[torch.Te
     done = []
     depth = len(encoder.blocks)
     if settings.soap and settings.soap_block is not None and not 1 <= settings.soap_block <= depth:
-        raise ConfigError(f"encoder.fix.soap_block={settings.soap_block}: must be between 1 and the depth ({depth}), "
-                          "or null for the output")
+        raise ConfigError(
+            f"encoder.fix.soap_block={settings.soap_block}: must be between 1 and the depth ({depth}), "
+            "or null for the output"
+        )
     if settings.test_time_registers > 0:
         ranked, n_outliers = find_register_neurons(encoder, images, settings.outliers(), settings.register_neurons)
         if n_outliers == 0:
             block = settings.outliers().detection_block(len(encoder.blocks)) + 1
-            warnings.warn(f"encoder.test_time_registers={settings.test_time_registers}: no high-norm outliers at "
-                          f"block {block} on {sum(len(x) for x in images)} calibration images (norm > "
-                          f"{settings.outlier_ratio:g} x the median): nothing to move, the encoder is left as it is",
-                          stacklevel=2)
+            warnings.warn(
+                f"encoder.test_time_registers={settings.test_time_registers}: no high-norm outliers at "
+                f"block {block} on {sum(len(x) for x in images)} calibration images (norm > "
+                f"{settings.outlier_ratio:g} x the median): nothing to move, the encoder is left as it is",
+                stacklevel=2,
+            )
         else:
             ttr = TestTimeRegisters(settings.test_time_registers, neurons_by_block(ranked))
             ttr.to(next(encoder.parameters()).device)
             ttr.attach(encoder)
             done.append(ttr.describe())
     if settings.soap:
-        inv_settings = InvarianceSettings(block=settings.soap_block, threshold=settings.soap_threshold,
-                                          seed=settings.seed)
+        inv_settings = InvarianceSettings(
+            block=settings.soap_block, threshold=settings.soap_threshold, seed=settings.seed
+        )
         acc = InvarianceAccumulator(inv_settings, len(encoder.blocks))
         for x in images:
             acc.update(patch_tokens(encoder, x.to(next(encoder.parameters()).device), settings.soap_block))
         size = encoder.patch_embed.img_size
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         channels = int(encoder.patch_embed.proj.in_channels)
-        inv = acc.finish(encoder, lambda: images,
-                         synthetic_batches(acc.num_real, channels, size, mean, std, settings.seed))
+        inv = acc.finish(
+            encoder, lambda: images, synthetic_batches(acc.num_real, channels, size, mean, std, settings.seed)
+        )
         scores = torch.where(inv.scored, inv.scores, torch.zeros_like(inv.scores))
         weights = soap_weights(scores, settings.soap_mu, settings.soap_tau, settings.soap_threshold)
         components = [int(i) + 1 for i in (weights > 1e-3).nonzero().flatten()]
         if not components:
-            warnings.warn(f"encoder.soap=true: no component of the patch tokens scores >= {settings.soap_threshold:g} "
-                          "in semantic invariance: nothing to project out, the encoder is left as it is", stacklevel=2)
+            warnings.warn(
+                f"encoder.soap=true: no component of the patch tokens scores >= {settings.soap_threshold:g} "
+                "in semantic invariance: nothing to project out, the encoder is left as it is",
+                stacklevel=2,
+            )
         else:
             proj = SoapProjection(projector(inv.vectors, weights.double()), settings.soap_block, components)
             proj.to(next(encoder.parameters()).device)
@@ -148,8 +166,9 @@ def remove_fixes(encoder: nn.Module) -> None:
         encoder.test_time_registers.detach(encoder)
 
 
-def fix_encoder(cfg: Mapping[str, Any], model: nn.Module, datamodule: Any, device: torch.device | str | None = None,
-                task: str = "") -> dict[str, Any] | None:
+def fix_encoder(
+    cfg: Mapping[str, Any], model: nn.Module, datamodule: Any, device: torch.device | str | None = None, task: str = ""
+) -> dict[str, Any] | None:
     """The entry points' step after the model is built: the fixes cfg.encoder asks for, on the model's encoder,
     calibrated on `device` (the encoder comes back where it was). -> the record for results.json, None when none
     was asked."""
@@ -158,15 +177,18 @@ def fix_encoder(cfg: Mapping[str, Any], model: nn.Module, datamodule: Any, devic
         return None
     encoder = find_encoder(model)
     if task == "segment" and settings.soap and settings.soap_block is None:
-        raise ConfigError("encoder.soap=true acts on the encoder's output, which the segmenter does not read (it "
-                          "taps block outputs): set encoder.fix.soap_block=N, a block up to the last one it taps")
+        raise ConfigError(
+            "encoder.soap=true acts on the encoder's output, which the segmenter does not read (it "
+            "taps block outputs): set encoder.fix.soap_block=N, a block up to the last one it taps"
+        )
     where = next(encoder.parameters()).device
     if device is not None:
         encoder.to(device)
     try:
         images = calibration_images(datamodule, settings.images, device)
-        done = apply_fixes(encoder, settings, images, getattr(datamodule, "mean", (0.5,)),
-                           getattr(datamodule, "std", (0.5,)))
+        done = apply_fixes(
+            encoder, settings, images, getattr(datamodule, "mean", (0.5,)), getattr(datamodule, "std", (0.5,))
+        )
     finally:
         encoder.to(where)
     return {"settings": asdict(settings), "applied": done}

@@ -39,11 +39,14 @@ class SinkThresholds:
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"analysis.sinks.{name}={getattr(self, name)}: must be in (0, 1]")
         if not 0 <= self.nop_ratio < self.broadcast_ratio:
-            raise ConfigError(f"analysis.sinks.nop_ratio={self.nop_ratio}, broadcast_ratio={self.broadcast_ratio}: "
-                              "need 0 <= nop_ratio < broadcast_ratio (defaults 0.2 and 0.5)")
+            raise ConfigError(
+                f"analysis.sinks.nop_ratio={self.nop_ratio}, broadcast_ratio={self.broadcast_ratio}: "
+                "need 0 <= nop_ratio < broadcast_ratio (defaults 0.2 and 0.5)"
+            )
         if not self.broadcast_rank >= 1:
-            raise ConfigError(f"analysis.sinks.broadcast_rank={self.broadcast_rank}: a stable rank is >= 1 "
-                              "(default 1.5)")
+            raise ConfigError(
+                f"analysis.sinks.broadcast_rank={self.broadcast_rank}: a stable rank is >= 1 (default 1.5)"
+            )
 
 
 def value_factor(head_out: torch.Tensor) -> torch.Tensor:
@@ -56,9 +59,15 @@ def value_factor(head_out: torch.Tensor) -> torch.Tensor:
     return (values.clamp_min(0).sqrt()[..., :, None] * vectors.transpose(-1, -2)).float()
 
 
-def head_stats(attn: torch.Tensor, values: torch.Tensor, head_out: torch.Tensor,
-               gates: torch.Tensor | None = None, route: float = 0.5, event: float | None = None,
-               factor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def head_stats(
+    attn: torch.Tensor,
+    values: torch.Tensor,
+    head_out: torch.Tensor,
+    gates: torch.Tensor | None = None,
+    route: float = 0.5,
+    event: float | None = None,
+    factor: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """One block's attention A [B, H, T, T], value vectors v [B, H, T, dh], head projections W [H, D, dh] (u_j =
     W_h v_j) and optional gates [B, H, T, 1 or dh] (a factor on each head's output per query) -> per image and
     head [B, H]:
@@ -95,8 +104,12 @@ def head_stats(attn: torch.Tensor, values: torch.Tensor, head_out: torch.Tensor,
     return {"sink": sink, "mass": mass, "routed_frac": routed, "ratio_out": ratio, "stable_rank": rank}
 
 
-def classify(routed_frac: torch.Tensor, ratio_out: torch.Tensor, stable_rank: torch.Tensor,
-             thresholds: SinkThresholds = SinkThresholds()) -> torch.Tensor:
+def classify(
+    routed_frac: torch.Tensor,
+    ratio_out: torch.Tensor,
+    stable_rank: torch.Tensor,
+    thresholds: SinkThresholds = SinkThresholds(),
+) -> torch.Tensor:
     """Class codes (index into CLASSES) elementwise: none unless at least `event` of the queries are routed to the
     sink; then NOP when ratio_out <= nop_ratio, broadcast when ratio_out >= broadcast_ratio and stable rank <=
     broadcast_rank, other otherwise."""
@@ -144,8 +157,9 @@ class BlockHeads:
         """Heads per class and, for the heads that are not none, per sink position."""
         out = {f"{c}_heads": sum(1 for k in self.classes if k == c) for c in CLASSES[1:]}
         for p in POSITIONS:
-            out[f"sinks_on_{p}"] = sum(1 for k, q in zip(self.classes, self.positions, strict=True)
-                                       if k != "none" and q == p)
+            out[f"sinks_on_{p}"] = sum(
+                1 for k, q in zip(self.classes, self.positions, strict=True) if k != "none" and q == p
+            )
         return out
 
     def scalars(self) -> dict[str, float]:
@@ -153,8 +167,15 @@ class BlockHeads:
         return {**{k: float(v) for k, v in self.counts().items()}, "sink_mass": sum(self.mass) / len(self.mass)}
 
 
-SCALARS = ("nop_heads", "broadcast_heads", "other_heads", "sinks_on_cls", "sinks_on_register", "sinks_on_patch",
-           "sink_mass")
+SCALARS = (
+    "nop_heads",
+    "broadcast_heads",
+    "other_heads",
+    "sinks_on_cls",
+    "sinks_on_register",
+    "sinks_on_patch",
+    "sink_mass",
+)
 
 
 class HeadSinkAccumulator:
@@ -169,12 +190,21 @@ class HeadSinkAccumulator:
         if cap.values is None:
             raise ConfigError("the head-sink taxonomy needs capture(..., values=True)")
         if self.stats is None:
-            self.stats = [{k: [] for k in ("class", "position", "sink", "mass", "routed_frac", "ratio_out",
-                                           "stable_rank")} for _ in range(cap.depth)]
+            self.stats = [
+                {k: [] for k in ("class", "position", "sink", "mass", "routed_frac", "ratio_out", "stable_rank")}
+                for _ in range(cap.depth)
+            ]
             self.factors = [value_factor(w) for w in cap.head_out]
         for i, slot in enumerate(self.stats):
-            s = head_stats(cap.attn[i], cap.values[i], cap.head_out[i], cap.gates[i], self.thresholds.route,
-                           self.thresholds.event, self.factors[i])
+            s = head_stats(
+                cap.attn[i],
+                cap.values[i],
+                cap.head_out[i],
+                cap.gates[i],
+                self.thresholds.route,
+                self.thresholds.event,
+                self.factors[i],
+            )
             slot["class"].append(classify(s["routed_frac"], s["ratio_out"], s["stable_rank"], self.thresholds).cpu())
             slot["position"].append(sink_position(s["sink"], cap.num_prefix_tokens).cpu())
             for k in ("sink", "mass", "routed_frac", "ratio_out", "stable_rank"):
@@ -191,15 +221,18 @@ class HeadSinkAccumulator:
             positions, _ = _mode(cat["position"], (0, 1, 2), len(POSITIONS))
             heads = cat["sink"].shape[1]
             sink_token = [int(torch.bincount(cat["sink"][:, j]).argmax()) for j in range(heads)]
-            out.append(BlockHeads(
-                classes=[CLASSES[int(c)] for c in classes],
-                class_shares=[{c: float(counts[j, k]) / n for k, c in enumerate(CLASSES)} for j in range(heads)],
-                mass=cat["mass"].mean(dim=0).tolist(),
-                routed_frac=cat["routed_frac"].mean(dim=0).tolist(),
-                ratio_out=cat["ratio_out"].median(dim=0).values.tolist(),
-                stable_rank=[None if bool(col.isnan().all()) else float(col.nanmedian())
-                             for col in cat["stable_rank"].T],
-                positions=[POSITIONS[int(p)] for p in positions],
-                sink_token=sink_token,
-            ))
+            out.append(
+                BlockHeads(
+                    classes=[CLASSES[int(c)] for c in classes],
+                    class_shares=[{c: float(counts[j, k]) / n for k, c in enumerate(CLASSES)} for j in range(heads)],
+                    mass=cat["mass"].mean(dim=0).tolist(),
+                    routed_frac=cat["routed_frac"].mean(dim=0).tolist(),
+                    ratio_out=cat["ratio_out"].median(dim=0).values.tolist(),
+                    stable_rank=[
+                        None if bool(col.isnan().all()) else float(col.nanmedian()) for col in cat["stable_rank"].T
+                    ],
+                    positions=[POSITIONS[int(p)] for p in positions],
+                    sink_token=sink_token,
+                )
+            )
         return out

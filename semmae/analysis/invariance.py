@@ -136,27 +136,51 @@ class Invariance:
         """The k highest scores: component rank (1 = most variance), score, share of the variance."""
         masked = torch.where(self.scored, self.scores, torch.full_like(self.scores, -1.0))
         order = masked.argsort(descending=True)[: min(k, int(self.scored.sum()))]
-        return [{"component": int(i) + 1, "score": float(self.scores[i]), "variance": float(self.variance[i])}
-                for i in order]
+        return [
+            {"component": int(i) + 1, "score": float(self.scores[i]), "variance": float(self.variance[i])}
+            for i in order
+        ]
 
     def to_dict(self, k: int = 5) -> dict:
-        return {"where": self.where, "threshold": self.threshold, "count": self.count(), "top": self.top(k),
-                "scored": int(self.scored.sum()), "num_real": self.num_real, "num_synthetic": self.num_synthetic}
+        return {
+            "where": self.where,
+            "threshold": self.threshold,
+            "count": self.count(),
+            "top": self.top(k),
+            "scored": int(self.scored.sum()),
+            "num_real": self.num_real,
+            "num_synthetic": self.num_synthetic,
+        }
 
 
-def invariance(real: PositiveShares, synthetic: PositiveShares, variances: torch.Tensor, vectors: torch.Tensor,
-               mean: torch.Tensor, settings: InvarianceSettings, where: str) -> Invariance:
+def invariance(
+    real: PositiveShares,
+    synthetic: PositiveShares,
+    variances: torch.Tensor,
+    vectors: torch.Tensor,
+    mean: torch.Tensor,
+    settings: InvarianceSettings,
+    where: str,
+) -> Invariance:
     """The scores of every component from the positive shares on real and synthetic images."""
     total = variances.sum().clamp_min(1e-300)
     scored = variances >= settings.min_variance * variances.mean()
-    return Invariance(scores=component_scores(real.shares, synthetic.shares).float(),
-                      variance=(variances / total).float(),
-                      scored=scored, threshold=settings.threshold, where=where, num_real=real.n,
-                      num_synthetic=synthetic.n, vectors=vectors, mean=mean)
+    return Invariance(
+        scores=component_scores(real.shares, synthetic.shares).float(),
+        variance=(variances / total).float(),
+        scored=scored,
+        threshold=settings.threshold,
+        where=where,
+        num_real=real.n,
+        num_synthetic=synthetic.n,
+        vectors=vectors,
+        mean=mean,
+    )
 
 
-def soap_weights(scores: torch.Tensor, mu: float | None = None, tau: float = 0.05,
-                 threshold: float = 0.75) -> torch.Tensor:
+def soap_weights(
+    scores: torch.Tensor, mu: float | None = None, tau: float = 0.05, threshold: float = 0.75
+) -> torch.Tensor:
     """SOAP's soft rank cutoff: with the scores sorted from highest, the component of rank r (from 0) gets
     w = s * sigmoid((mu - 0.5 - r) / tau), so about the mu highest-scoring components are projected out, each by
     its score; mu None = the number of scores >= threshold. Returned in the scores' own order."""
@@ -209,7 +233,7 @@ class InvarianceAccumulator:
             raise ConfigError(f"analysis.invariance.block={settings.block}: must be between 1 and the depth ({depth})")
         self.cov: Covariance | None = None
         self.kept: list[torch.Tensor] | None = []
-        self.keep_bytes = keep_mb * 2 ** 20
+        self.keep_bytes = keep_mb * 2**20
         self.num_real = 0
 
     @property

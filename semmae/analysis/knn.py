@@ -18,13 +18,15 @@ KS = (10, 20, 50)  # DINO's k = 20 and its neighbours
 TEMPERATURE = 0.07
 
 
-def weighted_votes(similarity: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
-                   temperature: float = TEMPERATURE) -> torch.Tensor:
+def weighted_votes(
+    similarity: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, temperature: float = TEMPERATURE
+) -> torch.Tensor:
     """The class scores [n, C] of n test images from their neighbours' similarities and labels [n, k]: the sum of
     exp(similarity / T) over the neighbours of each class."""
     weights = (similarity.float() / temperature).exp()
     return torch.zeros(similarity.shape[0], num_classes, device=similarity.device).scatter_add_(
-        1, neighbour_labels.long(), weights)
+        1, neighbour_labels.long(), weights
+    )
 
 
 def check_knn(ks: Iterable[int], temperature: float, n_train: int | None = None, key: str = "model.knn") -> list[int]:
@@ -42,9 +44,15 @@ def check_knn(ks: Iterable[int], temperature: float, n_train: int | None = None,
 
 
 @torch.no_grad()
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                num_classes: int, ks: Iterable[int] = KS, temperature: float = TEMPERATURE,
-                chunk_size: int = 512) -> dict[int, torch.Tensor]:
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    ks: Iterable[int] = KS,
+    temperature: float = TEMPERATURE,
+    chunk_size: int = 512,
+) -> dict[int, torch.Tensor]:
     """-> {k: the top min(5, C) predicted classes of every test image [N_test, min(5, C)], best first}."""
     ks = check_knn(ks, temperature, len(train_labels))
     train = F.normalize(train_features.float(), dim=1)
@@ -52,7 +60,7 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     top = min(5, num_classes)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, len(test_features), chunk_size):
-        test = F.normalize(test_features[start:start + chunk_size].to(train.device).float(), dim=1)
+        test = F.normalize(test_features[start : start + chunk_size].to(train.device).float(), dim=1)
         similarity, index = (test @ train.T).topk(ks[-1], dim=1)  # sorted, most similar first
         neighbours = labels[index]
         for k in ks:
@@ -61,9 +69,16 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     return {k: torch.cat(preds) for k, preds in out.items()}
 
 
-def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, ks: Iterable[int] = KS,
-                 temperature: float = TEMPERATURE, chunk_size: int = 512) -> dict[int, dict[str, float]]:
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    ks: Iterable[int] = KS,
+    temperature: float = TEMPERATURE,
+    chunk_size: int = 512,
+) -> dict[int, dict[str, float]]:
     """-> {k: {"top1": share of test images whose best-voted class is theirs, "top5": ... among the 5 best}}
     ("top5" only where there are at least 5 classes)."""
     preds = knn_predict(train_features, train_labels, test_features, num_classes, ks, temperature, chunk_size)

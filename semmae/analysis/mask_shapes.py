@@ -24,8 +24,9 @@ def flat_patches(images: torch.Tensor, grid: tuple[int, int], threshold: float) 
     return flat_regions(images, own, grid, threshold)
 
 
-def mask_statistics(mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int],
-                    flat: torch.Tensor | None = None) -> dict[str, Any]:
+def mask_statistics(
+    mask: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int], flat: torch.Tensor | None = None
+) -> dict[str, Any]:
     """flat [M, N] bool (flat_patches), when given, adds visible_flat_fraction: the share of all visible patches
     that are flat."""
     visible = ~mask
@@ -98,7 +99,9 @@ def masks_figure(images, results: dict[str, dict[str, Any]], stats, grid, patch:
             title = f"{name} regions"
         else:
             at = f"\nat progress {stats[name]['progress']:g}" if "progress" in stats[name] else ""
-            title = (f"{name}{at}\n{stats[name]['visible_components_mean']:.1f} comp., "
-                     f"{100 * stats[name]['visible_flat_fraction']:.0f}% flat")
+            title = (
+                f"{name}{at}\n{stats[name]['visible_components_mean']:.1f} comp., "
+                f"{100 * stats[name]['visible_flat_fraction']:.0f}% flat"
+            )
         axes[0, c].set_title(title, fontsize=7)
     return save_figure(fig, path)

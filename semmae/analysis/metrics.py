@@ -32,20 +32,22 @@ METRICS = (
 def _check_prefix(num_prefix_tokens: int, num_tokens: int) -> int:
     n = int(num_prefix_tokens)
     if not 0 <= n < num_tokens:
-        raise ConfigError(f"num_prefix_tokens={num_prefix_tokens}: must be between 0 and the token count - 1 ({num_tokens - 1})")
+        raise ConfigError(
+            f"num_prefix_tokens={num_prefix_tokens}: must be between 0 and the token count - 1 ({num_tokens - 1})"
+        )
     return n
 
 
 def received_attention(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """A [B, H, T, T] -> r' [B, P]: each image's received attention per patch key, mean 1 over patches."""
-    r = attn[..., _check_prefix(num_prefix_tokens, attn.shape[-1]):].float().mean(dim=(1, 2))
+    r = attn[..., _check_prefix(num_prefix_tokens, attn.shape[-1]) :].float().mean(dim=(1, 2))
     return r * r.shape[-1] / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
 
 
 def cls_attention(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """A [B, H, T, T] -> [B, P]: the CLS query's attention to each patch (mean over heads), scaled like r' so that
     an even spread over the patches is 1."""
-    c = attn[:, :, 0, _check_prefix(num_prefix_tokens, attn.shape[-1]):].float().mean(dim=1)
+    c = attn[:, :, 0, _check_prefix(num_prefix_tokens, attn.shape[-1]) :].float().mean(dim=1)
     return c * c.shape[-1] / c.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
 
 
@@ -69,7 +71,7 @@ def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
 
 def patch_norms(tokens: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Block output tokens [B, T, D] -> [B, P]: the L2 norm of each patch token (prefix tokens left out)."""
-    return tokens[:, _check_prefix(num_prefix_tokens, tokens.shape[1]):].float().norm(dim=-1)
+    return tokens[:, _check_prefix(num_prefix_tokens, tokens.shape[1]) :].float().norm(dim=-1)
 
 
 def high_norm_fraction(tokens: torch.Tensor, num_prefix_tokens: int = 1, k: float = 5.0) -> torch.Tensor:

@@ -17,14 +17,26 @@ def shown_queries(attention: torch.Tensor, count: int) -> list[int]:
     return peak.argsort(descending=True)[:count].tolist()
 
 
-def probe_attention_figure(images: torch.Tensor, attention: torch.Tensor, grid_size: tuple[int, int], title: str,
-                           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                           queries: int = 7):
+def probe_attention_figure(
+    images: torch.Tensor,
+    attention: torch.Tensor,
+    grid_size: tuple[int, int],
+    title: str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    queries: int = 7,
+):
     """images [n, C, H, W] (model input), attention [n, M, P] (rows sum to 1) -> the figure."""
     n, m, p = attention.shape
     attention = attention.float().cpu()
     picked = shown_queries(attention, queries) if m > 1 else []
     maps = torch.cat([attention.mean(dim=1, keepdim=True), attention[:, picked]], dim=1) * p  # fair share = 1
     titles = ["mean of the queries" if m > 1 else "the query", *(f"query {q + 1}" for q in picked)]
-    return attention_grid(display_images(images, mean, std), maps, grid_size, title, col_titles=titles,
-                          colorbar_label="attention x patches (1 = fair share)")
+    return attention_grid(
+        display_images(images, mean, std),
+        maps,
+        grid_size,
+        title,
+        col_titles=titles,
+        colorbar_label="attention x patches (1 = fair share)",
+    )

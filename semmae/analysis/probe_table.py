@@ -76,8 +76,9 @@ def table(results: list[ProbeResult], knn_k: int | None = None) -> list[list[str
     encoders = list(dict.fromkeys(r.encoder for r in results))
     by_group = groups(results)
     heads = list(dict.fromkeys(head for _, head, _ in by_group))
-    rows_seen = sorted(dict.fromkeys((head, block) for _, head, block in by_group),
-                       key=lambda hb: (heads.index(hb[0]), hb[1]))  # head by head, blocks in order
+    rows_seen = sorted(
+        dict.fromkeys((head, block) for _, head, block in by_group), key=lambda hb: (heads.index(hb[0]), hb[1])
+    )  # head by head, blocks in order
     many_blocks = len({block for _, block in rows_seen}) > 1
     header = ["probe (test top-1 %)", *(ENCODER_LABELS.get(e, e) for e in encoders)]
     rows = [header]
@@ -85,16 +86,26 @@ def table(results: list[ProbeResult], knn_k: int | None = None) -> list[list[str
         name = HEAD_LABELS.get(head, head) + (f" (k={knn_k})" if head == "knn" and knn_k else "")
         if many_blocks:
             name += f", block {block}"
-        rows.append([name, *(cell([r.metrics["test/top1"] for r in by_group.get((e, head, block), [])
-                                   if "test/top1" in r.metrics]) for e in encoders)])
+        rows.append(
+            [
+                name,
+                *(
+                    cell(
+                        [r.metrics["test/top1"] for r in by_group.get((e, head, block), []) if "test/top1" in r.metrics]
+                    )
+                    for e in encoders
+                ),
+            ]
+        )
     return rows
 
 
 def format_table(rows: list[list[str]]) -> str:
     """Rows as aligned text columns (the console), the first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                     for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    )
 
 
 def markdown_table(rows: list[list[str]]) -> str:

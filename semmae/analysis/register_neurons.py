@@ -45,8 +45,9 @@ class OutlierSettings:
         return block - 1
 
 
-def outlier_mask(tokens: torch.Tensor, num_prefix_tokens: int, ratio: float = 10.0,
-                 norm: float | None = None) -> torch.Tensor:
+def outlier_mask(
+    tokens: torch.Tensor, num_prefix_tokens: int, ratio: float = 10.0, norm: float | None = None
+) -> torch.Tensor:
     """Block output tokens [B, T, D] -> [B, T] True at the outliers: patch tokens (prefix excluded) whose L2 norm
     exceeds `norm` when given, else ratio x the median patch-token norm of their image."""
     norms = tokens.float().norm(dim=-1)
@@ -140,8 +141,15 @@ class NeuronScores:
         other = (self.elsewhere[:max_block] / self.n_images).flatten()
         hidden = self.at.shape[1]
         order = score.argsort(descending=True)[:top_k]
-        return [{"block": int(i) // hidden + 1, "neuron": int(i) % hidden, "score": float(score[i]),
-                 "elsewhere": float(other[i])} for i in order]
+        return [
+            {
+                "block": int(i) // hidden + 1,
+                "neuron": int(i) % hidden,
+                "score": float(score[i]),
+                "elsewhere": float(other[i]),
+            }
+            for i in order
+        ]
 
 
 def mlp_forward(encoder: nn.Module, images: torch.Tensor, hook) -> None:
@@ -152,8 +160,10 @@ def mlp_forward(encoder: nn.Module, images: torch.Tensor, hook) -> None:
     if any(not isinstance(getattr(getattr(b, "mlp", None), "act", None), nn.Module) for b in blocks):
         raise ConfigError("the register-neuron search needs timm MLP blocks (mlp.act): this encoder has none")
     training = [(m, m.training) for m in encoder.modules()]
-    handles = [blk.mlp.act.register_forward_hook(lambda _m, _i, out, i=i: hook(i, out.detach()))
-               for i, blk in enumerate(blocks)]
+    handles = [
+        blk.mlp.act.register_forward_hook(lambda _m, _i, out, i=i: hook(i, out.detach()))
+        for i, blk in enumerate(blocks)
+    ]
     try:
         encoder.eval()
         with torch.no_grad():

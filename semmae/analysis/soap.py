@@ -37,8 +37,10 @@ class SoapProjection(nn.Module):
         if getattr(encoder, "soap", None) is not None:
             raise ConfigError("this encoder already has a SOAP projection")
         if self.block is not None and not 1 <= self.block <= len(encoder.blocks):
-            raise ConfigError(f"encoder.fix.soap_block={self.block}: must be between 1 and the depth "
-                              f"({len(encoder.blocks)}), or null for the output")
+            raise ConfigError(
+                f"encoder.fix.soap_block={self.block}: must be between 1 and the depth "
+                f"({len(encoder.blocks)}), or null for the output"
+            )
         encoder.soap = self
         self._prefix = lambda: encoder.num_prefix_tokens
         target = encoder.norm if self.block is None else encoder.blocks[self.block - 1]

@@ -82,7 +82,9 @@ def _job_sort_key(path: Path) -> tuple[int, int | str]:
 
 def find_jobs(multirun_dir: Path) -> list[Path]:
     if not multirun_dir.is_dir():
-        raise DataError(f"{multirun_dir} is not a directory: pass a multirun directory, e.g. multirun/pretrain/<date_time>")
+        raise DataError(
+            f"{multirun_dir} is not a directory: pass a multirun directory, e.g. multirun/pretrain/<date_time>"
+        )
     jobs = sorted((p for p in multirun_dir.iterdir() if _is_job_dir(p)), key=_job_sort_key)
     if not jobs:
         sweeps = [p for p in multirun_dir.iterdir() if p.is_dir() and any(_is_job_dir(q) for q in p.iterdir())]
@@ -96,7 +98,7 @@ def read_job(path: Path) -> Job:
     results, failed = path / "results.json", path / "failed.json"
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
     config = _read_yaml(path / ".hydra" / "config.yaml") or {}
-    choices = ((_read_yaml(path / ".hydra" / "hydra.yaml") or {}).get("hydra", {}).get("runtime", {}).get("choices", {}))
+    choices = (_read_yaml(path / ".hydra" / "hydra.yaml") or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
     job = Job(name=path.name, path=path, status="incomplete", overrides=[str(o) for o in overrides])
 
     # the newer of results.json and failed.json describes the job (a resumed run may follow a failed attempt)
@@ -110,8 +112,11 @@ def read_job(path: Path) -> Job:
         job.status, job.error = "corrupt", res_problem
     elif res is not None and newer:
         job.status = "ok"
-        job.metrics = {k: float(v) for k, v in (metrics or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        job.metrics = {
+            k: float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         job.info = {k: res.get(k) for k in ("epochs", "global_step", "wall_time_s", "checkpoint")}
         config = config or (res.get("config") if isinstance(res.get("config"), dict) else {})
     elif fail is not None:
@@ -151,8 +156,19 @@ def varying_overrides(jobs: list[Job]) -> list[str]:
 
 def rows(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     metrics, axes = metric_columns(jobs), varying_overrides(jobs)
-    header = ["job", "status", "masking", "mask_ratio", *axes, *metrics, "epochs", "global_step", "wall_time_s",
-              "error", "overrides"]
+    header = [
+        "job",
+        "status",
+        "masking",
+        "mask_ratio",
+        *axes,
+        *metrics,
+        "epochs",
+        "global_step",
+        "wall_time_s",
+        "error",
+        "overrides",
+    ]
     table = []
     for j in jobs:
         ov = j.override_map()
@@ -195,12 +211,21 @@ def markdown(header: list[str], table: list[dict[str, Any]], title: str) -> str:
     if not any(row["error"] for row in table):
         cols.remove("error")
     ok = sum(row["status"] == "ok" for row in table)
-    lines = [f"# Sweep {title}", "", f"{len(table)} jobs: {ok} ok, {len(table) - ok} failed or incomplete.", "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [
+        f"# Sweep {title}",
+        "",
+        f"{len(table)} jobs: {ok} ok, {len(table) - ok} failed or incomplete.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     lines += ["| " + " | ".join(_fmt(c, row[c]) for c in cols) + " |" for row in table]
-    lines += ["", "Accuracies in percent; losses are the last epoch's values. The table shows the attention metrics' "
-              "means over the shallow blocks and the overrides that vary between jobs; `sweep.csv` has every metric "
-              "of every block and every override of every job."]
+    lines += [
+        "",
+        "Accuracies in percent; losses are the last epoch's values. The table shows the attention metrics' "
+        "means over the shallow blocks and the overrides that vary between jobs; `sweep.csv` has every metric "
+        "of every block and every override of every job.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +249,9 @@ def series(jobs: list[Job], metric: str) -> dict[str, tuple[list[float], list[fl
         extra = ", ".join(f"{k}={ov.get(k)}" for k in axes_keys)
         label = (j.strategy or "job") + (f" ({extra})" if extra else "")
         lines.setdefault(label, {}).setdefault(_x(j, jobs), []).append(j.metrics[metric])
-    return {label: (sorted(pts), [sum(pts[x]) / len(pts[x]) for x in sorted(pts)]) for label, pts in sorted(lines.items())}
+    return {
+        label: (sorted(pts), [sum(pts[x]) / len(pts[x]) for x in sorted(pts)]) for label, pts in sorted(lines.items())
+    }
 
 
 def plot(path: Path, jobs: list[Job], title: str) -> Path:
@@ -238,8 +265,16 @@ def plot(path: Path, jobs: list[Job], title: str) -> Path:
         for label, (xs, ys) in series(jobs, metric).items():
             ax.plot(xs, ys, marker="o", label=label)
         if failed:  # failed or incomplete jobs: red crosses on the x axis
-            ax.plot([_x(j, jobs) for j in failed], [0.0] * len(failed), "x", color="red", markersize=9, clip_on=False,
-                    transform=ax.get_xaxis_transform(), label=f"failed/incomplete ({len(failed)})")
+            ax.plot(
+                [_x(j, jobs) for j in failed],
+                [0.0] * len(failed),
+                "x",
+                color="red",
+                markersize=9,
+                clip_on=False,
+                transform=ax.get_xaxis_transform(),
+                label=f"failed/incomplete ({len(failed)})",
+            )
         ax.set_xlabel("mask ratio" if all(j.mask_ratio is not None for j in jobs) else "job")
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.grid(alpha=0.3)

@@ -19,7 +19,7 @@ def pink_noise(n: int, channels: int, size: int, generator: torch.Generator) -> 
     white = torch.randn(n, channels, size, size, generator=generator)
     fy = torch.fft.fftfreq(size).abs()[:, None]
     fx = torch.fft.rfftfreq(size)[None, :]
-    f = (fx ** 2 + fy ** 2).sqrt()
+    f = (fx**2 + fy**2).sqrt()
     f[0, 0] = float("inf")  # no DC: every image is centred, then shifted to mid-grey
     img = torch.fft.irfft2(torch.fft.rfft2(white) / f, s=(size, size))
     z = (img - img.mean(dim=(-2, -1), keepdim=True)) / img.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
@@ -47,12 +47,23 @@ def constant(n: int, channels: int, size: int, generator: torch.Generator) -> to
     return torch.rand(n, channels, 1, 1, generator=generator).expand(n, channels, size, size).clone()
 
 
-MAKERS = {"pink_noise": pink_noise, "modulated_white_noise": modulated_white_noise, "gradient": gradient,
-          "constant": constant}
+MAKERS = {
+    "pink_noise": pink_noise,
+    "modulated_white_noise": modulated_white_noise,
+    "gradient": gradient,
+    "constant": constant,
+}
 
 
-def synthetic_batches(num_images: int, channels: int, size: int, mean: Sequence[float], std: Sequence[float],
-                      seed: int = 0, batch_size: int = 250) -> Iterator[torch.Tensor]:
+def synthetic_batches(
+    num_images: int,
+    channels: int,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
+    batch_size: int = 250,
+) -> Iterator[torch.Tensor]:
     """num_images content-free images [b, C, size, size] in batches, normalised with mean / std (one value per
     channel, or one for all); the same seed gives the same images."""
     if num_images < 1 or batch_size < 1:

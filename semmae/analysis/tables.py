@@ -19,7 +19,9 @@ def fmt(name: str, value: float | None) -> str:
 def _blocks_text(blocks: list[int]) -> str:
     if len(blocks) == 1:
         return str(blocks[0])
-    return f"{blocks[0]}–{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) else ",".join(map(str, blocks))
+    return (
+        f"{blocks[0]}–{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) else ",".join(map(str, blocks))
+    )
 
 
 def settings_line(report: ArtifactMeasurement) -> str:

@@ -93,9 +93,9 @@ class TestTimeRegisters(nn.Module):
             idx = getattr(self, f"neurons_{block}")
             n0, k = self.first, self.num_registers
             out = output.clone()
-            value = sign_max(output[:, n0 + k:, idx], dim=1)  # [B, n]: per image and neuron, over the patches
-            out[:, n0:n0 + k, idx] = value[:, None, :].expand(-1, k, -1).to(out.dtype)
-            out[:, n0 + k:, idx] = 0
+            value = sign_max(output[:, n0 + k :, idx], dim=1)  # [B, n]: per image and neuron, over the patches
+            out[:, n0 : n0 + k, idx] = value[:, None, :].expand(-1, k, -1).to(out.dtype)
+            out[:, n0 + k :, idx] = 0
             return out
 
         return hook

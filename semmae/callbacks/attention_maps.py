@@ -75,8 +75,10 @@ class AttentionMapCallback(L.Callback):
         parts = tuple(parts or ())
         heavy = [p for p in parts if p not in ATTENTION_ONLY]
         if heavy:
-            raise ConfigError(f"callbacks.attention_maps.parts={list(parts)}: the callback runs the attention-only "
-                              f"diagnostics {list(ATTENTION_ONLY)}; {heavy} run in semmae-analyze")
+            raise ConfigError(
+                f"callbacks.attention_maps.parts={list(parts)}: the callback runs the attention-only "
+                f"diagnostics {list(ATTENTION_ONLY)}; {heavy} run in semmae-analyze"
+            )
         # outliers, invariance and asymmetry come with the shared analysis node; only semmae-analyze reads them
         self.diagnostics = DiagnosticSettings.from_config({**vars(self.settings), "sinks": sinks, "parts": parts})
         self.vmax = float(vmax) if vmax is not None else 2.0 * self.settings.tau
@@ -124,8 +126,10 @@ class AttentionMapCallback(L.Callback):
         for at in self.series_at:
             if isinstance(at, float):
                 if not (isinstance(total, int) or float(total).is_integer()):
-                    raise ConfigError(f"callbacks.attention_maps.series_at={list(self.series_at)}: fractions of "
-                                      "training need a known number of steps (set trainer.max_steps or max_epochs)")
+                    raise ConfigError(
+                        f"callbacks.attention_maps.series_at={list(self.series_at)}: fractions of "
+                        "training need a known number of steps (set trainer.max_steps or max_epochs)"
+                    )
                 step = round(at * int(total))
             else:
                 step = at
@@ -172,8 +176,11 @@ class AttentionMapCallback(L.Callback):
             return False
         device = trainer.strategy.root_device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            parts = [images for batch in dm.eval_batches("val", device, limit=self.num_images)
-                     if (images := batch_images(batch)) is not None]
+            parts = [
+                images
+                for batch in dm.eval_batches("val", device, limit=self.num_images)
+                if (images := batch_images(batch)) is not None
+            ]
         if not parts:
             return False
         self.images = torch.cat(parts)[: self.num_images].detach().clone()
@@ -220,20 +227,28 @@ class AttentionMapCallback(L.Callback):
             path = save_figure(fig, figures / f"{name}_{tag}.png")
             log_image(trainer, key, path)
         if diagnosis.heads is not None:
-            path = save_figure(sink_class_grid(diagnosis.heads, f"attention sinks by block and head ({step})"),
-                               figures / f"sink_classes_{tag}.png")
+            path = save_figure(
+                sink_class_grid(diagnosis.heads, f"attention sinks by block and head ({step})"),
+                figures / f"sink_classes_{tag}.png",
+            )
             log_image(trainer, "attention/sink_classes", path)
         write_text(figures / f"artifacts_{tag}.md", artifacts_markdown(report, step) + diagnostics_markdown(diagnosis))
         if self.log_table:
             rows = [[i + 1, *(b[m] for m in METRICS)] for i, b in enumerate(report.blocks)]
-            heads = [[i + 1, h, b.classes[h], b.positions[h], b.mass[h], b.routed_frac[h], b.ratio_out[h]]
-                     for i, b in enumerate(diagnosis.heads or []) for h in range(len(b.classes))]
+            heads = [
+                [i + 1, h, b.classes[h], b.positions[h], b.mass[h], b.routed_frac[h], b.ratio_out[h]]
+                for i, b in enumerate(diagnosis.heads or [])
+                for h in range(len(b.classes))
+            ]
             for logger in trainer.loggers:
                 if hasattr(logger, "log_table"):
                     logger.log_table(key="attention/metrics", columns=["block", *METRICS], data=rows)
                     if heads:
-                        logger.log_table(key="attention/heads", data=heads, columns=[
-                            "block", "head", "class", "sink_on", "mass", "routed_frac", "ratio_out"])
+                        logger.log_table(
+                            key="attention/heads",
+                            data=heads,
+                            columns=["block", "head", "class", "sink_on", "mass", "routed_frac", "ratio_out"],
+                        )
 
 
 def model_level(scalars: dict[str, float]) -> dict[str, float]:
@@ -252,8 +267,10 @@ def check_series_at(series_at: Any) -> tuple[float | int, ...] | None:
         ok_step = isinstance(at, int) and not isinstance(at, bool) and at >= 0
         ok_fraction = isinstance(at, float) and 0 < at <= 1
         if not (ok_step or ok_fraction):
-            raise ConfigError(f"callbacks.attention_maps.series_at: {at!r} is neither a fraction of training (a float "
-                              "in (0, 1], e.g. 0.25) nor a global step (an integer >= 0, e.g. 500)")
+            raise ConfigError(
+                f"callbacks.attention_maps.series_at: {at!r} is neither a fraction of training (a float "
+                "in (0, 1], e.g. 0.25) nor a global step (an integer >= 0, e.g. 500)"
+            )
         out.append(at)
     return tuple(out)
 

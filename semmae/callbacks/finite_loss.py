@@ -36,8 +36,9 @@ class FiniteLoss(L.Callback):
         self._first_value: torch.Tensor | None = None
         self._since_check = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = step_loss(outputs)
         if loss is None:
             return

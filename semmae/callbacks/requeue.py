@@ -36,8 +36,12 @@ class Requeued(SystemExit):
 
 
 class RequeueOnSignal(L.Callback):
-    def __init__(self, enabled: bool | str = "auto", check_every_n_steps: int = 10,
-                 requeue_signals: tuple[str, ...] = ("SIGUSR1", "SIGUSR2")):
+    def __init__(
+        self,
+        enabled: bool | str = "auto",
+        check_every_n_steps: int = 10,
+        requeue_signals: tuple[str, ...] = ("SIGUSR1", "SIGUSR2"),
+    ):
         self.enabled = enabled
         self.check_every_n_steps = max(1, int(check_every_n_steps))
         self.requeue_signals = [getattr(signal, name) for name in requeue_signals]
@@ -133,15 +137,21 @@ class RequeueOnSignal(L.Callback):
         name = signal.Signals(signum).name
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         not_requeued = f", not requeued ({why_not})" if code == SAVE_AND_REQUEUE else ""
-        raise StoppedError(f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch})"
-                           f"{not_requeued}; its last checkpoint is {path}: resume with ckpt_path={path} "
-                           f"hydra.run.dir={run_dir} and the run's other settings", signum=signum)
+        raise StoppedError(
+            f"stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch})"
+            f"{not_requeued}; its last checkpoint is {path}: resume with ckpt_path={path} "
+            f"hydra.run.dir={run_dir} and the run's other settings",
+            signum=signum,
+        )
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write last.ckpt where ModelCheckpoint keeps it (all ranks take part, rank 0 writes), atomically."""
         ckpt_cb = trainer.checkpoint_callback
-        dirpath = Path(ckpt_cb.dirpath) if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.dirpath else \
-            Path(trainer.default_root_dir) / "checkpoints"
+        dirpath = (
+            Path(ckpt_cb.dirpath)
+            if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.dirpath
+            else Path(trainer.default_root_dir) / "checkpoints"
+        )
         path = dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path, weights_only=False)  # atomic (AtomicCheckpointIO); ends with a barrier
         return path

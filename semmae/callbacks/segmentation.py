@@ -66,8 +66,7 @@ class SegmentationFigure(L.Callback):
             )
             for c, (title, picture) in enumerate(zip(("image", "ground truth", "prediction"), shown)):
                 ax = axes[r, c]
-                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1,
-                          interpolation="nearest")
+                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
                 if r == 0:
                     ax.set_title(title, fontsize=8)
@@ -75,8 +74,9 @@ class SegmentationFigure(L.Callback):
             from matplotlib.patches import Patch
 
             handles = [Patch(color=c, label=name) for c, name in zip(colors, pl_module.class_names())]
-            fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=6,
-                       frameon=False)
+            fig.legend(
+                handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=6, frameon=False
+            )
         fig.suptitle(f"epoch {trainer.current_epoch}", fontsize=9)
         path = Path(trainer.default_root_dir) / "figures" / f"segmentation_epoch{trainer.current_epoch:03d}.png"
         save_figure(fig, path)

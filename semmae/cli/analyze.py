@@ -89,10 +89,19 @@ def analysis_encoder(cfg: DictConfig, source: str) -> torch.nn.Module:
     overrides = {k: v for k, v in overrides.items() if k not in FIX_KEYS}
     if source == RANDOM:
         geometry = {"img_size": cfg.backbone.img_size, "in_chans": cfg.dataset.channels}
-        return build_encoder(None, backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
-                                 seed=int(cfg.seed), **{**geometry, **overrides})
-    return build_encoder(source, weights_file=cfg.get("ckpt_file") if source.startswith("timm:") else None,
-                             root=cfg.paths.root_dir, trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
+        return build_encoder(
+            None,
+            backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+            seed=int(cfg.seed),
+            **{**geometry, **overrides},
+        )
+    return build_encoder(
+        source,
+        weights_file=cfg.get("ckpt_file") if source.startswith("timm:") else None,
+        root=cfg.paths.root_dir,
+        trust=bool(cfg.get("trust_checkpoint", False)),
+        **overrides,
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -141,19 +150,27 @@ def write_one(d: Diagnosis, label: str, out: Path, mean, std, vmax: float) -> di
     titles = block_titles(report)
     files = {
         "attention_blocks": save_figure(
-            attention_grid(shown, report.received, report.grid_size, f"{label}: received attention r' per block",
-                           titles, vmax), out / "attention_blocks.png"),
+            attention_grid(
+                shown, report.received, report.grid_size, f"{label}: received attention r' per block", titles, vmax
+            ),
+            out / "attention_blocks.png",
+        ),
         "cls_attention": save_figure(
-            attention_grid(shown, report.cls, report.grid_size, f"{label}: CLS -> patch attention per block",
-                           titles, vmax), out / "cls_attention.png"),
+            attention_grid(
+                shown, report.cls, report.grid_size, f"{label}: CLS -> patch attention per block", titles, vmax
+            ),
+            out / "cls_attention.png",
+        ),
         "artifacts_json": write_json(out / "artifacts.json", {"encoder": label, **d.to_dict()}),
         "artifacts_md": write_text(out / "artifacts.md", artifacts_markdown(report, label) + diagnostics_markdown(d)),
-        "metrics_vs_depth": save_figure(metrics_vs_depth({label: report}, f"{label}: attention artifacts by block"),
-                                        out / "metrics_vs_depth.png"),
+        "metrics_vs_depth": save_figure(
+            metrics_vs_depth({label: report}, f"{label}: attention artifacts by block"), out / "metrics_vs_depth.png"
+        ),
     }
     if d.heads is not None:
-        files["sink_classes"] = save_figure(sink_class_grid(d.heads, f"{label}: attention sinks by block and head"),
-                                            out / "sink_classes.png")
+        files["sink_classes"] = save_figure(
+            sink_class_grid(d.heads, f"{label}: attention sinks by block and head"), out / "sink_classes.png"
+        )
     return {k: str(v) for k, v in files.items()}
 
 
@@ -209,10 +226,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 for line in done:
                     print(f"{label}: {line}")
         for name, enc in todo:
-            d = diagnose(enc, partial(data.batches, size, channels), settings, keep_images=int(cfg.figure_images),
-                         masking=masking, synthetic=partial(synthetic_batches, channels=channels, size=size, mean=mean,
-                                                            std=std, seed=settings.invariance.seed,
-                                                            batch_size=int(cfg.batch_size)))
+            d = diagnose(
+                enc,
+                partial(data.batches, size, channels),
+                settings,
+                keep_images=int(cfg.figure_images),
+                masking=masking,
+                synthetic=partial(
+                    synthetic_batches,
+                    channels=channels,
+                    size=size,
+                    mean=mean,
+                    std=std,
+                    seed=settings.invariance.seed,
+                    batch_size=int(cfg.batch_size),
+                ),
+            )
             diagnoses[name] = d
             files[name] = {"source": source}
             print(f"{name}: {timings_line(d)}")
@@ -222,33 +251,42 @@ def run(cfg: DictConfig) -> dict[str, float]:
         target = out_dir if not multi else out_dir / f"{n}_{slug(name)}"
         size, channels = geometry(enc)
         dm = data.datamodule(size, channels)
-        files[name].update(write_one(diagnoses[name], name, target, getattr(dm, "mean", None), getattr(dm, "std", None),
-                                     vmax))
+        files[name].update(
+            write_one(diagnoses[name], name, target, getattr(dm, "mean", None), getattr(dm, "std", None), vmax)
+        )
     reports = {name: d.artifacts for name, d in diagnoses.items()}
 
     summary: dict[str, Any] = {}
     if multi:
         files["comparison"] = {
-            "plot": str(save_figure(metrics_vs_depth(reports, "attention artifacts by block"),
-                                    out_dir / "comparison.png")),
-            "table": str(write_text(out_dir / "comparison.md",
-                                    comparison_markdown(reports) + diagnostics_comparison(diagnoses))),
-            "json": str(write_json(out_dir / "comparison.json",
-                                   {name: {"source": files[name]["source"], **d.to_dict()}
-                                    for name, d in diagnoses.items()})),
+            "plot": str(
+                save_figure(metrics_vs_depth(reports, "attention artifacts by block"), out_dir / "comparison.png")
+            ),
+            "table": str(
+                write_text(out_dir / "comparison.md", comparison_markdown(reports) + diagnostics_comparison(diagnoses))
+            ),
+            "json": str(
+                write_json(
+                    out_dir / "comparison.json",
+                    {name: {"source": files[name]["source"], **d.to_dict()} for name, d in diagnoses.items()},
+                )
+            ),
         }
         metrics = {f"{name}/{k}": v for name, d in diagnoses.items() for k, v in d.scalars().items()}
     else:
         metrics = next(iter(diagnoses.values())).scalars()
-    write_results(out_dir, {
-        "task": "analyze",
-        "metrics": metrics,
-        "encoders": {name: files[name]["source"] for name in diagnoses},
-        "timings_s": {name: {k: round(v, 2) for k, v in d.timings.items()} for name, d in diagnoses.items()},
-        "files": files,
-        "wall_time_s": round(time.time() - start, 1),
-        "config": resolved_config(cfg),
-    })
+    write_results(
+        out_dir,
+        {
+            "task": "analyze",
+            "metrics": metrics,
+            "encoders": {name: files[name]["source"] for name in diagnoses},
+            "timings_s": {name: {k: round(v, 2) for k, v in d.timings.items()} for name, d in diagnoses.items()},
+            "files": files,
+            "wall_time_s": round(time.time() - start, 1),
+            "config": resolved_config(cfg),
+        },
+    )
     for name, d in diagnoses.items():
         print()
         print(artifacts_markdown(d.artifacts, f"{name} ({files[name]['source']})") + diagnostics_markdown(d))

@@ -56,8 +56,10 @@ def check_dataset(dataset: DictConfig) -> None:
         values = list(scale) if not isinstance(scale, (str, int, float)) else [scale]
         numbers = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if not numbers or not 0 < values[0] <= values[1] <= 1:
-            raise ConfigError(f"dataset.crop_scale={values}: must be [low, high] with 0 < low <= high <= 1 "
-                              "(the share of the image a random crop keeps)")
+            raise ConfigError(
+                f"dataset.crop_scale={values}: must be [low, high] with 0 < low <= high <= 1 "
+                "(the share of the image a random crop keeps)"
+            )
 
 
 def check_writable_path(key: str, path: Any) -> None:
@@ -66,7 +68,9 @@ def check_writable_path(key: str, path: Any) -> None:
         return
     for part in [Path(str(path)), *Path(str(path)).parents]:
         if part.exists() and not part.is_dir() and part != Path(str(path)):
-            raise ConfigError(f"{key}={path}: {part} is a file, so nothing can be written below it; choose another path")
+            raise ConfigError(
+                f"{key}={path}: {part} is a file, so nothing can be written below it; choose another path"
+            )
 
 
 def check_config(cfg: DictConfig) -> None:

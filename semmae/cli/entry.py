@@ -102,9 +102,10 @@ def task_wrapper(fn: Callable[[Any], Any], prog: str) -> Callable[[Any], Any]:
 
             hydra_cfg = HydraConfig.get()
             try:
-                atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "failed.json",
-                                  {"error": one_line(exc), "type": type(exc).__name__,
-                                   "traceback": traceback.format_exc()})
+                atomic_write_json(
+                    Path(hydra_cfg.runtime.output_dir) / "failed.json",
+                    {"error": one_line(exc), "type": type(exc).__name__, "traceback": traceback.format_exc()},
+                )
             except OSError:
                 pass
             if hydra_cfg.mode == RunMode.RUN and is_user_error(exc) and os.environ.get("SEMMAE_TRACEBACK") != "1":

@@ -34,16 +34,19 @@ def check_out(out: Path, source: str, fmt: str, overwrite: bool) -> None:
     if not source.startswith("timm:") and out.resolve() == Path(read).resolve():
         raise ConfigError(f"out={out} is the checkpoint the encoder is read from (ckpt={source}): write it elsewhere")
     if out.exists() and not overwrite:
-        raise ConfigError(f"out={out} exists: choose another {'file' if fmt == 'timm' else 'directory'}, or add "
-                          "overwrite=true to replace it")
+        raise ConfigError(
+            f"out={out} exists: choose another {'file' if fmt == 'timm' else 'directory'}, or add "
+            "overwrite=true to replace it"
+        )
 
 
 def run(cfg: DictConfig) -> dict[str, str]:
     start = time.time()
     fmt = str(cfg.get("format", "timm"))
     if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt}: choose timm (a .pth / .safetensors state dict) or hf (a transformers "
-                          "ViTMAE directory)")
+        raise ConfigError(
+            f"format={fmt}: choose timm (a .pth / .safetensors state dict) or hf (a transformers ViTMAE directory)"
+        )
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / ("encoder.pth" if fmt == "timm" else "hf")
     source = resolve_ckpt(cfg)
     if source is None:
@@ -55,12 +58,19 @@ def run(cfg: DictConfig) -> dict[str, str]:
         raise ConfigError(f"format=timm writes a .pth or .safetensors file: out={out}")
     node = cfg.get("encoder") or {}
     if FixSettings.from_config(node).requested:
-        raise ConfigError("semmae-export writes the encoder's weights, and a training-free fix is not a weight: drop "
-                          "encoder.test_time_registers / encoder.soap here and set them where the encoder is evaluated "
-                          "(semmae-analyze, -linprobe, -finetune, -segment)")
+        raise ConfigError(
+            "semmae-export writes the encoder's weights, and a training-free fix is not a weight: drop "
+            "encoder.test_time_registers / encoder.soap here and set them where the encoder is evaluated "
+            "(semmae-analyze, -linprobe, -finetune, -segment)"
+        )
     overrides = {k: v for k, v in node.items() if v is not None and k not in FIX_KEYS}
-    encoder = load_encoder(source, weights_file=cfg.get("ckpt_file"), root=cfg.paths.root_dir,
-                           trust=bool(cfg.get("trust_checkpoint", False)), **overrides)
+    encoder = load_encoder(
+        source,
+        weights_file=cfg.get("ckpt_file"),
+        root=cfg.paths.root_dir,
+        trust=bool(cfg.get("trust_checkpoint", False)),
+        **overrides,
+    )
     if fmt == "hf":
         export_hf(encoder, out)
         line, how = hf_load_line(out), "Load it into transformers"
@@ -68,9 +78,19 @@ def run(cfg: DictConfig) -> dict[str, str]:
         export_encoder(encoder, out, source)
         line = timm_load_line(encoder, out)
         how = "Note" if encoder.config.get("attn_gate") else "Load it into timm"
-    write_results(cfg.paths.output_dir, {"task": "export", "source": source, "format": fmt, "out": str(out),
-                                         "load": line, "encoder": describe(encoder),
-                                         "wall_time_s": round(time.time() - start, 1), "config": resolved_config(cfg)})
+    write_results(
+        cfg.paths.output_dir,
+        {
+            "task": "export",
+            "source": source,
+            "format": fmt,
+            "out": str(out),
+            "load": line,
+            "encoder": describe(encoder),
+            "wall_time_s": round(time.time() - start, 1),
+            "config": resolved_config(cfg),
+        },
+    )
     print_summary({"source": source, "encoder": describe(encoder), "written": str(out)})
     print(f"\n{how}:\n  {line}")
     return {"out": str(out)}

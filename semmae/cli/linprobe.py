@@ -57,8 +57,10 @@ def probe_heads(setting: Any) -> list[str]:
     names = [setting] if isinstance(setting, str) else list(setting or [])
     bad = [n for n in names if n not in EVALUATIONS]
     if bad or not names:
-        raise ConfigError(f"model.head={bad[0] if bad else names!r} is not a probe: choose one of "
-                          f"{', '.join(EVALUATIONS)}, or a list of them (model.head=[linear,ep,knn])")
+        raise ConfigError(
+            f"model.head={bad[0] if bad else names!r} is not a probe: choose one of "
+            f"{', '.join(EVALUATIONS)}, or a list of them (model.head=[linear,ep,knn])"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -113,8 +115,9 @@ class ProbeRun:
         self.extract_s = 0.0
         setting = cfg.model.feature_cache
         low_shot = cfg.dataset.get("train_per_class") is not None  # a few images: cached, whatever the data set
-        self.cached = (low_shot or bool(getattr(self.datamodule, "in_memory", False))) if setting == "auto" \
-            else bool(setting)
+        self.cached = (
+            (low_shot or bool(getattr(self.datamodule, "in_memory", False))) if setting == "auto" else bool(setting)
+        )
         if cfg.model.cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"model.cache_dtype={cfg.model.cache_dtype!r}: one of {', '.join(CACHE_DTYPES)}")
         self.token_dtype = CACHE_DTYPES[cfg.model.cache_dtype]
@@ -127,8 +130,12 @@ class ProbeRun:
         return len(self.heads) * len(self.blocks) * len(self.seeds) * len(self.encoders) == 1
 
     def tag(self, encoder: str, head: str, block: int, seed: int) -> str:
-        parts = [encoder if len(self.encoders) > 1 else "", head if len(self.heads) > 1 else "",
-                 f"block{block}" if len(self.blocks) > 1 else "", f"seed{seed}" if len(self.seeds) > 1 else ""]
+        parts = [
+            encoder if len(self.encoders) > 1 else "",
+            head if len(self.heads) > 1 else "",
+            f"block{block}" if len(self.blocks) > 1 else "",
+            f"seed{seed}" if len(self.seeds) > 1 else "",
+        ]
         return "-".join(p for p in parts if p)
 
     def run_dir(self, tag: str) -> Path:
@@ -171,13 +178,21 @@ class ProbeRun:
         @torch.no_grad()
         def encode(images: torch.Tensor) -> dict[str, torch.Tensor]:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return probe_views(encoder, images, self.blocks, self.cfg.model.pool, pooled=pooled, tokens=tokens,
-                                   token_dtype=self.token_dtype)
+                return probe_views(
+                    encoder,
+                    images,
+                    self.blocks,
+                    self.cfg.model.pool,
+                    pooled=pooled,
+                    tokens=tokens,
+                    token_dtype=self.token_dtype,
+                )
 
         return encode
 
-    def build_cache(self, encoder: torch.nn.Module, datamodule, device: torch.device, heads: list[str], seed: int,
-                    val=None) -> FeatureDataModule:
+    def build_cache(
+        self, encoder: torch.nn.Module, datamodule, device: torch.device, heads: list[str], seed: int, val=None
+    ) -> FeatureDataModule:
         """The cached views of the heads, the memory they take said (and checked) first."""
         views = self.views(encoder, device, heads)
         indices = cache_indices(datamodule, plain(self.cfg.model.cache_limits), seed)
@@ -185,16 +200,29 @@ class ProbeRun:
         if val is not None:
             sizes[1] = 0
         need = cache_bytes(sizes, views)
-        line = check_cache_memory(need, self.cfg.model.cache_max_ram_share, device, fix=(
-            "lower dataset.val_subset / dataset.train_subset, probe fewer blocks (model.block), read pooled features "
-            "only (model.head=linear or knn), or stream the images (model.feature_cache=false)"))
+        line = check_cache_memory(
+            need,
+            self.cfg.model.cache_max_ram_share,
+            device,
+            fix=(
+                "lower dataset.val_subset / dataset.train_subset, probe fewer blocks (model.block), read pooled features "
+                "only (model.head=linear or knn), or stream the images (model.feature_cache=false)"
+            ),
+        )
         rank_zero_info(f"Feature cache: {sizes[0]:,} + {sizes[1]:,} images, {', '.join(views)}: {line}")
         t0 = time.time()
         encoder.to(device)
         batch = min(datamodule.batch_size, sizes[0]) if sizes[0] else datamodule.batch_size
-        cache = FeatureDataModule.from_images(datamodule, self.encode_fn(encoder, device, heads), device, seed,
-                                              limits=plain(self.cfg.model.cache_limits), view=next(iter(views)),
-                                              val=val, batch_size=batch)
+        cache = FeatureDataModule.from_images(
+            datamodule,
+            self.encode_fn(encoder, device, heads),
+            device,
+            seed,
+            limits=plain(self.cfg.model.cache_limits),
+            view=next(iter(views)),
+            val=val,
+            batch_size=batch,
+        )
         took = time.time() - t0
         self.extract_s += took
         rank_zero_info(f"Feature cache: encoded in {took:.0f} s")
@@ -239,9 +267,14 @@ class ProbeRun:
     def attention_figure(self, model, images, trainer, cfg: DictConfig, head: str) -> None:
         batch = next(iter(images.eval_batches("val", model.device, limit=FIGURE_IMAGES)))
         attention = model.attention(batch["image"])
-        fig = probe_attention_figure(batch["image"], attention, model.encoder.patch_embed.grid_size,
-                                     f"{head} probe: attention over the patches (block {model.block})",
-                                     images.mean, images.std)
+        fig = probe_attention_figure(
+            batch["image"],
+            attention,
+            model.encoder.patch_embed.grid_size,
+            f"{head} probe: attention over the patches (block {model.block})",
+            images.mean,
+            images.std,
+        )
         path = save_figure(fig, Path(cfg.paths.output_dir) / "figures" / f"{head}_attention.png")
         log_image(trainer, f"figures/{head}_attention", path)
 
@@ -250,8 +283,7 @@ class ProbeRun:
         view = view_name("pooled", block)
         ks = check_knn(self.knn["neighbours"], self.knn["temperature"], len(train[1]))
         num_classes = int(self.cfg.model.num_classes)
-        acc = knn_accuracy(train[0][view], train[1], val[0][view], val[1], num_classes, ks,
-                           self.knn["temperature"])
+        acc = knn_accuracy(train[0][view], train[1], val[0][view], val[1], num_classes, ks, self.knn["temperature"])
         main = int(self.knn["neighbours"][0])
         metrics = {f"test/{m}": v for m, v in acc[main].items()}
         for k in sorted(acc):
@@ -279,8 +311,9 @@ class ProbeRun:
                 for head in self.heads:
                     if head == "knn":
                         source = cache if self.cached else knn_cache
-                        self.results.append(self.knn_probe(name, block, seed, source.splits["train"],
-                                                           source.splits["val"]))
+                        self.results.append(
+                            self.knn_probe(name, block, seed, source.splits["train"], source.splits["val"])
+                        )
                         continue
                     result, trainer, loggers = self.train(name, encoder, head, block, seed, data, dm, resume)
                     self.results.append(result)
@@ -310,27 +343,37 @@ def print_table(text: str) -> None:
     print("\n" + text)
 
 
-def report(cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: str | None,
-           start: float) -> dict[str, float]:
+def report(
+    cfg: DictConfig, probes: ProbeRun, trainer, loggers: list, source: str | None, start: float
+) -> dict[str, float]:
     """One table of the probes (console), results.json (every probe, and the metrics collapsed over the seeds) and
     the summary lines."""
     results = probes.results
     metrics = dict(results[0].metrics) if probes.single else aggregate(results)
     print_table(format_table(table(results, int(probes.knn["neighbours"][0]))))
     best = results[0].best_checkpoint if probes.single else None
-    fields = {"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
-              "feature_cache": probes.cached, "feature_extraction_s": round(probes.extract_s, 1),
-              "heads": probes.heads, "blocks": probes.blocks, "seeds": probes.seeds,
-              "train_per_class": plain(cfg.dataset.get("train_per_class")),
-              "probes": [r.as_dict() for r in results],
-              **({"training_free": probes.fixes["checkpoint"] if probes.single else probes.fixes}
-                 if probes.fixes else {})}
+    fields = {
+        "encoder_checkpoint": source or "random initialisation",
+        "best_checkpoint": best or None,
+        "feature_cache": probes.cached,
+        "feature_extraction_s": round(probes.extract_s, 1),
+        "heads": probes.heads,
+        "blocks": probes.blocks,
+        "seeds": probes.seeds,
+        "train_per_class": plain(cfg.dataset.get("train_per_class")),
+        "probes": [r.as_dict() for r in results],
+        **({"training_free": probes.fixes["checkpoint"] if probes.single else probes.fixes} if probes.fixes else {}),
+    }
     summary = {"encoder": source or "random initialisation (ckpt=null)"}
     if probes.single:
         top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
-        summary.update({"test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
-                        "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
-                        "best checkpoint": best or "(none written)"})
+        summary.update(
+            {
+                "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
+                "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
+                "best checkpoint": best or "(none written)",
+            }
+        )
     else:
         where = Path(cfg.paths.output_dir) / "probes"
         summary["probes"] = f"{len(results)} ({', '.join(probes.heads)}; the table above; {where}/)"

@@ -41,8 +41,10 @@ PROGRESS = 0.0  # training progress given to strategies that read it (semantic_s
 def build_strategies(cfg: DictConfig) -> dict[str, MaskingStrategy]:
     unknown = [name for name in cfg.show if name not in cfg.strategies]
     if unknown:
-        raise ConfigError(f"show={list(cfg.show)} names {unknown}, which are not under strategies "
-                          f"({', '.join(cfg.strategies)}); add one with +masking@strategies.NAME=OPTION")
+        raise ConfigError(
+            f"show={list(cfg.show)} names {unknown}, which are not under strategies "
+            f"({', '.join(cfg.strategies)}); add one with +masking@strategies.NAME=OPTION"
+        )
     if not cfg.show:
         raise ConfigError("show is empty: name at least one strategy, e.g. show=[random,semantic]")
     ratio = {} if cfg.mask_ratio is None else {"mask_ratio": float(cfg.mask_ratio)}
@@ -51,8 +53,10 @@ def build_strategies(cfg: DictConfig) -> dict[str, MaskingStrategy]:
 
 def validation_batch(datamodule, num_images: int) -> dict[str, torch.Tensor]:
     """The first num_images validation images in their evaluation view, with whatever the batch carries."""
-    parts = [{k: v for k, v in batch.items() if torch.is_tensor(v)}
-             for batch in datamodule.eval_batches("val", limit=num_images)]
+    parts = [
+        {k: v for k, v in batch.items() if torch.is_tensor(v)}
+        for batch in datamodule.eval_batches("val", limit=num_images)
+    ]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -66,18 +70,32 @@ def patch_features(cfg: DictConfig, images: torch.Tensor, grid: tuple[int, int],
     """[M, N, D] patch tokens of the full images from the encoder of cfg.features_ckpt (random init for null), what
     PretrainTask passes semantic_features in the batch."""
     source = resolve_source(cfg.features_ckpt, cfg.paths.root_dir)
-    encoder = build_encoder(source, backbone=cfg.backbone, root=cfg.paths.root_dir,
-                            trust=bool(cfg.trust_checkpoint), seed=int(cfg.seed), in_chans=images.shape[1]).eval()
+    encoder = build_encoder(
+        source,
+        backbone=cfg.backbone,
+        root=cfg.paths.root_dir,
+        trust=bool(cfg.trust_checkpoint),
+        seed=int(cfg.seed),
+        in_chans=images.shape[1],
+    ).eval()
     if tuple(encoder.grid_size) != tuple(grid):
-        raise ConfigError(f"features_ckpt={cfg.features_ckpt} has a {encoder.grid_size[0]}x{encoder.grid_size[1]} "
-                          f"patch grid, the masks here a {grid[0]}x{grid[1]} one: choose its backbone")
+        raise ConfigError(
+            f"features_ckpt={cfg.features_ckpt} has a {encoder.grid_size[0]}x{encoder.grid_size[1]} "
+            f"patch grid, the masks here a {grid[0]}x{grid[1]} one: choose its backbone"
+        )
     with torch.no_grad():
         tokens = [encoder.forward_features(images[i : i + chunk]) for i in range(0, len(images), chunk)]
     return torch.cat(tokens)[:, encoder.num_prefix_tokens :]
 
 
-def apply(strategy: MaskingStrategy, reference: SemanticMasking, batch: dict[str, torch.Tensor],
-          grid: tuple[int, int], seed: int, chunk: int = 256) -> dict[str, torch.Tensor]:
+def apply(
+    strategy: MaskingStrategy,
+    reference: SemanticMasking,
+    batch: dict[str, torch.Tensor],
+    grid: tuple[int, int],
+    seed: int,
+    chunk: int = 256,
+) -> dict[str, torch.Tensor]:
     """Masks [M, N] (True = hidden) and reference regions [M, N] over all images, in chunks. The reference regions
     use the strategy's own generator seed, so for semantic masking they are exactly the regions it used."""
     gens = StepGenerator(seed)
@@ -123,16 +141,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results, stats = {}, {}
     for name, strategy in strategies.items():
         results[name] = apply(strategy, reference, batch, grid, int(cfg.seed))
-        stats[name] = {"strategy": repr(strategy),
-                       **({"progress": draw_progress(strategy)} if strategy.uses_progress else {}),
-                       **mask_statistics(results[name]["mask"], results[name]["regions"], grid, flat)}
+        stats[name] = {
+            "strategy": repr(strategy),
+            **({"progress": draw_progress(strategy)} if strategy.uses_progress else {}),
+            **mask_statistics(results[name]["mask"], results[name]["regions"], grid, flat),
+        }
         results[name]["own_regions"] = isinstance(strategy, SemanticMasking)
     out = Path(cfg.paths.output_dir)
     k = min(int(cfg.num_shown), len(batch["image"]))
-    figure = masks_figure(batch["image"][:k], {n: {**r, "mask": r["mask"][:k], "regions": r["regions"][:k]}
-                                               for n, r in results.items()},
-                          stats, grid, patch, getattr(datamodule, "mean", (0.5,)), getattr(datamodule, "std", (0.5,)),
-                          out / "figures" / "masks.png")
+    figure = masks_figure(
+        batch["image"][:k],
+        {n: {**r, "mask": r["mask"][:k], "regions": r["regions"][:k]} for n, r in results.items()},
+        stats,
+        grid,
+        patch,
+        getattr(datamodule, "mean", (0.5,)),
+        getattr(datamodule, "std", (0.5,)),
+        out / "figures" / "masks.png",
+    )
     payload = {
         "task": "masks",
         "images": len(batch["image"]),
@@ -146,14 +172,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": resolved_config(cfg),
     }
     write_results(out, payload)
-    print_summary({
-        **{name: f"{s['visible_components_mean']:5.1f} visible components, "
-                 f"{100 * s['regions_fully_visible_fraction']:4.1f}% regions fully visible, "
-                 f"position min/max {s['position_visibility_min_max_ratio']:.2f}, "
-                 f"{100 * s['visible_flat_fraction']:4.1f}% visible flat" for name, s in stats.items()},
-        "figure": figure,
-        "run directory": out,
-    })
+    print_summary(
+        {
+            **{
+                name: f"{s['visible_components_mean']:5.1f} visible components, "
+                f"{100 * s['regions_fully_visible_fraction']:4.1f}% regions fully visible, "
+                f"position min/max {s['position_visibility_min_max_ratio']:.2f}, "
+                f"{100 * s['visible_flat_fraction']:4.1f}% visible flat"
+                for name, s in stats.items()
+            },
+            "figure": figure,
+            "run directory": out,
+        }
+    )
     return stats
 
 

@@ -34,8 +34,15 @@ from semmae.tasks.settings import settings
 from semmae.utils.ddp import rerun_this_job
 from semmae.utils.slurm import resume_checkpoint
 
-KNN_EVAL = {"enabled": True, "train_images": 10000, "val_images": 5000, "neighbours": 20, "temperature": 0.07,
-            "pool": "token", "bf16": "auto"}
+KNN_EVAL = {
+    "enabled": True,
+    "train_images": 10000,
+    "val_images": 5000,
+    "neighbours": 20,
+    "temperature": 0.07,
+    "pool": "token",
+    "bf16": "auto",
+}
 
 
 @torch.no_grad()
@@ -90,13 +97,25 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics.update(scalar_metrics(knn))
     ckpt = checkpoint_on_disk(trainer)
     acc = metrics.get("val/online_probe_acc")
-    finish_run("pretrain", cfg, trainer, loggers, start, metrics, fields={"checkpoint": ckpt}, summary={
-        "checkpoint": ckpt or "(none written)",
-        "online probe accuracy": f"{100 * acc:.2f}%" if acc is not None else
-        "(probe disabled)" if not cfg.model.probe.enabled else "(not measured: no validation epoch ran)",
-        "val reconstruction loss": f"{metrics['val/loss']:.4f}" if "val/loss" in metrics else "-",
-        **knn_lines(cfg, knn),
-    })
+    finish_run(
+        "pretrain",
+        cfg,
+        trainer,
+        loggers,
+        start,
+        metrics,
+        fields={"checkpoint": ckpt},
+        summary={
+            "checkpoint": ckpt or "(none written)",
+            "online probe accuracy": f"{100 * acc:.2f}%"
+            if acc is not None
+            else "(probe disabled)"
+            if not cfg.model.probe.enabled
+            else "(not measured: no validation epoch ran)",
+            "val reconstruction loss": f"{metrics['val/loss']:.4f}" if "val/loss" in metrics else "-",
+            **knn_lines(cfg, knn),
+        },
+    )
     return metrics
 
 
@@ -106,8 +125,10 @@ def knn_lines(cfg: DictConfig, knn: dict[str, Any]) -> dict[str, str]:
         return {"k-NN top-1": "(knn_eval.enabled=false)"}
     k = cfg.knn_eval.neighbours
     trained, init = 100 * knn["knn/top1"], 100 * knn["knn/random_init_top1"]
-    return {f"k-NN top-1 (k={k})": f"{trained:.2f}% (random init: {init:.2f}%; {knn['knn/train_images']:,} train / "
-            f"{knn['knn/val_images']:,} val images, {knn['knn/seconds']:.0f} s)"}
+    return {
+        f"k-NN top-1 (k={k})": f"{trained:.2f}% (random init: {init:.2f}%; {knn['knn/train_images']:,} train / "
+        f"{knn['knn/val_images']:,} val images, {knn['knn/seconds']:.0f} s)"
+    }
 
 
 main = hydra_entry("pretrain", run)

@@ -85,7 +85,9 @@ def check_ckpt_path(path: str | None) -> str | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist: pass the path of a .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
+        raise ConfigError(
+            f"ckpt_path={path} does not exist: pass the path of a .ckpt file (e.g. <run>/checkpoints/last.ckpt)"
+        )
     return str(path)
 
 
@@ -98,29 +100,43 @@ def check_resume(cfg: DictConfig, model: Any, path: str | None) -> None:
     ckpt = load_file(path, trust=bool(cfg.get("trust_checkpoint", False)))
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise CheckpointError(f"ckpt_path={path} is not a training checkpoint of a semmae run (no state_dict): "
-                              "ckpt_path resumes a run from its <run>/checkpoints/last.ckpt; to start from an "
-                              "encoder's weights, use ckpt=PATH with semmae-linprobe / -finetune / -segment")
+        raise CheckpointError(
+            f"ckpt_path={path} is not a training checkpoint of a semmae run (no state_dict): "
+            "ckpt_path resumes a run from its <run>/checkpoints/last.ckpt; to start from an "
+            "encoder's weights, use ckpt=PATH with semmae-linprobe / -finetune / -segment"
+        )
     want = model.state_dict()
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
-    shapes = [f"{k} {list(state[k].shape)} vs {list(want[k].shape)}" for k in want
-              if k in state and torch.is_tensor(state[k]) and state[k].shape != want[k].shape]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(want[k].shape)}"
+        for k in want
+        if k in state and torch.is_tensor(state[k]) and state[k].shape != want[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(items)} {label} (e.g. {', '.join(items[:2])})" for label, items in
-                 (("tensors of another shape, checkpoint vs model", shapes), ("missing", missing),
-                  ("unexpected", unexpected)) if items]
+        parts = [
+            f"{len(items)} {label} (e.g. {', '.join(items[:2])})"
+            for label, items in (
+                ("tensors of another shape, checkpoint vs model", shapes),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            )
+            if items
+        ]
         kind = (ckpt.get("semmae") or {}).get("kind", "unknown") if isinstance(ckpt.get("semmae"), dict) else "unknown"
-        raise CheckpointError(f"ckpt_path={path} does not fit this run's model ({kind} checkpoint; {'; '.join(parts)}): "
-                              "resume with the settings the run was started with (its .hydra/overrides.yaml)")
+        raise CheckpointError(
+            f"ckpt_path={path} does not fit this run's model ({kind} checkpoint; {'; '.join(parts)}): "
+            "resume with the settings the run was started with (its .hydra/overrides.yaml)"
+        )
 
 
 def fit(trainer: Any, model: Any, datamodule: Any, cfg: DictConfig, ckpt_path: str | None = None) -> None:
     """trainer.fit, resuming from ckpt_path (checked by check_resume); Lightning unpickles it in full only if the
     user typed trust_checkpoint=true."""
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
-                    weights_only=not bool(cfg.get("trust_checkpoint", False)))
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not bool(cfg.get("trust_checkpoint", False))
+        )
     except ValueError as exc:  # torch's optimizer.load_state_dict: the checkpoint's parameter groups differ
         if ckpt_path is None or "parameter group" not in str(exc):
             raise
@@ -177,9 +193,16 @@ def checkpoint_on_disk(trainer: Any, which: str = "last") -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
-def finish_run(task: str, cfg: DictConfig, trainer: Any, loggers: list[Any], start: float,
-               metrics: dict[str, float], fields: dict[str, Any] | None = None,
-               summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_run(
+    task: str,
+    cfg: DictConfig,
+    trainer: Any,
+    loggers: list[Any],
+    start: float,
+    metrics: dict[str, float],
+    fields: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ending every entry point shares: results.json (the task, its metrics and fields, the W&B run, epochs,
     steps, wall time and the resolved config) and the console summary (the task's lines, then the W&B run, wall
     time and run directory). -> the payload written."""
@@ -195,8 +218,14 @@ def finish_run(task: str, cfg: DictConfig, trainer: Any, loggers: list[Any], sta
         "config": resolved_config(cfg),
     }
     write_results(cfg.paths.output_dir, payload)
-    print_summary({**(summary or {}), "W&B offline run": wandb_dir or "(no W&B logger)",
-                   "wall time": f"{payload['wall_time_s']:.0f} s", "run directory": cfg.paths.output_dir})
+    print_summary(
+        {
+            **(summary or {}),
+            "W&B offline run": wandb_dir or "(no W&B logger)",
+            "wall time": f"{payload['wall_time_s']:.0f} s",
+            "run directory": cfg.paths.output_dir,
+        }
+    )
     return payload
 
 
@@ -219,17 +248,36 @@ def test_best(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightn
     return {**fit_metrics, **scalar_metrics(results[0] if results else {})}, best
 
 
-def finish_evaluation(task: str, cfg: DictConfig, trainer: L.Trainer, loggers: list, source: str | None, best: str,
-           test_metrics: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> dict[str, float]:
+def finish_evaluation(
+    task: str,
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    loggers: list,
+    source: str | None,
+    best: str,
+    test_metrics: dict[str, Any],
+    start: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, float]:
     metrics = dict(test_metrics)
     top1, top5 = metrics.get("test/top1"), metrics.get("test/top5")
-    finish_run(task, cfg, trainer, loggers, start, metrics,
-               fields={"encoder_checkpoint": source or "random initialisation", "best_checkpoint": best or None,
-                       **(extra or {})},
-               summary={
-                   "encoder": source or "random initialisation (ckpt=null)",
-                   "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
-                   "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
-                   "best checkpoint": best or "(none written)",
-               })
+    finish_run(
+        task,
+        cfg,
+        trainer,
+        loggers,
+        start,
+        metrics,
+        fields={
+            "encoder_checkpoint": source or "random initialisation",
+            "best_checkpoint": best or None,
+            **(extra or {}),
+        },
+        summary={
+            "encoder": source or "random initialisation (ckpt=null)",
+            "test top-1": f"{100 * top1:.2f}%" if top1 is not None else "-",
+            "test top-5": f"{100 * top5:.2f}%" if top5 is not None else "-",
+            "best checkpoint": best or "(none written)",
+        },
+    )
     return metrics

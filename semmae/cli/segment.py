@@ -40,8 +40,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = check_ckpt_path(cfg.get("ckpt_path"))
     datamodule = instantiate(cfg.dataset)
     if not hasattr(datamodule, "ignore_index"):
-        raise ConfigError(f"dataset={cfg.dataset.get('name')} has no label maps: segmentation needs "
-                          "dataset=fashion_mnist_seg or dataset=ade20k")
+        raise ConfigError(
+            f"dataset={cfg.dataset.get('name')} has no label maps: segmentation needs "
+            "dataset=fashion_mnist_seg or dataset=ade20k"
+        )
     datamodule.prepare_data()
     model = instantiate(cfg.model)
     check_resume(cfg, model, ckpt_path)
@@ -58,16 +60,27 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if table and trainer.is_global_zero:
         print("\nPer-class IoU (test = validation split):\n" + format_table(table))
     miou = metrics.get("test/mIoU")
-    finish_run("segment", cfg, trainer, loggers, start, {k: v for k, v in metrics.items() if "/IoU/" not in k},
-               fields={"encoder": source or "random initialisation", "per_class": table, "checkpoint": ckpt,
-                       **({"training_free": fixes} if fixes else {})},
-               summary={
-                   "encoder": source or "random initialisation (ckpt=null)",
-                   "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",
-                   "pixel accuracy": f"{100 * metrics['test/aAcc']:.2f}%" if "test/aAcc" in metrics else "-",
-                   "mean class accuracy": f"{100 * metrics['test/mAcc']:.2f}%" if "test/mAcc" in metrics else "-",
-                   "checkpoint": ckpt or "(none written)",
-               })
+    finish_run(
+        "segment",
+        cfg,
+        trainer,
+        loggers,
+        start,
+        {k: v for k, v in metrics.items() if "/IoU/" not in k},
+        fields={
+            "encoder": source or "random initialisation",
+            "per_class": table,
+            "checkpoint": ckpt,
+            **({"training_free": fixes} if fixes else {}),
+        },
+        summary={
+            "encoder": source or "random initialisation (ckpt=null)",
+            "mIoU": f"{100 * miou:.2f}%" if miou is not None else "-",
+            "pixel accuracy": f"{100 * metrics['test/aAcc']:.2f}%" if "test/aAcc" in metrics else "-",
+            "mean class accuracy": f"{100 * metrics['test/mAcc']:.2f}%" if "test/mAcc" in metrics else "-",
+            "checkpoint": ckpt or "(none written)",
+        },
+    )
     return metrics
 
 

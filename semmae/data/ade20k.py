@@ -27,21 +27,156 @@ from semmae.errors import ConfigError, DataError
 IGNORE_INDEX = 255
 SPLITS = {"train": "training", "val": "validation"}
 CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
-    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
-    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
-    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
-    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
-    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
-    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
-    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 
 
@@ -114,15 +249,19 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     image_dir, ann_dir = root / "images" / SPLITS[split], root / "annotations" / SPLITS[split]
     for d in (image_dir, ann_dir):
         if not d.is_dir():
-            raise DataError(f"ADE20K folder not found: {d} (dataset.root must be the ADEChallengeData2016 folder, "
-                            "with images/{training,validation} and annotations/{training,validation})")
+            raise DataError(
+                f"ADE20K folder not found: {d} (dataset.root must be the ADEChallengeData2016 folder, "
+                "with images/{training,validation} and annotations/{training,validation})"
+            )
     images = [Path(p) for p in find_files(image_dir, (".jpg",), recursive=False)]
     if not images:
         raise DataError(f"no .jpg images in {image_dir}")
     missing = [p.name for p in images if not (ann_dir / f"{p.stem}.png").is_file()]
     if missing:
-        raise DataError(f"{len(missing)} ADE20K images in {image_dir} have no annotation in {ann_dir} "
-                        f"(first: {missing[0]}): the release is incomplete")
+        raise DataError(
+            f"{len(missing)} ADE20K images in {image_dir} have no annotation in {ann_dir} "
+            f"(first: {missing[0]}): the release is incomplete"
+        )
     return [(p, ann_dir / f"{p.stem}.png") for p in images]
 
 
@@ -153,8 +292,10 @@ class ADE20KDataset(Dataset):
         image = decode_image(read_file(str(image_path)), mode=ImageReadMode.RGB)
         annotation = decode_image(read_file(str(ann_path)), mode=ImageReadMode.UNCHANGED)
         if annotation.shape[0] != 1 or annotation.shape[-2:] != image.shape[-2:]:
-            raise DataError(f"{ann_path}: expected a one-channel label map of the image's size "
-                            f"{tuple(image.shape[-2:])}, got {tuple(annotation.shape)}")
+            raise DataError(
+                f"{ann_path}: expected a one-channel label map of the image's size "
+                f"{tuple(image.shape[-2:])}, got {tuple(annotation.shape)}"
+            )
         return image, reduce_zero_label(annotation[0])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -213,8 +354,14 @@ class ADE20KDataModule(SemmaeDataModule):
         loader.setdefault("std", IMAGENET_DEFAULT_STD)
         super().__init__(name=name, eval_batch_size=1, **loader)
         self.root = Path(root).expanduser()
-        self.options = dict(crop_size=int(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
-                            cat_max_ratio=float(cat_max_ratio), mean=self.mean, std=self.std)
+        self.options = dict(
+            crop_size=int(crop_size),
+            scale=tuple(scale),
+            ratio_range=tuple(ratio_range),
+            cat_max_ratio=float(cat_max_ratio),
+            mean=self.mean,
+            std=self.std,
+        )
         self.datasets: dict[str, ADE20KDataset] = {}
 
     def prepare_data(self) -> None:

@@ -39,13 +39,17 @@ def sample_crop_boxes(
     h = torch.gather(h, 1, first[:, None]).squeeze(1)
     # Fallback: the whole image cropped to the ratio bounds, centred (torchvision's behaviour).
     in_ratio = width / height
-    fw = torch.where(in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width))
+    fw = torch.where(
+        in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width)
+    )
     fh = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
     w = torch.where(any_ok, w, fw)
     h = torch.where(any_ok, h, fh)
     pos = torch.rand(n, 2, generator=generator, device=device)
     x0 = torch.where(any_ok, torch.floor(pos[:, 0] * (width - w + 1)), torch.div(width - fw, 2, rounding_mode="floor"))
-    y0 = torch.where(any_ok, torch.floor(pos[:, 1] * (height - h + 1)), torch.div(height - fh, 2, rounding_mode="floor"))
+    y0 = torch.where(
+        any_ok, torch.floor(pos[:, 1] * (height - h + 1)), torch.div(height - fh, 2, rounding_mode="floor")
+    )
     return torch.stack([x0, y0, w, h], dim=1)
 
 

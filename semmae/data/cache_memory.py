@@ -32,8 +32,9 @@ def gigabytes(n: int) -> str:
 def cache_bytes(images: Sequence[int], views: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
     """Bytes of a cache holding, for every image of every split (images: the splits' sizes), one tensor per view
     (name -> (shape per image, dtype))."""
-    per_image = sum(int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-                    for shape, dtype in views.values())
+    per_image = sum(
+        int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in views.values()
+    )
     return sum(images) * per_image
 
 
@@ -43,8 +44,10 @@ def check_cache_memory(need: int, max_share: float, device: torch.device | str, 
     if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
         raise ConfigError(f"model.cache_max_ram_share={max_share!r}: must be a share in (0, 1]")
     total, what = memory_of(device)
-    line = (f"the feature cache needs {gigabytes(need)}, {100 * need / total:.1f}% of {what} "
-            f"({gigabytes(total)}; the limit is model.cache_max_ram_share={max_share:g})")
+    line = (
+        f"the feature cache needs {gigabytes(need)}, {100 * need / total:.1f}% of {what} "
+        f"({gigabytes(total)}; the limit is model.cache_max_ram_share={max_share:g})"
+    )
     if need > max_share * total:
         raise ConfigError(f"{line}: {fix}")
     return line

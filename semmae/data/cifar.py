@@ -18,11 +18,15 @@ READERS = {10: CIFAR10, 100: CIFAR100}
 def _any_copy(cls: type[CIFAR10]) -> type[CIFAR10]:
     """cls with no md5 sums: torchvision's integrity check (check_integrity with md5=None) then asks only that
     every file exists."""
-    return type(cls.__name__, (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
 
 
 FILES_ONLY = {n: _any_copy(cls) for n, cls in READERS.items()}
@@ -59,7 +63,9 @@ def _download(root: str, num_classes: int) -> None:
     try:
         READERS[num_classes](root, train=True, download=True)
     except Exception as exc:
-        raise DataError(f"CIFAR-{num_classes} download failed ({type(exc).__name__}): put the data under {root}") from exc
+        raise DataError(
+            f"CIFAR-{num_classes} download failed ({type(exc).__name__}): put the data under {root}"
+        ) from exc
 
 
 class CIFARDataModule(ImageDataModule):

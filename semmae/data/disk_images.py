@@ -95,8 +95,11 @@ class ScannedImageFolder(ImageFolder):
         if is_valid_file is not None:
             raise ValueError("ScannedImageFolder selects files by extension only")
         extensions = IMG_EXTENSIONS if extensions is None else extensions
-        return [(path, class_to_idx[c]) for c in sorted(class_to_idx)
-                for path in find_files(os.path.join(directory, c), extensions)]
+        return [
+            (path, class_to_idx[c])
+            for c in sorted(class_to_idx)
+            for path in find_files(os.path.join(directory, c), extensions)
+        ]
 
 
 def image_folder(root: Path) -> ImageFolder:
@@ -109,16 +112,19 @@ def image_folder(root: Path) -> ImageFolder:
     empty = [c for c in folder.classes if folder.class_to_idx[c] not in found]
     if empty:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        raise DataError(f"ImageFolder class folder has no images: {root / empty[0]}{more}; "
-                        f"image files end in {', '.join(IMG_EXTENSIONS)}")
+        raise DataError(
+            f"ImageFolder class folder has no images: {root / empty[0]}{more}; "
+            f"image files end in {', '.join(IMG_EXTENSIONS)}"
+        )
     return folder
 
 
 def corrupt(path: str, reason: str, skip: bool) -> None:
     """An image that cannot be read: a DataError naming it, or with skip a warning naming it (the caller drops it)."""
     if not skip:
-        raise DataError(f"cannot read image {path}: {reason} "
-                        "(dataset.skip_corrupt=true skips such files with a warning)")
+        raise DataError(
+            f"cannot read image {path}: {reason} (dataset.skip_corrupt=true skips such files with a warning)"
+        )
     warnings.warn(f"skipping corrupt image {path}: {reason}", CorruptImageWarning, stacklevel=2)
 
 

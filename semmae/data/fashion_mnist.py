@@ -55,11 +55,14 @@ def locate(root: str | None, download: bool) -> Path:
             return root_p
         looked = ", ".join(str(root_p / sub) for sub in SUBDIRS)
         if not root_p.is_dir():
-            raise DataError(f"Fashion-MNIST not found: dataset.root={root} is not a folder (looked in {looked}): "
-                            f"create it to download into it, or {HOW_TO_GET}")
+            raise DataError(
+                f"Fashion-MNIST not found: dataset.root={root} is not a folder (looked in {looked}): "
+                f"create it to download into it, or {HOW_TO_GET}"
+            )
         if not download:
-            raise DataError(f"Fashion-MNIST IDX files not found under dataset.root={root} (looked in {looked}): "
-                            f"{HOW_TO_GET}")
+            raise DataError(
+                f"Fashion-MNIST IDX files not found under dataset.root={root} (looked in {looked}): {HOW_TO_GET}"
+            )
         return _download(root_p)
     if all(_find(DEBIAN_DIR, s) for s in stems):
         return DEBIAN_DIR
@@ -88,7 +91,9 @@ def _download(target: Path) -> Path:
     except Exception as exc:  # offline, DNS, HTTP errors: all mean "could not get the data"
         if created is not None:  # leave no empty or half-downloaded folders behind
             shutil.rmtree(created, ignore_errors=True)
-        raise DataError(f"Fashion-MNIST not found and the download failed ({type(exc).__name__}): {HOW_TO_GET}") from exc
+        raise DataError(
+            f"Fashion-MNIST not found and the download failed ({type(exc).__name__}): {HOW_TO_GET}"
+        ) from exc
     return target
 
 
@@ -99,7 +104,9 @@ def load_fashion_mnist(root: str | None, train: bool, download: bool = True) -> 
     images = torch.from_numpy(read_idx(_find(directory, img_stem)).copy())
     labels = torch.from_numpy(read_idx(_find(directory, lbl_stem)).astype("int64"))
     if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"Fashion-MNIST files in {directory} are inconsistent: {tuple(images.shape)} vs {len(labels)} labels")
+        raise DataError(
+            f"Fashion-MNIST files in {directory} are inconsistent: {tuple(images.shape)} vs {len(labels)} labels"
+        )
     return images.unsqueeze(1), labels
 
 
@@ -126,8 +133,9 @@ class FashionMNISTDataModule(ImageDataModule):
     source_channels = 1
     classes = CLASSES
 
-    def __init__(self, root: str | None = None, download: bool = True, canvas: int = 32, segments: str | None = None,
-                 **kwargs):
+    def __init__(
+        self, root: str | None = None, download: bool = True, canvas: int = 32, segments: str | None = None, **kwargs
+    ):
         kwargs.setdefault("mean", (0.2860,))
         kwargs.setdefault("std", (0.3530,))
         super().__init__(**kwargs)

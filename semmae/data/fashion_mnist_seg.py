@@ -67,8 +67,9 @@ class FashionMNISTSegDataModule(FashionMNISTDataModule):
         return None
 
     def set_train_augmentation(self, transform) -> None:
-        raise ConfigError(f"{self.name}: the training crop + flip move each label mask with its image, and cannot be "
-                          "replaced")
+        raise ConfigError(
+            f"{self.name}: the training crop + flip move each label mask with its image, and cannot be replaced"
+        )
 
     def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         """Training: crop + flip of image and label map together, plus the evaluation view as "image_plain" (so the

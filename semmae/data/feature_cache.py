@@ -56,16 +56,23 @@ def images_read(limits: Mapping[str, Any] | None, total: int, batch_size: int, t
 Features = torch.Tensor | dict[str, torch.Tensor]  # one view, or several by name
 
 
-def extract_features(encode: Callable[[torch.Tensor], Features], datamodule: L.LightningDataModule, split: str,
-                     device: torch.device, indices: list[int] | None = None) -> tuple[Features, torch.Tensor]:
+def extract_features(
+    encode: Callable[[torch.Tensor], Features],
+    datamodule: L.LightningDataModule,
+    split: str,
+    device: torch.device,
+    indices: list[int] | None = None,
+) -> tuple[Features, torch.Tensor]:
     """-> (features, labels [N]) on device of the split's images in order (only those at indices, if given) in the
     datamodule's evaluation view (no augmentation: eval_batches). features: what encode gives of a batch of images
     ([B, ...], or {view: [B, ...]}), concatenated over the batches."""
     feats, labels = [], []
     for batch in datamodule.eval_batches(split, device, indices=indices):
         if "label" not in batch:
-            raise ConfigError(f"the feature cache needs labelled images, and {datamodule.name}'s batches have no "
-                              "'label': set model.feature_cache=false")
+            raise ConfigError(
+                f"the feature cache needs labelled images, and {datamodule.name}'s batches have no "
+                "'label': set model.feature_cache=false"
+            )
         feats.append(encode(batch["image"]))
         labels.append(batch["label"])
     if feats and isinstance(feats[0], dict):
@@ -73,8 +80,9 @@ def extract_features(encode: Callable[[torch.Tensor], Features], datamodule: L.L
     return torch.cat(feats), torch.cat(labels)
 
 
-def cache_indices(datamodule: SemmaeDataModule, limits: Mapping[str, Any] | None,
-                  seed: int = 0) -> dict[str, list[int] | None]:
+def cache_indices(
+    datamodule: SemmaeDataModule, limits: Mapping[str, Any] | None, seed: int = 0
+) -> dict[str, list[int] | None]:
     """{split: the indices of the images the cache encodes, None for all}: what the run reads (images_read) under
     the trainer's limits, the first images of the validation split (read in order) and a fixed random subset of the
     training split (reshuffled every epoch)."""
@@ -99,45 +107,79 @@ class FeatureDataModule(SemmaeDataModule):
     """Cached features and labels of the train and validation splits; shuffled fixed-size training batches. A split's
     features are one tensor, or several views by name, of which `view` is served."""
 
-    def __init__(self, train: tuple[Features, torch.Tensor], val: tuple[Features, torch.Tensor],
-                 batch_size: int, eval_batch_size: int, seed: int = 0, name: str = "features", view: str | None = None,
-                 train_repeat: int = 1):
+    def __init__(
+        self,
+        train: tuple[Features, torch.Tensor],
+        val: tuple[Features, torch.Tensor],
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int = 0,
+        name: str = "features",
+        view: str | None = None,
+        train_repeat: int = 1,
+    ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=0, seed=seed, name=name)
         self.splits = {"train": train, "val": val}
         self.view = view
         self.train_repeat = train_repeat  # passes over the training set an epoch (ResidentBatches' repeat)
         if len(train[1]) < self.batch_size:
-            raise ConfigError(f"{len(train[1])} training samples are fewer than one batch of {self.batch_size}: "
-                              "lower dataset.batch_size")
+            raise ConfigError(
+                f"{len(train[1])} training samples are fewer than one batch of {self.batch_size}: "
+                "lower dataset.batch_size"
+            )
         for split, (feats, _) in self.splits.items():
             if isinstance(feats, dict) and view not in feats:
                 raise ConfigError(f"the feature cache of {split} holds {sorted(feats)}, not the view {view!r}")
 
     @classmethod
-    def from_images(cls, datamodule: L.LightningDataModule, encode: Callable[[torch.Tensor], Features],
-                    device: torch.device, seed: int = 0, limits: Mapping[str, Any] | None = None,
-                    view: str | None = None, val: tuple[Features, torch.Tensor] | None = None,
-                    batch_size: int | None = None) -> FeatureDataModule:
+    def from_images(
+        cls,
+        datamodule: L.LightningDataModule,
+        encode: Callable[[torch.Tensor], Features],
+        device: torch.device,
+        seed: int = 0,
+        limits: Mapping[str, Any] | None = None,
+        view: str | None = None,
+        val: tuple[Features, torch.Tensor] | None = None,
+        batch_size: int | None = None,
+    ) -> FeatureDataModule:
         """Encodes what the run reads (cache_indices): all of a split, or under limits (by default the cache_limits
         of the task whose encode this is) a part of it. val: an already encoded validation split to reuse (e.g. that
         of another training subset of the same run). batch_size: the training batch (default: the datamodule's)."""
         if not isinstance(datamodule, SemmaeDataModule):
-            raise ConfigError(f"the feature cache does not know how to read {type(datamodule).__name__}: "
-                              "set model.feature_cache=false")
+            raise ConfigError(
+                f"the feature cache does not know how to read {type(datamodule).__name__}: "
+                "set model.feature_cache=false"
+            )
         if limits is None:
             limits = getattr(getattr(encode, "__self__", None), "cache_limits", None)
         indices = cache_indices(datamodule, limits, seed)
         train = extract_features(encode, datamodule, "train", device, indices["train"])
         val = val if val is not None else extract_features(encode, datamodule, "val", device, indices["val"])
-        return cls(train, val, batch_size or datamodule.batch_size, datamodule.eval_batch_size, seed,
-                   name=f"{datamodule.name} (cached features)", view=view)
+        return cls(
+            train,
+            val,
+            batch_size or datamodule.batch_size,
+            datamodule.eval_batch_size,
+            seed,
+            name=f"{datamodule.name} (cached features)",
+            view=view,
+        )
 
-    def with_view(self, view: str, batch_size: int | None = None, seed: int | None = None,
-                  train_repeat: int | None = None) -> FeatureDataModule:
+    def with_view(
+        self, view: str, batch_size: int | None = None, seed: int | None = None, train_repeat: int | None = None
+    ) -> FeatureDataModule:
         """The same cached tensors, serving another view (and training batch, seed, passes an epoch)."""
-        return type(self)(self.splits["train"], self.splits["val"], batch_size or self.batch_size,
-                          self.eval_batch_size, self.seed if seed is None else seed, self.name, view,
-                          self.train_repeat if train_repeat is None else train_repeat)
+        return type(self)(
+            self.splits["train"],
+            self.splits["val"],
+            batch_size or self.batch_size,
+            self.eval_batch_size,
+            self.seed if seed is None else seed,
+            self.name,
+            view,
+            self.train_repeat if train_repeat is None else train_repeat,
+        )
 
     def features(self, split: str) -> torch.Tensor:
         """The served view of a split [N, ...]."""
@@ -151,8 +193,15 @@ class FeatureDataModule(SemmaeDataModule):
         return len(self.splits[split][1])
 
     def _batches(self, feats: torch.Tensor, labels: torch.Tensor, train: bool, shard: bool = True) -> Dataset:
-        ds = FeatureBatches(feats, labels, self.batch_size if train else self.eval_batch_size, train=train,
-                            seed=self.seed, shard=shard, repeat=self.train_repeat)
+        ds = FeatureBatches(
+            feats,
+            labels,
+            self.batch_size if train else self.eval_batch_size,
+            train=train,
+            seed=self.seed,
+            shard=shard,
+            repeat=self.train_repeat,
+        )
         ds.epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0
         return ds
 

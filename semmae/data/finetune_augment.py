@@ -45,14 +45,26 @@ class FinetuneAugment:
         """Set the training augmentation of datamodule; -> a one-line description of what it now does."""
         kind = datamodule.train_augmentation_kind if isinstance(datamodule, SemmaeDataModule) else None
         if kind == "image":
-            datamodule.set_train_augmentation(create_transform(
-                input_size=datamodule.img_size, is_training=True, scale=datamodule.crop_scale, hflip=0.5,
-                color_jitter=None, auto_augment=self.auto_augment, interpolation=self.interpolation,
-                re_prob=self.re_prob, re_mode=self.re_mode, re_count=self.re_count,
-                mean=datamodule.mean, std=datamodule.std,
-            ))
-            return (f"timm create_transform: RandomResizedCrop{tuple(datamodule.crop_scale)} + flip + "
-                    f"{self.auto_augment or 'no RandAugment'} + random erasing p={self.re_prob}")
+            datamodule.set_train_augmentation(
+                create_transform(
+                    input_size=datamodule.img_size,
+                    is_training=True,
+                    scale=datamodule.crop_scale,
+                    hflip=0.5,
+                    color_jitter=None,
+                    auto_augment=self.auto_augment,
+                    interpolation=self.interpolation,
+                    re_prob=self.re_prob,
+                    re_mode=self.re_mode,
+                    re_count=self.re_count,
+                    mean=datamodule.mean,
+                    std=datamodule.std,
+                )
+            )
+            return (
+                f"timm create_transform: RandomResizedCrop{tuple(datamodule.crop_scale)} + flip + "
+                f"{self.auto_augment or 'no RandAugment'} + random erasing p={self.re_prob}"
+            )
         if kind == "batch" or (kind is None and getattr(datamodule, "in_memory", False)):
             what = f"RandomResizedCrop{tuple(datamodule.crop_scale)} + flip"
             if self.re_prob > 0 and kind is None:
@@ -60,8 +72,9 @@ class FinetuneAugment:
                     return f"{what} (random erasing needs dataset.resident=true; not applied)"
                 return f"{what} (random erasing: {datamodule.name} takes no batched augmentation; not applied)"
             if self.re_prob > 0:
-                datamodule.set_train_augmentation(BatchRandomErasing(datamodule.train_augmentation, self.re_prob,
-                                                                     self.re_mode, self.re_count))
+                datamodule.set_train_augmentation(
+                    BatchRandomErasing(datamodule.train_augmentation, self.re_prob, self.re_mode, self.re_count)
+                )
                 what += f" + random erasing p={self.re_prob}"
             return what + " (batched; RandAugment only on the ImageFolder path)"
         if isinstance(datamodule, SemmaeDataModule):

@@ -20,8 +20,10 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as exc:  # gzip: EOFError when truncated, BadGzipFile, zlib.error
-        raise DataError(f"{path} cannot be read, it is truncated or corrupt ({type(exc).__name__}: {exc}): "
-                        "replace it with a complete copy") from exc
+        raise DataError(
+            f"{path} cannot be read, it is truncated or corrupt ({type(exc).__name__}: {exc}): "
+            "replace it with a complete copy"
+        ) from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]

@@ -31,8 +31,15 @@ class DictDataset(Dataset):
     An image that cannot be read is a DataError naming it, or with skip_corrupt {"corrupt": path} (the loader's
     disk_images.collate_readable drops it)."""
 
-    def __init__(self, base: ImageFolder, indices: list[int] | None, transform, plain_transform=None,
-                 skip_corrupt: bool = False, hooks: dict[str, Callable] | None = None):
+    def __init__(
+        self,
+        base: ImageFolder,
+        indices: list[int] | None,
+        transform,
+        plain_transform=None,
+        skip_corrupt: bool = False,
+        hooks: dict[str, Callable] | None = None,
+    ):
         self.base, self.indices = base, indices
         self.transform, self.plain_transform = transform, plain_transform
         self.skip_corrupt = skip_corrupt
@@ -104,8 +111,13 @@ class ImageFolderDataModule(SemmaeDataModule):
         norm = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         if train:
             return T.Compose(
-                [T.RandomResizedCrop(self.img_size, scale=self.crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-                 T.RandomHorizontalFlip()] + norm
+                [
+                    T.RandomResizedCrop(
+                        self.img_size, scale=self.crop_scale, interpolation=T.InterpolationMode.BICUBIC
+                    ),
+                    T.RandomHorizontalFlip(),
+                ]
+                + norm
             )
         resize = int(round(self.img_size / 0.875))
         return T.Compose(
@@ -137,8 +149,14 @@ class ImageFolderDataModule(SemmaeDataModule):
         indices = self.subset(len(ds), split, ds.targets)
         if self.on_device():
             return jpeg_decode.EncodedImageFolder(ds, indices, skip_corrupt=self.skip_corrupt)
-        return DictDataset(ds, indices, self.transform(train), self.transform(False) if train else None,
-                           skip_corrupt=self.skip_corrupt, hooks=self.sample_hooks)
+        return DictDataset(
+            ds,
+            indices,
+            self.transform(train),
+            self.transform(False) if train else None,
+            skip_corrupt=self.skip_corrupt,
+            hooks=self.sample_hooks,
+        )
 
     def prepare_data(self) -> None:
         """Scan both splits (a bad tree fails before training starts) and take the class count from the folders:
@@ -147,12 +165,16 @@ class ImageFolderDataModule(SemmaeDataModule):
         train, val = (self._scan(name) for name in (self.train_dir, self.val_dir))
         if train.classes != val.classes:
             only = sorted(set(train.classes) ^ set(val.classes))
-            raise DataError(f"{self.root / self.train_dir} and {self.root / self.val_dir} have different class "
-                            f"folders (e.g. {', '.join(only[:3]) or 'in another order'}): the labels would not agree")
+            raise DataError(
+                f"{self.root / self.train_dir} and {self.root / self.val_dir} have different class "
+                f"folders (e.g. {', '.join(only[:3]) or 'in another order'}): the labels would not agree"
+            )
         found = len(train.classes)
         if self.num_classes is not None and int(self.num_classes) != found:
-            raise ConfigError(f"dataset.num_classes={self.num_classes}, but {self.root / self.train_dir} has {found} "
-                              "class folders: drop dataset.num_classes (null takes it from the folders) or fix the tree")
+            raise ConfigError(
+                f"dataset.num_classes={self.num_classes}, but {self.root / self.train_dir} has {found} "
+                "class folders: drop dataset.num_classes (null takes it from the folders) or fix the tree"
+            )
         self.num_classes = found
 
     def setup(self, stage: str | None = None) -> None:
@@ -168,8 +190,14 @@ class ImageFolderDataModule(SemmaeDataModule):
         ds = self.datasets[split]
         if train == (split == "train") or not isinstance(ds, DictDataset):  # encoded bytes: the view is decided later
             return ds
-        return DictDataset(ds.base, ds.indices, self.transform(train), self.transform(False) if train else None,
-                           skip_corrupt=self.skip_corrupt, hooks=self.sample_hooks)
+        return DictDataset(
+            ds.base,
+            ds.indices,
+            self.transform(train),
+            self.transform(False) if train else None,
+            skip_corrupt=self.skip_corrupt,
+            hooks=self.sample_hooks,
+        )
 
     def collate_fn(self, dataset: Dataset) -> Callable[[list[Any]], Any]:
         encoded = isinstance(getattr(dataset, "dataset", dataset), jpeg_decode.EncodedImageFolder)  # also in a Subset
@@ -177,7 +205,7 @@ class ImageFolderDataModule(SemmaeDataModule):
 
     @property
     def train_augmentation_kind(self) -> str | None:
-        """"image" when the workers decode (a PIL image per sample); None when the device decodes and augments."""
+        """ "image" when the workers decode (a PIL image per sample); None when the device decodes and augments."""
         return None if self.on_device() else "image"
 
     @property
@@ -191,8 +219,10 @@ class ImageFolderDataModule(SemmaeDataModule):
         self.setup()
         train = self.datasets["train"]
         if not isinstance(train, DictDataset):
-            raise ConfigError(f"{self.name}: dataset.decode=device decodes and augments the batch on the device; "
-                              "a per-image training augmentation needs dataset.decode=workers")
+            raise ConfigError(
+                f"{self.name}: dataset.decode=device decodes and augments the batch on the device; "
+                "a per-image training augmentation needs dataset.decode=workers"
+            )
         train.transform, train.plain_transform = transform, None
 
     def provide(self, key: str, producer: Callable | None = None, needed_by: str = "the model") -> None:
@@ -200,11 +230,15 @@ class ImageFolderDataModule(SemmaeDataModule):
         then decodes there; decode=device is refused). An ImageFolder holds no per-image maps: producer None is
         refused."""
         if producer is None:
-            raise ConfigError(f"{needed_by} reads batch['{key}'] from the dataset, and an ImageFolder has none: use "
-                              "masking.segmenter=slic or color_kmeans with ImageFolder data")
+            raise ConfigError(
+                f"{needed_by} reads batch['{key}'] from the dataset, and an ImageFolder has none: use "
+                "masking.segmenter=slic or color_kmeans with ImageFolder data"
+            )
         if self.decode == "device":
-            raise ConfigError(f"{needed_by} computes batch['{key}'] per image in the DataLoader workers, but "
-                              "dataset.decode=device decodes on the device: use dataset.decode=workers (or auto)")
+            raise ConfigError(
+                f"{needed_by} computes batch['{key}'] per image in the DataLoader workers, but "
+                "dataset.decode=device decodes on the device: use dataset.decode=workers (or auto)"
+            )
         self.decode = "workers"
         self.datasets = {}
         self.sample_hooks[key] = producer
@@ -212,13 +246,15 @@ class ImageFolderDataModule(SemmaeDataModule):
     # --- device decoding (decode=device) -------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "jpeg" in batch:  # bytes stay on the CPU: decode_jpeg reads them there
-            return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                    for k, v in batch.items()}
+            return {
+                k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+            }
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def augment_batch(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         if "jpeg" not in batch:
             return batch
         device = batch["label"].device
-        return jpeg_decode.device_batch(batch, device, self.img_size, train, self.mean, self.std, self.crop_scale,
-                                        skip_corrupt=self.skip_corrupt)
+        return jpeg_decode.device_batch(
+            batch, device, self.img_size, train, self.mean, self.std, self.crop_scale, skip_corrupt=self.skip_corrupt
+        )

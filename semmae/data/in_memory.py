@@ -28,8 +28,16 @@ class ArrayDataset(Dataset):
     maps: per-image integer maps [N, H, W] (e.g. segment maps) that get the image's own crop and flip (nearest);
     hooks: {key: fn} computed from each transformed image in the worker (e.g. SLIC superpixels) and batched with it."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, channels: int, plain_transform=None,
-                 maps: dict[str, torch.Tensor] | None = None, hooks: dict[str, Callable] | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform,
+        channels: int,
+        plain_transform=None,
+        maps: dict[str, torch.Tensor] | None = None,
+        hooks: dict[str, Callable] | None = None,
+    ):
         self.images, self.labels, self.transform, self.channels = images, labels, transform, channels
         self.plain_transform = plain_transform
         self.maps, self.hooks = dict(maps or {}), dict(hooks or {})
@@ -82,9 +90,19 @@ class ImageDataModule(SemmaeDataModule):
     ):
         if num_classes is not None and self.num_classes and int(num_classes) != self.num_classes:
             raise ConfigError(f"dataset.num_classes={num_classes}, but {type(self).__name__} has {self.num_classes}")
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory, train_subset=train_subset, val_subset=val_subset, seed=seed, name=name,
-                         mean=mean, std=std, train_per_class=train_per_class)
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            train_subset=train_subset,
+            val_subset=val_subset,
+            seed=seed,
+            name=name,
+            mean=mean,
+            std=std,
+            train_per_class=train_per_class,
+        )
         self.img_size = int(img_size)
         self.channels = int(channels or self.source_channels)
         if self.channels not in (1, 3):
@@ -128,8 +146,9 @@ class ImageDataModule(SemmaeDataModule):
                 raise ConfigError(f"{needed_by} reads batch['{key}']: {self.how_to_provide(key)}")
             return
         if self.resident:
-            log.info("dataset.resident=false: %s computes batch['%s'] per image in the DataLoader workers",
-                     needed_by, key)
+            log.info(
+                "dataset.resident=false: %s computes batch['%s'] per image in the DataLoader workers", needed_by, key
+            )
             self.resident = False
             self.data, self.maps = {}, {}
         self.sample_hooks[key] = producer
@@ -172,12 +191,26 @@ class ImageDataModule(SemmaeDataModule):
 
     def _split_data(self, train: bool, images, labels, maps, shard: bool = True) -> Dataset:
         if self.resident:
-            ds = ResidentBatches(images, labels, self.batch_size if train else self.eval_batch_size, train=train,
-                                 seed=self.seed, maps=maps, shard=shard)
+            ds = ResidentBatches(
+                images,
+                labels,
+                self.batch_size if train else self.eval_batch_size,
+                train=train,
+                seed=self.seed,
+                maps=maps,
+                shard=shard,
+            )
             ds.epoch_fn = self._epoch
             return ds
-        return ArrayDataset(images, labels, self._worker_transform(train), self.channels,
-                            self._worker_transform(False) if train else None, maps=maps, hooks=self.sample_hooks)
+        return ArrayDataset(
+            images,
+            labels,
+            self._worker_transform(train),
+            self.channels,
+            self._worker_transform(False) if train else None,
+            maps=maps,
+            hooks=self.sample_hooks,
+        )
 
     def split_dataset(self, split: str, train: bool) -> Dataset:
         images, labels = self.data[split]
@@ -210,7 +243,7 @@ class ImageDataModule(SemmaeDataModule):
             return batch
         maps = self.maps.get("train" if train else "val") or {}
         if maps:  # the integer map follows its image through the same crop and flip
-            (key, all_maps), = maps.items()
+            ((key, all_maps),) = maps.items()
             m = batch[key] if key in batch else all_maps.index_select(0, batch["index"].to(all_maps.device))
             m = m.to(images.device)
             if not train:
@@ -229,7 +262,7 @@ class ImageDataModule(SemmaeDataModule):
 
     @property
     def train_augmentation_kind(self) -> str | None:
-        """"batch" on the resident path (augmented on the device); the worker path's transforms are fixed."""
+        """ "batch" on the resident path (augmented on the device); the worker path's transforms are fixed."""
         return "batch" if self.resident else None
 
     @property
@@ -238,6 +271,8 @@ class ImageDataModule(SemmaeDataModule):
 
     def set_train_augmentation(self, transform) -> None:
         if not self.resident:
-            raise ConfigError(f"{self.name}: dataset.resident=false augments each image in the DataLoader workers; "
-                              "a batched training augmentation needs dataset.resident=true")
+            raise ConfigError(
+                f"{self.name}: dataset.resident=false augments each image in the DataLoader workers; "
+                "a batched training augmentation needs dataset.resident=true"
+            )
         self.train_augment = transform

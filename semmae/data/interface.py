@@ -77,7 +77,9 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         if int(batch_size) < 1:
             raise ConfigError(f"dataset.batch_size must be >= 1, got {batch_size}")
         if eval_batch_size is not None and int(eval_batch_size) < 1:
-            raise ConfigError(f"dataset.eval_batch_size must be >= 1 (or null: dataset.batch_size), got {eval_batch_size}")
+            raise ConfigError(
+                f"dataset.eval_batch_size must be >= 1 (or null: dataset.batch_size), got {eval_batch_size}"
+            )
         for key, value in (("train_subset", train_subset), ("val_subset", val_subset)):
             if value is not None and (isinstance(value, bool) or int(value) < 1):
                 raise ConfigError(f"dataset.{key}={value}: must be a number of images >= 1, or null for all of them")
@@ -92,8 +94,10 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         self.train_per_class = check_per_class(train_per_class)
         self.train_pool_size: int | None = None
         if self.train_per_class is not None and train_subset is not None:
-            raise ConfigError("dataset.train_per_class and dataset.train_subset both choose the training images: "
-                              "set dataset.train_subset=null")
+            raise ConfigError(
+                "dataset.train_per_class and dataset.train_subset both choose the training images: "
+                "set dataset.train_subset=null"
+            )
         self.seed = int(seed)
         self.loader_timeout_s = float(loader_timeout_s)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -134,8 +138,11 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         key = "train_subset" if split == "train" else "val_subset"
         n = getattr(self, key)
         if n is not None and int(n) > total:
-            warnings.warn(f"dataset.{key}={n} is more than the {total} images of {self.name}'s {split} split: "
-                          f"using all {total}", SubsetWarning, stacklevel=2)
+            warnings.warn(
+                f"dataset.{key}={n} is more than the {total} images of {self.name}'s {split} split: using all {total}",
+                SubsetWarning,
+                stacklevel=2,
+            )
         return subset_indices(total, n, self.seed)
 
     def loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -143,16 +150,25 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         batch_size = self.batch_size if train else self.eval_batch_size
         if isinstance(dataset, ResidentBatches):  # yields whole batches
             batch_size = None
-        return split_loader(dataset, batch_size, train, self.num_workers, self.pin_memory,
-                            collate_fn=self.collate_fn(dataset), timeout_s=self.loader_timeout_s)
+        return split_loader(
+            dataset,
+            batch_size,
+            train,
+            self.num_workers,
+            self.pin_memory,
+            collate_fn=self.collate_fn(dataset),
+            timeout_s=self.loader_timeout_s,
+        )
 
     def dataloader(self, split: str, train: bool) -> DataLoader:
         self.setup()
         loader = self.loader(self.split_dataset(split, train), train)
         if train and len(loader) == 0:  # training drops the incomplete batch: a run that would train nothing
-            raise ConfigError(f"dataset.batch_size={self.batch_size} is more than the {self.split_size(split)} training "
-                              f"images of {self.name} (per process): there is no training batch; lower "
-                              "dataset.batch_size or train on more images (dataset.train_subset)")
+            raise ConfigError(
+                f"dataset.batch_size={self.batch_size} is more than the {self.split_size(split)} training "
+                f"images of {self.name} (per process): there is no training batch; lower "
+                "dataset.batch_size or train on more images (dataset.train_subset)"
+            )
         return loader
 
     def train_dataloader(self) -> DataLoader:
@@ -173,8 +189,13 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         trainer = self.trainer
         return self.augment_batch(batch, train=bool(trainer is not None and trainer.training))
 
-    def eval_batches(self, split: str = "val", device: torch.device | str | None = None, limit: int | None = None,
-                     indices: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    def eval_batches(
+        self,
+        split: str = "val",
+        device: torch.device | str | None = None,
+        limit: int | None = None,
+        indices: list[int] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """The batches of split in order (only those at indices, if given; at most limit images, if given) in the
         evaluation view, moved to device (None: where the loader leaves them) and evaluation-transformed there,
         as the validation loop sees them; eval_batch_size images a batch. All of the split on every process
@@ -223,5 +244,7 @@ class SemmaeDataModule(L.LightningDataModule, ABC):
         """Make every batch carry batch[key], which a masking strategy asks for (MaskingStrategy.data_needs):
         producer None means the data set must hold it (e.g. segment maps); a function fn(augmented image [C, H, W])
         is run per image where the images are augmented. Default: nothing can be provided (one line says so)."""
-        raise ConfigError(f"{needed_by} reads batch['{key}'], which {self.name} ({type(self).__name__}) cannot "
-                          "provide: choose another masking.segmenter or another dataset")
+        raise ConfigError(
+            f"{needed_by} reads batch['{key}'], which {self.name} ({type(self).__name__}) cannot "
+            "provide: choose another masking.segmenter or another dataset"
+        )

@@ -68,8 +68,9 @@ def _reason(exc: RuntimeError) -> str:
     return what
 
 
-def decode_checked(jpegs: list[torch.Tensor], paths: list[str], device: torch.device,
-                   skip_corrupt: bool = False) -> tuple[list[torch.Tensor], list[int]]:
+def decode_checked(
+    jpegs: list[torch.Tensor], paths: list[str], device: torch.device, skip_corrupt: bool = False
+) -> tuple[list[torch.Tensor], list[int]]:
     """decode(), and when the batch fails, each image alone to name the bad file -> (images, their positions)."""
     try:
         return decode(jpegs, device), list(range(len(jpegs)))
@@ -93,7 +94,11 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def train_views(
-    images: list[torch.Tensor], size: int, scale, ratio=(3 / 4, 4 / 3), flip_p: float = 0.5,
+    images: list[torch.Tensor],
+    size: int,
+    scale,
+    ratio=(3 / 4, 4 / 3),
+    flip_p: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """RandomResizedCrop + horizontal flip of each decoded image -> float [B, 3, size, size] in [0, 255]."""
@@ -121,8 +126,17 @@ def eval_views(images: list[torch.Tensor], size: int, crop_fraction: float = 0.8
     return torch.stack(out)
 
 
-def device_batch(batch: dict[str, Any], device: torch.device, size: int, train: bool, mean, std, scale,
-                 generator: torch.Generator | None = None, skip_corrupt: bool = False) -> dict[str, Any]:
+def device_batch(
+    batch: dict[str, Any],
+    device: torch.device,
+    size: int,
+    train: bool,
+    mean,
+    std,
+    scale,
+    generator: torch.Generator | None = None,
+    skip_corrupt: bool = False,
+) -> dict[str, Any]:
     """Decode and transform an encoded batch on `device`: training batches get "image" (augmented) and
     "image_plain" (evaluation view), evaluation batches get "image"."""
     decoded, keep = decode_checked(batch["jpeg"], batch["path"], device, skip_corrupt)

@@ -34,8 +34,15 @@ def pin_memory(setting: bool | str) -> bool:
     return torch.cuda.is_available() if setting == "auto" else bool(setting)
 
 
-def split_loader(dataset: Dataset, batch_size: int | None, train: bool, num_workers: int, pin: bool | str,
-                 collate_fn: Callable[[list[Any]], Any] | None = None, timeout_s: float = 600.0) -> DataLoader:
+def split_loader(
+    dataset: Dataset,
+    batch_size: int | None,
+    train: bool,
+    num_workers: int,
+    pin: bool | str,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    timeout_s: float = 600.0,
+) -> DataLoader:
     """timeout_s: how long to wait for a worker's batch before raising (0: forever); no workers, no timeout.
     batch_size None: the dataset yields whole batches already on their device (semmae.data.resident), which the
     loader passes on as they are, from the main process (no workers, no pinning, no shuffling: the dataset orders)."""
@@ -100,6 +107,8 @@ def timeout_message(loader: WatchedLoader, pending: int | None) -> str:
     path_of = getattr(loader.dataset, "item_path", None)
     files = [str(path_of(i)) for i in batch] if callable(path_of) else []
     where = f"; it was reading {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}" if files else ""
-    return (f"a DataLoader worker sent no batch for {loader.timeout:g} s (dataset.loader_timeout_s){where}: a file "
-            "that blocks when read (a stalled network mount, a pipe) or a worker stuck otherwise; fix the data, or "
-            "raise dataset.loader_timeout_s for slow storage")
+    return (
+        f"a DataLoader worker sent no batch for {loader.timeout:g} s (dataset.loader_timeout_s){where}: a file "
+        "that blocks when read (a stalled network mount, a pipe) or a worker stuck otherwise; fix the data, or "
+        "raise dataset.loader_timeout_s for slow storage"
+    )

@@ -25,8 +25,10 @@ def class_balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> li
     classes, counts = labels.unique(return_counts=True)
     smallest = int(counts.argmin())
     if per_class > int(counts[smallest]):
-        raise ConfigError(f"dataset.train_per_class={per_class} is more than the {int(counts[smallest])} training "
-                          f"images of class {int(classes[smallest])}, the smallest: lower it to at most that")
+        raise ConfigError(
+            f"dataset.train_per_class={per_class} is more than the {int(counts[smallest])} training "
+            f"images of class {int(classes[smallest])}, the smallest: lower it to at most that"
+        )
     g = torch.Generator().manual_seed(int(seed) * 7919 + 101)
     order = torch.randperm(len(labels), generator=g)
     order = order[labels[order].argsort(stable=True)]  # grouped by class, in the seeded order within each

@@ -27,8 +27,17 @@ class ResidentBatches(IterableDataset):
     valid=False so metrics can ignore it.
     shard=False: every rank reads all of the data (as one process would)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
-                 maps: dict[str, torch.Tensor] | None = None, shard: bool = True, repeat: int = 1):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        maps: dict[str, torch.Tensor] | None = None,
+        shard: bool = True,
+        repeat: int = 1,
+    ):
         super().__init__()
         self.images, self.labels, self.maps = images, labels, dict(maps or {})
         self.batch_size, self.train, self.seed, self.shard = int(batch_size), bool(train), int(seed), bool(shard)

@@ -12,7 +12,16 @@ from semmae.masking.semantic_informative import SemanticInformativeMasking
 from semmae.masking.semantic_stratified import SemanticStratifiedMasking
 
 __all__ = [
-    "Mask", "MaskingStrategy", "keep_lowest",
-    "RandomMasking", "BlockMasking", "GridMasking", "SemanticMasking", "ColoredNoiseMasking",
-    "SemanticInformativeMasking", "SemanticFeaturesMasking", "SemanticStratifiedMasking", "RandomUnitsMasking",
+    "Mask",
+    "MaskingStrategy",
+    "keep_lowest",
+    "RandomMasking",
+    "BlockMasking",
+    "GridMasking",
+    "SemanticMasking",
+    "ColoredNoiseMasking",
+    "SemanticInformativeMasking",
+    "SemanticFeaturesMasking",
+    "SemanticStratifiedMasking",
+    "RandomUnitsMasking",
 ]

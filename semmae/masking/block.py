@@ -27,8 +27,14 @@ from semmae.masking.base import MaskingStrategy
 class BlockMasking(MaskingStrategy):
     name = "block"
 
-    def __init__(self, mask_ratio: float = 0.75, min_patches: int = 16, min_aspect: float = 0.3,
-                 num_candidates: int = 32, visible_count: str = "official"):
+    def __init__(
+        self,
+        mask_ratio: float = 0.75,
+        min_patches: int = 16,
+        min_aspect: float = 0.3,
+        num_candidates: int = 32,
+        visible_count: str = "official",
+    ):
         super().__init__(mask_ratio, visible_count)
         if int(min_patches) != min_patches or int(min_patches) < 1:
             raise ConfigError(f"masking.min_patches must be an integer >= 1, got {min_patches}")
@@ -41,8 +47,12 @@ class BlockMasking(MaskingStrategy):
         self.num_candidates = int(num_candidates)
 
     def params(self):
-        return {**super().params(), "min_patches": self.min_patches, "min_aspect": self.min_aspect,
-                "num_candidates": self.num_candidates}
+        return {
+            **super().params(),
+            "min_patches": self.min_patches,
+            "min_aspect": self.min_aspect,
+            "num_candidates": self.num_candidates,
+        }
 
     def scores(self, images, grid_size, generator, batch=None) -> torch.Tensor:
         h, w = grid_size

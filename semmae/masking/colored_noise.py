@@ -37,8 +37,14 @@ def noise_filter(grid_size: tuple[int, int], color: str, frequency: float, bandw
 class ColoredNoiseMasking(MaskingStrategy):
     name = "colored_noise"
 
-    def __init__(self, mask_ratio: float = 0.75, color: str = "green", frequency: float = 0.2,
-                 bandwidth: float = 0.08, visible_count: str = "official"):
+    def __init__(
+        self,
+        mask_ratio: float = 0.75,
+        color: str = "green",
+        frequency: float = 0.2,
+        bandwidth: float = 0.08,
+        visible_count: str = "official",
+    ):
         super().__init__(mask_ratio, visible_count)
         if color not in COLORS:
             raise ConfigError(f"masking.color must be one of {', '.join(COLORS)}, got {color!r}")

@@ -39,8 +39,10 @@ class RandomUnitsMasking(MaskingStrategy):
         super().check(grid_size)
         h, w = grid_size
         if h % self.unit or w % self.unit:
-            raise ConfigError(f"masking.unit={self.unit} does not divide the {h}x{w} patch grid: choose a unit that "
-                              f"divides both sides")
+            raise ConfigError(
+                f"masking.unit={self.unit} does not divide the {h}x{w} patch grid: choose a unit that "
+                f"divides both sides"
+            )
 
     def scores(self, images, grid_size, generator, batch=None) -> torch.Tensor:
         self.check(grid_size)

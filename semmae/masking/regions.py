@@ -25,7 +25,9 @@ CONTENT_FLOOR = 1e-6  # region_content's lower bound: a flat region keeps a tiny
 
 
 def region_ranks(
-    regions: torch.Tensor, generator: torch.Generator | None, last: torch.Tensor | None = None,
+    regions: torch.Tensor,
+    generator: torch.Generator | None,
+    last: torch.Tensor | None = None,
     log_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """regions [B, N] (region id = smallest patch index) -> rank of each patch's region [B, N], a random order of
@@ -74,7 +76,9 @@ def region_seeds(regions: torch.Tensor, generator: torch.Generator | None) -> to
 
 
 def seed_distance(
-    regions: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
+    regions: torch.Tensor,
+    grid_size: tuple[int, int],
+    generator: torch.Generator | None,
     seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euclidean distance of every patch from its region's seed patch (drawn by region_seeds unless given), divided
@@ -91,7 +95,10 @@ def grow_rounds(grid_size: tuple[int, int]) -> int:
 
 
 def grow_distance(
-    regions: torch.Tensor, seeds: torch.Tensor, grid_size: tuple[int, int], rounds: int | None = None,
+    regions: torch.Tensor,
+    seeds: torch.Tensor,
+    grid_size: tuple[int, int],
+    rounds: int | None = None,
 ) -> torch.Tensor:
     """[B, N] float: the geodesic distance (4-neighbour steps that stay inside the region) of every patch from its
     region's seed, by a fixed number of Bellman-Ford rounds over the grid's edges (grow_rounds by default: exact for
@@ -152,7 +159,10 @@ def patch_pixel_std(images: torch.Tensor, grid_size: tuple[int, int]) -> torch.T
 
 
 def flat_regions(
-    images: torch.Tensor, regions: torch.Tensor, grid_size: tuple[int, int], threshold: float,
+    images: torch.Tensor,
+    regions: torch.Tensor,
+    grid_size: tuple[int, int],
+    threshold: float,
 ) -> torch.Tensor:
     """[B, N] bool: the patch's region is flat, i.e. the pixel std within its patches, averaged over the region and
     the channels, is at most `threshold` x the image's pixel std (scale- and shift-invariant; a constant image is

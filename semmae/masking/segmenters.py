@@ -20,8 +20,11 @@ _EPS = 1e-3
 @functools.lru_cache(maxsize=64)
 def _standard_positions(h: int, w: int, device: str) -> torch.Tensor:
     """Standardised (row, col) of every patch [N, 2], built on the device (no host-to-device copy per step)."""
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                                torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=device),
+        torch.arange(w, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
     pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     return (pos - pos.mean(0)) / pos.std(0, unbiased=False).clamp_min(_EPS)
 
@@ -82,7 +85,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
     x1 = torch.cat([x, torch.ones_like(x[..., :1])], dim=2)  # the last column counts the members
     for _ in range(int(iters)):
         sums = torch.zeros(b, k, d + 1, device=dev, dtype=x.dtype).scatter_add_(
-            1, assign[..., None].expand(b, n, d + 1), x1)
+            1, assign[..., None].expand(b, n, d + 1), x1
+        )
         counts = sums[..., d:]
         centres_t = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1.0), centres_t)
         assign = _nearest(x, centres_t)
@@ -90,7 +94,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
 
 
 def color_kmeans_clusters(
-    images: torch.Tensor, grid_size: tuple[int, int], num_regions: int, iters: int, pos_weight: float,
+    images: torch.Tensor,
+    grid_size: tuple[int, int],
+    num_regions: int,
+    iters: int,
+    pos_weight: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """[B, C, H, W] -> cluster id per patch [B, N] (clusters are not yet split into contiguous regions)."""
@@ -132,8 +140,14 @@ class SlicSegments:
             arr, channel_axis, compactness = x.transpose(1, 2, 0), -1, self.compactness
         else:
             arr, channel_axis, compactness = x[0], None, self.compactness / 100.0
-        labels = slic(arr, n_segments=self.n_segments, compactness=compactness, start_label=0,
-                      channel_axis=channel_axis, enforce_connectivity=True)
+        labels = slic(
+            arr,
+            n_segments=self.n_segments,
+            compactness=compactness,
+            start_label=0,
+            channel_axis=channel_axis,
+            enforce_connectivity=True,
+        )
         return torch.from_numpy(labels.astype("int64"))
 
     def __repr__(self) -> str:

@@ -91,8 +91,12 @@ class SemanticMasking(MaskingStrategy):
         self.flat_threshold = check_range("masking.flat_threshold", flat_threshold, 0.0, 1.0, closed=True)
 
     def params(self) -> dict[str, Any]:
-        p = {**super().params(), "num_regions": self.num_regions, "random_fraction": self.random_fraction,
-             "segmenter": self.segmenter}
+        p = {
+            **super().params(),
+            "num_regions": self.num_regions,
+            "random_fraction": self.random_fraction,
+            "segmenter": self.segmenter,
+        }
         if self.segmenter == "color_kmeans":
             p.update(pos_weight=self.pos_weight, iters=self.iters)
         elif self.segmenter == "slic":
@@ -115,27 +119,36 @@ class SemanticMasking(MaskingStrategy):
         super().check(grid_size)
         n = grid_size[0] * grid_size[1]
         if self.segmenter != "given" and self.num_regions > n:
-            raise ConfigError(f"masking.num_regions={self.num_regions} is more than the {n} patches of the "
-                              f"{grid_size[0]}x{grid_size[1]} patch grid: choose at most {n}")
+            raise ConfigError(
+                f"masking.num_regions={self.num_regions} is more than the {n} patches of the "
+                f"{grid_size[0]}x{grid_size[1]} patch grid: choose at most {n}"
+            )
 
     # --- step 1 -----------------------------------------------------------------------------------------------
     def regions(
-        self, images: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
+        self,
+        images: torch.Tensor,
+        grid_size: tuple[int, int],
+        generator: torch.Generator | None,
         batch: Mapping[str, Any] | None = None,
     ) -> torch.Tensor:
         """[B, N] region id per patch (the smallest patch index of its contiguous region)."""
         self.check(grid_size)
         if self.segmenter == "color_kmeans":
-            clusters = color_kmeans_clusters(images, grid_size, self.num_regions, self.iters, self.pos_weight,
-                                             generator)
+            clusters = color_kmeans_clusters(
+                images, grid_size, self.num_regions, self.iters, self.pos_weight, generator
+            )
         else:
             segments = None if batch is None else batch.get("segments")
             if segments is None:
                 raise DataError(
                     f"masking.segmenter={self.segmenter} reads batch['segments'], but the batch has none: "
-                    + ("run through semmae-pretrain, which sets up SLIC in the data loader's workers"
-                       if self.segmenter == "slic" else "use a dataset that provides segment maps "
-                       "(e.g. dataset.segments=foreground for Fashion-MNIST)")
+                    + (
+                        "run through semmae-pretrain, which sets up SLIC in the data loader's workers"
+                        if self.segmenter == "slic"
+                        else "use a dataset that provides segment maps "
+                        "(e.g. dataset.segments=foreground for Fashion-MNIST)"
+                    )
                 )
             if segments.shape[0] != images.shape[0]:
                 raise DataError(f"batch['segments'] has {segments.shape[0]} maps for {images.shape[0]} images")
@@ -147,7 +160,10 @@ class SemanticMasking(MaskingStrategy):
 
     # --- steps 2 and 3 ----------------------------------------------------------------------------------------
     def plan(
-        self, images: torch.Tensor, grid_size: tuple[int, int], generator: torch.Generator | None,
+        self,
+        images: torch.Tensor,
+        grid_size: tuple[int, int],
+        generator: torch.Generator | None,
         batch: Mapping[str, Any] | None = None,
     ) -> SemanticPlan:
         b = images.shape[0]
@@ -155,13 +171,17 @@ class SemanticMasking(MaskingStrategy):
         regions = self.regions(images, grid_size, generator, batch)
         n_random = int(round(self.random_fraction * self.n_keep(n)))
         random_part = random_subset(b, n, n_random, images.device, generator)
-        semantic = self.ranks(images, regions, grid_size, generator).float() + seed_distance(regions, grid_size,
-                                                                                              generator)
+        semantic = self.ranks(images, regions, grid_size, generator).float() + seed_distance(
+            regions, grid_size, generator
+        )
         scores = torch.where(random_part, torch.full_like(semantic, -1.0), semantic)
         return SemanticPlan(regions=regions, random_part=random_part, scores=scores)
 
     def ranks(
-        self, images: torch.Tensor, regions: torch.Tensor, grid_size: tuple[int, int],
+        self,
+        images: torch.Tensor,
+        regions: torch.Tensor,
+        grid_size: tuple[int, int],
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """[B, N] rank of every patch's region in the order the semantic part reveals them: uniformly random

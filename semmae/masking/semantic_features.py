@@ -56,15 +56,27 @@ class SemanticFeaturesMasking(SemanticMasking):
         iters: int = 5,
         visible_count: str = "official",
     ):
-        super().__init__(mask_ratio, num_regions=num_regions, random_fraction=random_fraction, pos_weight=pos_weight,
-                         iters=iters, visible_count=visible_count)
+        super().__init__(
+            mask_ratio,
+            num_regions=num_regions,
+            random_fraction=random_fraction,
+            pos_weight=pos_weight,
+            iters=iters,
+            visible_count=visible_count,
+        )
         self.segmenter = "features"
         self.warmup = check_range("masking.warmup", warmup, 0.0, 1.0, closed=True)
 
     def params(self) -> dict[str, Any]:
-        return {"mask_ratio": self.mask_ratio, "visible_count": self.visible_count, "warmup": self.warmup,
-                "num_regions": self.num_regions, "random_fraction": self.random_fraction,
-                "pos_weight": self.pos_weight, "iters": self.iters}
+        return {
+            "mask_ratio": self.mask_ratio,
+            "visible_count": self.visible_count,
+            "warmup": self.warmup,
+            "num_regions": self.num_regions,
+            "random_fraction": self.random_fraction,
+            "pos_weight": self.pos_weight,
+            "iters": self.iters,
+        }
 
     def describe(self) -> str:
         return f"masking={self.name}"
@@ -80,14 +92,21 @@ class SemanticFeaturesMasking(SemanticMasking):
         features = None if batch is None else batch.get("features")
         b, n = images.shape[0], grid_size[0] * grid_size[1]
         if features is None:
-            raise DataError("masking=semantic_features reads batch['features'] (the encoder's patch tokens of the "
-                            "full image) after its warm-up, but the batch has none: pretrain with semmae-pretrain, "
-                            "whose task passes them")
+            raise DataError(
+                "masking=semantic_features reads batch['features'] (the encoder's patch tokens of the "
+                "full image) after its warm-up, but the batch has none: pretrain with semmae-pretrain, "
+                "whose task passes them"
+            )
         if features.ndim != 3 or tuple(features.shape[:2]) != (b, n):
-            raise DataError(f"batch['features'] must be [{b}, {n}, D] for {b} images of {n} patches, "
-                            f"got {tuple(features.shape)}")
-        clusters = kmeans(feature_descriptors(features.to(images.device), grid_size, self.pos_weight),
-                          self.num_regions, self.iters, generator)
+            raise DataError(
+                f"batch['features'] must be [{b}, {n}, D] for {b} images of {n} patches, got {tuple(features.shape)}"
+            )
+        clusters = kmeans(
+            feature_descriptors(features.to(images.device), grid_size, self.pos_weight),
+            self.num_regions,
+            self.iters,
+            generator,
+        )
         return grid_components(clusters, grid_size)
 
     def scores(self, images, grid_size, generator, batch=None) -> torch.Tensor:

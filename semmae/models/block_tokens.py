@@ -42,8 +42,15 @@ def block_tokens(encoder: nn.Module, images: torch.Tensor, blocks: Iterable[int]
     deepest block asked for (timm's forward_intermediates)."""
     depth = len(encoder.blocks)
     blocks = check_blocks(blocks, depth)
-    taken = encoder.forward_intermediates(images, indices=[k - 1 for k in blocks], return_prefix_tokens=True,
-                                          norm=False, stop_early=True, output_fmt="NLC", intermediates_only=True)
+    taken = encoder.forward_intermediates(
+        images,
+        indices=[k - 1 for k in blocks],
+        return_prefix_tokens=True,
+        norm=False,
+        stop_early=True,
+        output_fmt="NLC",
+        intermediates_only=True,
+    )
     out = {}
     for k, item in zip(blocks, taken):
         patches, prefix = item if isinstance(item, tuple) else (item, None)
@@ -57,8 +64,15 @@ def view_name(kind: str, block: int) -> str:
     return f"{kind}/{block}"
 
 
-def probe_views(encoder: nn.Module, images: torch.Tensor, blocks: Iterable[int], pool: str, pooled: bool = True,
-                tokens: bool = False, token_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def probe_views(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    blocks: Iterable[int],
+    pool: str,
+    pooled: bool = True,
+    tokens: bool = False,
+    token_dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, torch.Tensor]:
     """What the probes read of images, by view_name: for every block, its pooled feature [B, D] (pool_tokens: "token"
     = CLS, "avg" = the mean patch token; float32) if pooled, and all its tokens [B, T, D] in token_dtype if tokens."""
     out = {}

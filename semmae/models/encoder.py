@@ -80,9 +80,18 @@ class ViTEncoder(VisionTransformer):
             **kwargs,
         )
         self.config = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, reg_tokens=reg_tokens,
-            attn_gate=bool(attn_gate), norm_eps=float(norm_eps), init_values=init_values,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            reg_tokens=reg_tokens,
+            attn_gate=bool(attn_gate),
+            norm_eps=float(norm_eps),
+            init_values=init_values,
             no_embed_class=bool(no_embed_class),
         )
         # timm's layout: one position entry per prefix token (CLS, then the registers), then the patch grid; the
@@ -145,8 +154,12 @@ def validate_norm_eps(norm_eps: float) -> None:
 
 
 def validate_geometry(img_size: int, patch_size: int, embed_dim: int, num_heads: int) -> None:
-    for key, value in (("backbone.img_size", img_size), ("backbone.patch_size", patch_size),
-                       ("backbone.embed_dim", embed_dim), ("backbone.num_heads", num_heads)):
+    for key, value in (
+        ("backbone.img_size", img_size),
+        ("backbone.patch_size", patch_size),
+        ("backbone.embed_dim", embed_dim),
+        ("backbone.num_heads", num_heads),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
     if patch_size > img_size:

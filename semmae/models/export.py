@@ -19,13 +19,17 @@ from semmae.models.encoder import ViTEncoder
 from semmae.utils.atomic import atomic_write, atomic_write_dir
 
 TIMM_NORM_EPS = 1e-6  # timm's VisionTransformer LayerNorm
-NO_TIMM_GATE = ("timm's VisionTransformer has no attention gate (attn_gate): this file loads in semmae (ckpt=FILE), "
-                "not in timm")
+NO_TIMM_GATE = (
+    "timm's VisionTransformer has no attention gate (attn_gate): this file loads in semmae (ckpt=FILE), not in timm"
+)
 
 
 def head_layout(encoder: ViTEncoder) -> dict[str, Any]:
-    return {"num_classes": int(encoder.num_classes), "global_pool": encoder.global_pool,
-            "fc_norm": not isinstance(encoder.fc_norm, nn.Identity)}
+    return {
+        "num_classes": int(encoder.num_classes),
+        "global_pool": encoder.global_pool,
+        "fc_norm": not isinstance(encoder.fc_norm, nn.Identity),
+    }
 
 
 def timm_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
@@ -36,8 +40,10 @@ def timm_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
     c = encoder.config
     if c.get("attn_gate"):
         raise CheckpointError(NO_TIMM_GATE)
-    kwargs = {k: c[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                                "qkv_bias")}
+    kwargs = {
+        k: c[k]
+        for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+    }
     if c.get("reg_tokens"):
         kwargs["reg_tokens"] = int(c["reg_tokens"])
     if c.get("init_values"):
@@ -61,8 +67,11 @@ def timm_load_line(encoder: ViTEncoder, path: str | Path) -> str:
         return NO_TIMM_GATE
     kwargs = timm_kwargs(encoder)
     text = ", ".join(f"{k}={kwarg_text(v)}" for k, v in kwargs.items())
-    weights = (f'safetensors.torch.load_file("{path}")' if str(path).endswith(".safetensors")
-               else f'torch.load("{path}")["model"]')
+    weights = (
+        f'safetensors.torch.load_file("{path}")'
+        if str(path).endswith(".safetensors")
+        else f'torch.load("{path}")["model"]'
+    )
     imports = "import functools; " if "norm_layer" in kwargs else ""
     return f'{imports}model = timm.create_model("vit_base_patch16_224", {text}); model.load_state_dict({weights})'
 
@@ -82,8 +91,13 @@ def export_encoder(encoder: ViTEncoder, path: str | Path, source: str | None = N
     .safetensors -> the tensors, with the record in the file's metadata. Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"kind": "encoder", "model": dict(encoder.config), "head": head_layout(encoder), "source": source,
-              "timm_kwargs": record_kwargs(encoder)}
+    record = {
+        "kind": "encoder",
+        "model": dict(encoder.config),
+        "head": head_layout(encoder),
+        "source": source,
+        "timm_kwargs": record_kwargs(encoder),
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save
@@ -108,8 +122,10 @@ def hf_refusal(encoder: ViTEncoder) -> str | None:
     reasons = [r for r in reasons if r]
     if not reasons:
         return None
-    return (f"format=hf writes a transformers ViTMAEModel, which has no {' and no '.join(reasons)}: export this "
-            "encoder as a .pth or .safetensors file (format=timm), which semmae reads back")
+    return (
+        f"format=hf writes a transformers ViTMAEModel, which has no {' and no '.join(reasons)}: export this "
+        "encoder as a .pth or .safetensors file (format=timm), which semmae reads back"
+    )
 
 
 def export_hf(encoder: ViTEncoder, directory: str | Path) -> Path:
@@ -124,4 +140,3 @@ def export_hf(encoder: ViTEncoder, directory: str | Path) -> Path:
 
 def hf_load_line(directory: str | Path) -> str:
     return f'model = transformers.ViTMAEModel.from_pretrained("{directory}", mask_ratio=0.0)'
-

@@ -50,8 +50,9 @@ class GatedAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, **kwargs):
         if kwargs.get("gated") or kwargs.get("scale_norm"):
-            raise ValueError("GatedAttention has its own head-wise gate: timm's gated=True and scale_norm=True "
-                             "do not apply")
+            raise ValueError(
+                "GatedAttention has its own head-wise gate: timm's gated=True and scale_norm=True do not apply"
+            )
         dd = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
         super().__init__(dim, num_heads=num_heads, **kwargs)
         self.gate = HeadGate(dim, self.num_heads, **dd)
@@ -65,8 +66,9 @@ class GatedAttention(Attention):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, is_causal))

@@ -48,8 +48,12 @@ from semmae.models.sources import HF_PREFIX
 MODEL_TYPES = ("vit_mae", "vit")
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 DROPPED = ("decoder.", "pooler.", "embeddings.mask_token")
 
 EMBEDDINGS = {  # timm name -> name in a Hugging Face file (no prefix)
@@ -69,8 +73,13 @@ BLOCK_4X = {  # timm block part -> 4.x layer part (the layout written on export)
     "mlp.fc1": "intermediate.dense",
     "mlp.fc2": "output.dense",
 }
-BLOCK_5X = {"norm1": "layernorm_before", "attn.proj": "attention.o_proj", "norm2": "layernorm_after",
-            "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+BLOCK_5X = {
+    "norm1": "layernorm_before",
+    "attn.proj": "attention.o_proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
 QKV_4X = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
 QKV_5X = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
 LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
@@ -80,7 +89,7 @@ LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 def hf_directory(source: str | Path) -> Path:
     """`hf:DIR` or DIR -> the directory path (not checked)."""
     text = str(source)
-    return Path(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text)
+    return Path(text[len(HF_PREFIX) :] if text.startswith(HF_PREFIX) else text)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -99,8 +108,10 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not a model configuration")
     kind = config.get("model_type")
     if kind not in MODEL_TYPES:
-        raise CheckpointError(f"{directory} holds a Hugging Face {kind!r} model; semmae reads ViT and ViTMAE "
-                              f"encoders (model_type {' or '.join(map(repr, MODEL_TYPES))})")
+        raise CheckpointError(
+            f"{directory} holds a Hugging Face {kind!r} model; semmae reads ViT and ViTMAE "
+            f"encoders (model_type {' or '.join(map(repr, MODEL_TYPES))})"
+        )
     return config
 
 
@@ -109,8 +120,10 @@ def square(config: Mapping[str, Any], key: str, origin: str) -> int:
     if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{origin}: config.json {key}={value!r}; semmae's encoder takes one whole number "
-                              "(square images and patches)")
+        raise CheckpointError(
+            f"{origin}: config.json {key}={value!r}; semmae's encoder takes one whole number "
+            "(square images and patches)"
+        )
     return value
 
 
@@ -118,8 +131,9 @@ def encoder_config(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """ViTEncoder arguments from a ViT / ViTMAE config.json: every value read, none guessed."""
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
-        raise CheckpointError(f"{origin}: config.json hidden_act={act!r}; semmae's encoder computes exact GELU "
-                              "(hidden_act 'gelu') only")
+        raise CheckpointError(
+            f"{origin}: config.json hidden_act={act!r}; semmae's encoder computes exact GELU (hidden_act 'gelu') only"
+        )
     ints = {}
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         value = config.get(key)
@@ -130,10 +144,15 @@ def encoder_config(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise CheckpointError(f"{origin}: config.json layer_norm_eps={eps!r}, expected a number in (0, 1)")
     return dict(
-        img_size=square(config, "image_size", origin), patch_size=square(config, "patch_size", origin),
-        in_chans=int(config.get("num_channels", 3)), embed_dim=ints["hidden_size"], depth=ints["num_hidden_layers"],
-        num_heads=ints["num_attention_heads"], mlp_ratio=ints["intermediate_size"] / ints["hidden_size"],
-        qkv_bias=bool(config.get("qkv_bias", True)), norm_eps=float(eps),
+        img_size=square(config, "image_size", origin),
+        patch_size=square(config, "patch_size", origin),
+        in_chans=int(config.get("num_channels", 3)),
+        embed_dim=ints["hidden_size"],
+        depth=ints["num_hidden_layers"],
+        num_heads=ints["num_attention_heads"],
+        mlp_ratio=ints["intermediate_size"] / ints["hidden_size"],
+        qkv_bias=bool(config.get("qkv_bias", True)),
+        norm_eps=float(eps),
     )
 
 
@@ -205,12 +224,14 @@ def to_timm(state: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.T
     for (n, kind), pieces in sorted(qkv.items()):
         if len(pieces) != 3:
             have = ", ".join("qkv"[i] for i in sorted(pieces))
-            raise CheckpointError(f"{origin}: layer {n} has the attention {kind} of {have} only, not of query, key "
-                                  "and value")
+            raise CheckpointError(
+                f"{origin}: layer {n} has the attention {kind} of {have} only, not of query, key and value"
+            )
         shapes = {tuple(p.shape) for p in pieces.values()}
         if len(shapes) != 1:
-            raise CheckpointError(f"{origin}: layer {n} has query, key and value {kind}s of different shapes "
-                                  f"{sorted(shapes)}")
+            raise CheckpointError(
+                f"{origin}: layer {n} has query, key and value {kind}s of different shapes {sorted(shapes)}"
+            )
         out[f"blocks.{n}.attn.qkv.{kind}"] = torch.cat([pieces[0], pieces[1], pieces[2]], dim=0)
     return out
 
@@ -225,8 +246,10 @@ def check_position_entries(state: Mapping[str, torch.Tensor], config: Mapping[st
         stored = math.isqrt(max(int(pos.shape[1]) - 1, 0)) if pos.ndim == 3 else 0
         square_grid = pos.ndim == 3 and stored * stored == pos.shape[1] - 1
         what = f"{stored}x{stored} + 1" if square_grid else str(list(pos.shape))
-        raise CheckpointError(f"{origin}: config.json says {config['img_size']} px images in {config['patch_size']} "
-                              f"px patches ({grid}x{grid} + 1 position entries) but position_embeddings holds {what}")
+        raise CheckpointError(
+            f"{origin}: config.json says {config['img_size']} px images in {config['patch_size']} "
+            f"px patches ({grid}x{grid} + 1 position entries) but position_embeddings holds {what}"
+        )
 
 
 def read_hf(source: str | Path, trust: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:

@@ -58,19 +58,41 @@ class MaskedAutoencoder(nn.Module):
     ):
         super().__init__()
         self.config = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss,
-            reg_tokens=reg_tokens, attn_gate=attn_gate,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            decoder_embed_dim=decoder_embed_dim,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            norm_pix_loss=norm_pix_loss,
+            reg_tokens=reg_tokens,
+            attn_gate=attn_gate,
         )
         self.encoder = ViTEncoder(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, fused_attn=fused_attn, reg_tokens=reg_tokens,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            fused_attn=fused_attn,
+            reg_tokens=reg_tokens,
             attn_gate=attn_gate,
         )
         self.decoder = MAEDecoder(
-            grid_size=self.encoder.grid_size, patch_size=patch_size, in_chans=in_chans, encoder_dim=embed_dim,
-            embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
+            grid_size=self.encoder.grid_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            encoder_dim=embed_dim,
+            embed_dim=decoder_embed_dim,
+            depth=decoder_depth,
+            num_heads=decoder_num_heads,
+            mlp_ratio=mlp_ratio,
             fused_attn=fused_attn,
         )
         self.patch_size = patch_size

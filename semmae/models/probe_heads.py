@@ -37,10 +37,12 @@ class EfficientPooling(nn.Module):
         if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
             raise ConfigError(f"model.ep.num_queries={num_queries!r}: must be a whole number >= 1")
         if embed_dim % num_queries:
-            raise ConfigError(f"model.ep.num_queries={num_queries} does not divide the encoder width {embed_dim}: "
-                              "each query pools an equal slice of it")
+            raise ConfigError(
+                f"model.ep.num_queries={num_queries} does not divide the encoder width {embed_dim}: "
+                "each query pools an equal slice of it"
+            )
         self.num_queries, self.embed_dim = num_queries, embed_dim
-        self.scale = embed_dim ** -0.5
+        self.scale = embed_dim**-0.5
         self.queries = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
         self.value = nn.Linear(embed_dim, embed_dim, bias=False)
 
@@ -114,8 +116,9 @@ class AttentiveProbe(nn.Module):
         return self.classifier(self.pool(tokens.float()))
 
 
-def build_probe_head(name: str, embed_dim: int, num_classes: int, num_heads: int, ep: dict | None = None,
-                     mhca: dict | None = None) -> nn.Module:
+def build_probe_head(
+    name: str, embed_dim: int, num_classes: int, num_heads: int, ep: dict | None = None, mhca: dict | None = None
+) -> nn.Module:
     """The head called name: linear -> ProbeHead (reads the pooled feature), ep / mhca -> AttentiveProbe (reads the
     patch tokens). ep: {num_queries}; mhca: {num_heads (None: the encoder's num_heads), mlp_ratio}."""
     ep, mhca = dict(ep or {}), dict(mhca or {})

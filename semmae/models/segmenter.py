@@ -32,7 +32,7 @@ def rescale_layer(dim: int, factor: float) -> nn.Module:
     if k == 0:
         return nn.Identity()
     if k < 0:
-        return nn.MaxPool2d(kernel_size=2 ** -k, stride=2 ** -k)
+        return nn.MaxPool2d(kernel_size=2**-k, stride=2**-k)
     layers: list[nn.Module] = []
     for i in range(k):
         if i:
@@ -75,7 +75,7 @@ class Segmenter(nn.Module):
         self.aux_level = int(aux_level)
         # The final norm and the blocks after the last tapped one are not on the path: freezing them keeps them out
         # of the optimiser and lets DDP run without find_unused_parameters.
-        unused = [encoder.norm, *encoder.blocks[blocks[-1]:]]
+        unused = [encoder.norm, *encoder.blocks[blocks[-1] :]]
         for module in unused:
             module.requires_grad_(False)
         # timm's dynamic_img_size, as its constructor sets it: any H, W divisible by the patch size, the position
@@ -98,8 +98,9 @@ class Segmenter(nn.Module):
         if height % ph or width % pw:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}")
         taps = sorted(set(self.out_blocks))
-        maps = self.encoder.forward_intermediates(images, indices=[b - 1 for b in taps], stop_early=True,
-                                                  intermediates_only=True)
+        maps = self.encoder.forward_intermediates(
+            images, indices=[b - 1 for b in taps], stop_early=True, intermediates_only=True
+        )
         by_block = dict(zip(taps, maps))
         return [by_block[b] for b in self.out_blocks]  # a shallow encoder may feed one block to several levels
 

@@ -40,8 +40,17 @@ from semmae.models.gated_attention import has_gated_attention
 from semmae.utils.safe_load import load_file
 
 # ViTEncoder arguments a backbone group sets (random_encoder reads them) ...
-ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
-                "attn_gate")
+ENCODER_KEYS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "reg_tokens",
+    "attn_gate",
+)
 # ... and those only foreign weights set: read from a record, never from a backbone group
 FOREIGN_KEYS = ("qkv_bias", "norm_eps", "init_values", "no_embed_class")
 LAYER_SCALE_INIT = 1e-5  # init_values of an encoder rebuilt for LayerScale weights (the loaded gammas replace it)
@@ -89,7 +98,7 @@ def strip_to_encoder(state: Mapping[str, Any], origin: str) -> dict[str, torch.T
         sample = ", ".join(list(state)[:6])
         raise CheckpointError(f"{origin} holds no ViT encoder weights (no '{ANCHOR}'); its keys start: {sample}")
     prefix = min(anchors, key=len)[: -len(ANCHOR)]
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and torch.is_tensor(v)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 
 def num_registers(state: Mapping[str, torch.Tensor]) -> int:
@@ -132,14 +141,21 @@ def infer_geometry(state: Mapping[str, torch.Tensor], origin: str) -> tuple[dict
     grid = math.isqrt(max(pos.shape[1] - prefix, 0)) if pos.ndim == 3 else 0
     if grid < 1 or grid * grid != pos.shape[1] - prefix or "cls_token" not in state:
         what = "a CLS entry" + (f" + {regs} register entries" if regs else "")
-        raise CheckpointError(f"{origin}: pos_embed has {list(pos.shape)} entries, neither {what} + a square grid "
-                              "nor a square grid alone, or there is no cls_token (encoders without a class token "
-                              "are not supported)")
+        raise CheckpointError(
+            f"{origin}: pos_embed has {list(pos.shape)} entries, neither {what} + a square grid "
+            "nor a square grid alone, or there is no cls_token (encoders without a class token "
+            "are not supported)"
+        )
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     config = dict(
-        img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=max(blocks) + 1,
+        img_size=grid * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        depth=max(blocks) + 1,
         mlp_ratio=fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
-        qkv_bias="blocks.0.attn.qkv.bias" in state, **layout,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        **layout,
     )
     if "num_heads" in config:
         return config, ()
@@ -152,8 +168,11 @@ def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], o
     """A semmae record's geometry must be its tensors' (checked before anything is built: a record altered to ask
     for depth=100000 or img_size=32000 would otherwise allocate that model first)."""
     shapes, guessed = infer_geometry(state, origin)
-    differ = [f"{k}={config[k]!r} (its tensors: {shapes[k]!r})" for k in
-              ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias") if k in config and config[k] != shapes[k]]
+    differ = [
+        f"{k}={config[k]!r} (its tensors: {shapes[k]!r})"
+        for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "qkv_bias")
+        if k in config and config[k] != shapes[k]
+    ]
     ratio = config.get("mlp_ratio", shapes["mlp_ratio"])
     if not isinstance(ratio, (int, float)) or abs(float(ratio) - shapes["mlp_ratio"]) > 1e-6:
         differ.append(f"mlp_ratio={ratio!r} (its tensors: {shapes['mlp_ratio']})")
@@ -166,8 +185,10 @@ def check_record(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], o
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         differ.append(f"norm_eps={eps!r} (a LayerNorm epsilon is in (0, 1))")
     if differ:
-        raise CheckpointError(f"{origin}: its semmae record does not describe its weights ({'; '.join(differ[:3])}): "
-                              "the file is damaged or was altered")
+        raise CheckpointError(
+            f"{origin}: its semmae record does not describe its weights ({'; '.join(differ[:3])}): "
+            "the file is damaged or was altered"
+        )
 
 
 def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
@@ -181,7 +202,7 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
         prefix = meta.get("encoder_prefix", LEGACY_PREFIXES.get(kind, "encoder."))
         if not isinstance(state, dict):
             raise CheckpointError(f"{origin} is a semmae {kind} checkpoint without weights")
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{origin} holds no encoder weights (no '{prefix}*' keys)")
         model = meta.get("model") or {}
@@ -223,28 +244,45 @@ def timm_architecture(name: str) -> dict[str, Any]:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
     except Exception as exc:  # unknown name, bad tag
-        raise CheckpointError(f"timm cannot build {name!r} ({exc}); list the names with timm.list_models('vit_*')") from exc
+        raise CheckpointError(
+            f"timm cannot build {name!r} ({exc}); list the names with timm.list_models('vit_*')"
+        ) from exc
     problems = []
     if not isinstance(model, VisionTransformer):
         problems.append(f"it is a {type(model).__name__}, not a VisionTransformer")
     else:
         blk = model.blocks[0]
         if not model.has_class_token or model.pos_embed is None:
-            problems.append("its tokens differ (semmae's encoder has one CLS token, any registers after it, and a "
-                            "learned or fixed position embedding)")
-        if (type(blk) is not Block or type(blk.attn).__name__ != "Attention"
-                or not isinstance(blk.attn.q_norm, nn.Identity)):
+            problems.append(
+                "its tokens differ (semmae's encoder has one CLS token, any registers after it, and a "
+                "learned or fixed position embedding)"
+            )
+        if (
+            type(blk) is not Block
+            or type(blk.attn).__name__ != "Attention"
+            or not isinstance(blk.attn.q_norm, nn.Identity)
+        ):
             problems.append("its blocks differ (qk-norm, another attention or another block type)")
-        if not isinstance(model.norm_pre, nn.Identity) or type(blk.mlp.act) is not nn.GELU or blk.mlp.act.approximate != "none":
+        if (
+            not isinstance(model.norm_pre, nn.Identity)
+            or type(blk.mlp.act) is not nn.GELU
+            or blk.mlp.act.approximate != "none"
+        ):
             problems.append("it has a pre-norm or another activation")
     if problems:
         raise CheckpointError(f"timm model {name} cannot be loaded into semmae's ViT encoder: {'; '.join(problems)}")
     blk = model.blocks[0]
     config = dict(
-        img_size=int(model.patch_embed.img_size[0]), patch_size=int(model.patch_embed.patch_size[0]),
-        in_chans=int(model.patch_embed.proj.in_channels), embed_dim=int(model.embed_dim), depth=len(model.blocks),
-        num_heads=int(blk.attn.num_heads), mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
-        qkv_bias=blk.attn.qkv.bias is not None, reg_tokens=int(model.num_reg_tokens), norm_eps=float(blk.norm1.eps),
+        img_size=int(model.patch_embed.img_size[0]),
+        patch_size=int(model.patch_embed.patch_size[0]),
+        in_chans=int(model.patch_embed.proj.in_channels),
+        embed_dim=int(model.embed_dim),
+        depth=len(model.blocks),
+        num_heads=int(blk.attn.num_heads),
+        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        reg_tokens=int(model.num_reg_tokens),
+        norm_eps=float(blk.norm1.eps),
     )
     if not isinstance(blk.ls1, nn.Identity):
         config["init_values"] = LAYER_SCALE_INIT
@@ -257,12 +295,14 @@ def read_weights(source: str, weights_file: str | Path | None = None, trust: boo
     """A resolved source (a file path, timm:NAME or hf:DIR) -> EncoderWeights."""
     if source.startswith(hf_format.HF_PREFIX):
         if weights_file is not None:
-            raise CheckpointError(f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got "
-                                  f"ckpt={source}: a Hugging Face directory holds its own weights)")
+            raise CheckpointError(
+                f"ckpt_file={weights_file} is only used with ckpt=timm:MODEL_NAME (got "
+                f"ckpt={source}: a Hugging Face directory holds its own weights)"
+            )
         config, state, origin = hf_format.read_hf(source, trust=trust)
         return EncoderWeights(config, state, "hf", origin)
     if source.startswith("timm:"):
-        name = source[len("timm:"):]
+        name = source[len("timm:") :]
         if weights_file is None:
             raise CheckpointError(
                 f"ckpt=timm:{name} needs its weights as a local file: ckpt_file=PATH (for example the "

@@ -36,8 +36,10 @@ def split_batch(total: int, devices: int | str | None, nodes: int | None, max_pe
     if total < 1 or max_per_device < 1:
         raise ConfigError(f"batch sizes must be >= 1 (total {total}, max per device {max_per_device})")
     if total % replicas:
-        raise ConfigError(f"total batch {total} does not split over {replicas} devices: choose a device count "
-                          f"that divides it, or change the preset's batch.total")
+        raise ConfigError(
+            f"total batch {total} does not split over {replicas} devices: choose a device count "
+            f"that divides it, or change the preset's batch.total"
+        )
     per_replica = total // replicas
     accum = next(a for a in range(1, per_replica + 1) if per_replica % a == 0 and per_replica // a <= max_per_device)
     return per_replica // accum, accum

@@ -17,11 +17,19 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
-            raise ValueError(f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
-                             f"trust_coefficient={trust_coefficient}")
+            raise ValueError(
+                f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
+                f"trust_coefficient={trust_coefficient}"
+            )
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
         super().__init__(params, defaults)
 
@@ -40,7 +48,8 @@ class LARS(torch.optim.Optimizer):
                     update = update.add(p, alpha=group["weight_decay"])
                     w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
                     ratio = torch.where(
-                        (w_norm > 0) & (u_norm > 0), group["trust_coefficient"] * w_norm / u_norm,
+                        (w_norm > 0) & (u_norm > 0),
+                        group["trust_coefficient"] * w_norm / u_norm,
                         torch.ones_like(w_norm),
                     )
                     update = update.mul(ratio)

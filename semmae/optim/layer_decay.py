@@ -13,5 +13,6 @@ from torch import nn
 def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """-> parameter groups with "params", "weight_decay" and "lr_scale" (multiply the base lr by it)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip,
-                                    layer_decay=layer_decay)
+    return param_groups_layer_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
+    )

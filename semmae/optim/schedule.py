@@ -53,9 +53,16 @@ class WarmupDecay:
         return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_ratio)
 
 
-def warmup_decay(total_steps: int, steps_per_epoch: int, peak_lr: float, warmup_epochs: float = 0.0,
-                 warmup_steps: int | None = None, min_lr: float = 0.0, schedule: str = "cosine",
-                 power: float = 1.0) -> WarmupDecay:
+def warmup_decay(
+    total_steps: int,
+    steps_per_epoch: int,
+    peak_lr: float,
+    warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
+    min_lr: float = 0.0,
+    schedule: str = "cosine",
+    power: float = 1.0,
+) -> WarmupDecay:
     """The schedule in the config's terms (the scheduler node of conf/optim/*.yaml, completed by the task with the
     run's step counts and peak lr): warmup_epochs (fractions allowed) unless warmup_steps is given, and the floor
     min_lr as an absolute lr."""

@@ -63,13 +63,16 @@ def optim_settings(given: Mapping[str, Any], reads: Iterable[str]) -> dict[str, 
     cfg = {k: node_config(v, k) if k in NODES else plain(v) for k, v in dict(given).items()}
     for name in NODES:
         if name not in cfg:
-            raise ConfigError(f"model.optim.{name} is missing: model.optim is an optim group (conf/optim/*.yaml) "
-                              "with an optimizer and a scheduler node")
+            raise ConfigError(
+                f"model.optim.{name} is missing: model.optim is an optim group (conf/optim/*.yaml) "
+                "with an optimizer and a scheduler node"
+            )
     reads = tuple(reads)
     missing = [key for key in reads if key not in cfg]
     if missing:
-        raise ConfigError(f"model.optim.{missing[0]} is missing: this task reads it (add it, or choose an optim "
-                          "group that has it)")
+        raise ConfigError(
+            f"model.optim.{missing[0]} is missing: this task reads it (add it, or choose an optim group that has it)"
+        )
     taken = {key for name in NODES for key in cfg[name] if not key.startswith("_")}
     known = {key: value for key, value in cfg.items() if key in {*NODES, *reads, *taken}}
     return settings("model.optim", known, cfg)
@@ -151,8 +154,9 @@ class TaskBase(L.LightningModule, ABC):
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
         """Lightning's, with model.optim recorded as the plain settings (checkpoints load with weights_only)."""
         ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
-        super().save_hyperparameters(*args, ignore=[*ignore, "optim"], frame=frame or inspect.currentframe().f_back,
-                                     logger=logger)
+        super().save_hyperparameters(
+            *args, ignore=[*ignore, "optim"], frame=frame or inspect.currentframe().f_back, logger=logger
+        )
         self.hparams["optim"] = self.optim_cfg
 
     def bf16_enabled(self, setting: bool | str) -> bool:
@@ -213,15 +217,20 @@ class TaskBase(L.LightningModule, ABC):
             self.hparams["effective_batch"] = self.effective_batch()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         """trainer.gradient_clip_val clips the groups that do not opt out (clip=False: the online probe, whose loss
         neither needs the clip nor should shrink the model's)."""
         clipped = [g for g in optimizer.param_groups if g.get("clip", True)]
         if len(clipped) < len(optimizer.param_groups):
             optimizer = ClippedGroups(optimizer, clipped)
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
-                            gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
 
 class ClassifierEvaluation(TaskBase):

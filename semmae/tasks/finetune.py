@@ -27,11 +27,19 @@ def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int) -> Mi
     if cfg.get("mixup_alpha", 0) <= 0 and cfg.get("cutmix_alpha", 0) <= 0:
         return None
     if batch_size % 2:
-        raise ConfigError(f"Mixup / CutMix mix each batch with its reverse and need an even batch size, "
-                          f"got dataset.batch_size={batch_size}")
-    return Mixup(mixup_alpha=cfg.get("mixup_alpha", 0.0), cutmix_alpha=cfg.get("cutmix_alpha", 0.0),
-                 prob=cfg.get("prob", 1.0), switch_prob=cfg.get("switch_prob", 0.5), mode="batch",
-                 label_smoothing=cfg.get("label_smoothing", 0.1), num_classes=num_classes)
+        raise ConfigError(
+            f"Mixup / CutMix mix each batch with its reverse and need an even batch size, "
+            f"got dataset.batch_size={batch_size}"
+        )
+    return Mixup(
+        mixup_alpha=cfg.get("mixup_alpha", 0.0),
+        cutmix_alpha=cfg.get("cutmix_alpha", 0.0),
+        prob=cfg.get("prob", 1.0),
+        switch_prob=cfg.get("switch_prob", 0.5),
+        mode="batch",
+        label_smoothing=cfg.get("label_smoothing", 0.1),
+        num_classes=num_classes,
+    )
 
 
 class FinetuneTask(ClassifierEvaluation):
@@ -49,15 +57,20 @@ class FinetuneTask(ClassifierEvaluation):
         head_init_std: float | None = None,
     ):
         if encoder.num_classes != num_classes:
-            raise ConfigError(f"the encoder was built with {encoder.num_classes} classes, the dataset has {num_classes}")
+            raise ConfigError(
+                f"the encoder was built with {encoder.num_classes} classes, the dataset has {num_classes}"
+            )
         super().__init__(num_classes, optim, batch_size)
         mixup = plain(mixup) or {}  # plain containers: checkpoints load with weights_only
         self.encoder = encoder
         if head_init_std is not None:  # MAE: a near-zero head, so fine-tuning starts from the pretrained features
             torch.nn.init.trunc_normal_(encoder.head.weight, std=head_init_std)
             torch.nn.init.zeros_(encoder.head.bias)
-        self.mixup_cfg = settings("model.mixup", {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0,
-                                                  "switch_prob": 0.5, "label_smoothing": 0.1}, mixup)
+        self.mixup_cfg = settings(
+            "model.mixup",
+            {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5, "label_smoothing": 0.1},
+            mixup,
+        )
         self.mixup = build_mixup(self.mixup_cfg, num_classes, self.batch_size)
         self.soft_ce = SoftTargetCrossEntropy()
         self.train_loss = torchmetrics.MeanMetric()

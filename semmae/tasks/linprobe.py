@@ -60,8 +60,10 @@ class ProbeTask(ClassifierEvaluation):
         cache_limits: Mapping[str, Any] | None = None,
     ):
         if not isinstance(head, str) or head not in HEADS:
-            raise ConfigError(f"model.head={plain(head)!r}: a probe task trains one of {', '.join(HEADS)} "
-                              "(semmae-linprobe runs lists and knn)")
+            raise ConfigError(
+                f"model.head={plain(head)!r}: a probe task trains one of {', '.join(HEADS)} "
+                "(semmae-linprobe runs lists and knn)"
+            )
         super().__init__(num_classes, optim, batch_size)
         # plain containers in the frame: save_hyperparameters records them, and checkpoints load with weights_only
         ep, mhca, knn, block = plain(ep), plain(mhca), plain(knn), plain(block)
@@ -72,16 +74,18 @@ class ProbeTask(ClassifierEvaluation):
             raise ConfigError(f"model.cache_dtype={cache_dtype!r}: one of {', '.join(CACHE_DTYPES)}")
         blocks = resolve_blocks(block, len(encoder.blocks))
         if len(blocks) != 1:
-            raise ConfigError(f"model.block={block!r}: a probe task reads one block (semmae-linprobe runs "
-                              "the layer-wise sweep)")
+            raise ConfigError(
+                f"model.block={block!r}: a probe task reads one block (semmae-linprobe runs the layer-wise sweep)"
+            )
         self.block = blocks[0]
         self.encoder = encoder.requires_grad_(False).eval()
         self.head_name, self.pool = head, pool
         self.ep_cfg = settings("model.ep", EP_DEFAULTS, ep)
         self.mhca_cfg = settings("model.mhca", MHCA_DEFAULTS, mhca)
         self.knn_cfg = settings("model.knn", KNN_DEFAULTS, knn)  # read by semmae-linprobe, not trained
-        self.head = build_probe_head(head, encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads,
-                                     ep=self.ep_cfg, mhca=self.mhca_cfg)
+        self.head = build_probe_head(
+            head, encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads, ep=self.ep_cfg, mhca=self.mhca_cfg
+        )
         self.view = view_name(head_input(head), self.block)
         self.feature_cache = feature_cache
         self.cache_dtype = CACHE_DTYPES[cache_dtype]
@@ -103,8 +107,15 @@ class ProbeTask(ClassifierEvaluation):
         """Images -> what the head reads, from the frozen encoder: the pooled feature [B, D] (float32) or every
         token of the block [B, T, D] (in model.cache_dtype)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_enabled(self.bf16)):
-            views = probe_views(self.encoder, images, [self.block], self.pool, pooled=self.view.startswith("pooled"),
-                                tokens=self.view.startswith("tokens"), token_dtype=self.cache_dtype)
+            views = probe_views(
+                self.encoder,
+                images,
+                [self.block],
+                self.pool,
+                pooled=self.view.startswith("pooled"),
+                tokens=self.view.startswith("tokens"),
+                token_dtype=self.cache_dtype,
+            )
         return views[self.view]
 
     def features(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -112,7 +123,7 @@ class ProbeTask(ClassifierEvaluation):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.head_name in ATTENTIVE:
-            features = features[:, self.encoder.num_prefix_tokens:]  # the attentive heads read the patch tokens
+            features = features[:, self.encoder.num_prefix_tokens :]  # the attentive heads read the patch tokens
         return self.head(features)
 
     @torch.no_grad()
@@ -120,7 +131,7 @@ class ProbeTask(ClassifierEvaluation):
         """The attentive head's attention over the patches of images [B, M, P] (M queries; MHCA: M = 1)."""
         if self.head_name not in ATTENTIVE:
             raise ConfigError(f"model.head={self.head_name} has no attention over the patches")
-        return self.head.attention(self.encode(images)[:, self.encoder.num_prefix_tokens:].float())
+        return self.head.attention(self.encode(images)[:, self.encoder.num_prefix_tokens :].float())
 
     # --- steps ---------------------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:

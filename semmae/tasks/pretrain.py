@@ -49,8 +49,9 @@ class PretrainTask(TaskBase):
         self.mae = mae
         self.masking = masking
         masking.check(mae.grid_size)  # e.g. a ratio that keeps no patch, more regions than patches
-        self.probe_cfg = settings("model.probe", {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto"},
-                                  probe)
+        self.probe_cfg = settings(
+            "model.probe", {"enabled": True, "lr": 1e-2, "batch_fraction": 0.5, "bf16": "auto"}, probe
+        )
         # the online probe (solo-learn's idea): ProbeHead on the detached CLS feature of the full, unmasked image
         self.probe = ProbeHead(mae.encoder.embed_dim, num_classes) if self.probe_cfg["enabled"] else None
         self.generators = StepGenerator(seed)
@@ -96,8 +97,9 @@ class PretrainTask(TaskBase):
         images = batch.get("image") if isinstance(batch, dict) else None
         if self.trainer.training and images is not None and images.dtype == torch.uint8:
             batch_idx = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            torch.manual_seed(mix_seed(self.generators.seed, AUGMENT_STREAM, self.global_rank, self.current_epoch,
-                                       batch_idx))
+            torch.manual_seed(
+                mix_seed(self.generators.seed, AUGMENT_STREAM, self.global_rank, self.current_epoch, batch_idx)
+            )
         return batch
 
     # --- masking ----------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class PretrainTask(TaskBase):
         if "features" in batch or not self.masking.reads_features(batch_progress(batch)):
             return batch, None
         tokens = self.full_image_tokens(batch["image"])
-        return {**batch, "features": tokens[:, self.mae.encoder.num_prefix_tokens:]}, tokens
+        return {**batch, "features": tokens[:, self.mae.encoder.num_prefix_tokens :]}, tokens
 
     def make_mask(self, batch: Mapping[str, Any], stream: int, batch_idx: int) -> Mask:
         images = batch["image"]
@@ -164,8 +166,9 @@ class PretrainTask(TaskBase):
         mask = self.make_mask(batch, VAL_STREAM, batch_idx)
         loss, pred = self.mae(images, mask)
         if valid is not None and not bool(valid.all()):  # padded samples (uneven DDP split) do not count
-            loss = masked_patch_loss(pred, patchify(images, self.mae.patch_size), mask.mask & valid[:, None],
-                                     self.mae.norm_pix_loss)
+            loss = masked_patch_loss(
+                pred, patchify(images, self.mae.patch_size), mask.mask & valid[:, None], self.mae.norm_pix_loss
+            )
             images, labels = images[valid], labels[valid]
             cls = None if cls is None else cls[valid]
         self.val_loss.update(loss, weight=images.shape[0])
@@ -183,9 +186,16 @@ class PretrainTask(TaskBase):
         cfg = self.optim_cfg
         groups = weight_decay_groups(self.mae, cfg["weight_decay"], decay_tokens=bool(cfg["decay_tokens"]))
         if self.probe is not None:
-            groups.append({"params": list(self.probe.parameters()), "lr": self.probe_cfg["lr"], "weight_decay": 0.0,
-                           "betas": (0.9, 0.999), "clip": False,
-                           "schedule": WarmupDecay(self.total_steps(), warmup_steps=0, min_ratio=0.05)})
+            groups.append(
+                {
+                    "params": list(self.probe.parameters()),
+                    "lr": self.probe_cfg["lr"],
+                    "weight_decay": 0.0,
+                    "betas": (0.9, 0.999),
+                    "clip": False,
+                    "schedule": WarmupDecay(self.total_steps(), warmup_steps=0, min_ratio=0.05),
+                }
+            )
         return groups
 
     # --- checkpoints ------------------------------------------------------------------------------------------
@@ -197,8 +207,9 @@ class PretrainTask(TaskBase):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["train_metrics"] = {n: {k: v.clone() for k, v in getattr(self, n).metric_state.items()}
-                                       for n in TRAIN_METRICS}
+        checkpoint["train_metrics"] = {
+            n: {k: v.clone() for k, v in getattr(self, n).metric_state.items()} for n in TRAIN_METRICS
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for name, state in checkpoint.get("train_metrics", {}).items():  # reset again if a new epoch starts

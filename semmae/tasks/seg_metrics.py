@@ -31,9 +31,11 @@ def segmentation_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
 def iou_table(scores: dict[str, torch.Tensor], class_names: list[str] | tuple[str, ...] | None) -> list[dict]:
     """Per-class rows {"class", "IoU", "Acc"} (None where undefined) for results.json and the console."""
     iou, acc = scores["IoU"].tolist(), scores["Acc"].tolist()
-    names = list(class_names) if class_names is not None and len(class_names) == len(iou) else [
-        str(i) for i in range(len(iou))
-    ]
+    names = (
+        list(class_names)
+        if class_names is not None and len(class_names) == len(iou)
+        else [str(i) for i in range(len(iou))]
+    )
 
     def val(v: float) -> float | None:
         return None if math.isnan(v) else round(v, 6)

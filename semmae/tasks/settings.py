@@ -10,8 +10,21 @@ from typing import Any
 from semmae.errors import ConfigError
 
 POSITIVE = ("blr", "lr")  # learning rates
-NON_NEGATIVE = ("weight_decay", "min_lr", "warmup_epochs", "warmup_steps", "momentum", "layer_decay", "power",
-                "trust_coefficient", "batch_fraction", "aux_weight", "label_smoothing", "mixup_alpha", "cutmix_alpha")
+NON_NEGATIVE = (
+    "weight_decay",
+    "min_lr",
+    "warmup_epochs",
+    "warmup_steps",
+    "momentum",
+    "layer_decay",
+    "power",
+    "trust_coefficient",
+    "batch_fraction",
+    "aux_weight",
+    "label_smoothing",
+    "mixup_alpha",
+    "cutmix_alpha",
+)
 
 
 def settings(group: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -23,8 +36,9 @@ def settings(group: str, defaults: Mapping[str, Any], given: Mapping[str, Any] |
     if unknown:
         near = difflib.get_close_matches(unknown[0], list(defaults), n=1)
         hint = f"did you mean {group}.{near[0]}? " if near else ""
-        raise ConfigError(f"{group}.{unknown[0]} is not a setting of this task: {hint}{group} takes "
-                          f"{', '.join(sorted(defaults))}")
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not a setting of this task: {hint}{group} takes {', '.join(sorted(defaults))}"
+        )
     out = {**defaults, **given}
     for key in (*POSITIVE, *NON_NEGATIVE):
         value = out.get(key)

@@ -66,8 +66,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-STORAGE_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only",
-                  errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EIO: "input/output error"}
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EIO: "input/output error",
+}
 
 
 def storage_reason(exc: BaseException) -> str | None:
@@ -120,8 +126,9 @@ def storage_error(exc: BaseException, path: Path) -> BaseException:
     if reason is None:
         return exc
     kept = f"; the earlier {path.name} is kept whole" if path.is_file() else ""
-    return StorageError(f"{reason} on {mount_point(path.parent if path.parent.exists() else Path('/'))} while "
-                        f"writing {path}{kept}")
+    return StorageError(
+        f"{reason} on {mount_point(path.parent if path.parent.exists() else Path('/'))} while writing {path}{kept}"
+    )
 
 
 def atomic_write_dir(path: str | Path, files: Mapping[str, Callable[[IO[bytes]], Any]]) -> Path:
@@ -131,10 +138,13 @@ def atomic_write_dir(path: str | Path, files: Mapping[str, Callable[[IO[bytes]],
     it is renamed aside, the new one renamed in, the old one removed. Anything else at `path` is refused. A write the
     storage refuses is a StorageError, as in atomic_write."""
     path = Path(path)
-    if path.exists() and not (path.is_dir() and not path.is_symlink()
-                              and all(p.is_file() and p.name in files for p in path.iterdir())):
-        raise ConfigError(f"{path} exists and holds other things than {', '.join(sorted(files))}: "
-                          "choose a new directory, or remove it first")
+    if path.exists() and not (
+        path.is_dir() and not path.is_symlink() and all(p.is_file() and p.name in files for p in path.iterdir())
+    ):
+        raise ConfigError(
+            f"{path} exists and holds other things than {', '.join(sorted(files))}: "
+            "choose a new directory, or remove it first"
+        )
     aside = path.with_name(path.name + ".old")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

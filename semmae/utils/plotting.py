@@ -13,8 +13,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write fig to path atomically (semmae.utils.atomic) in the format its suffix names, and close it."""
     path = Path(path)
     try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=dpi,
-                                                  bbox_inches="tight"))
+        atomic_write(
+            path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+        )
     finally:
         plt.close(fig)
     return path

@@ -34,12 +34,27 @@ from semmae.errors import ConfigError, StorageError
 LOCK_NAME = ".semmae.lock"
 # What semmae's entry points write into a run directory; overwrite=true removes these and nothing else.
 RUN_DIRS = ("checkpoints", "figures", ".hydra", "wandb", "csv", "lightning_logs")
-RUN_FILES = ("results.json", "failed.json", "artifacts.json", "artifacts.md", "attention_blocks.png",
-             "cls_attention.png", "metrics_vs_depth.png", "comparison.json", "comparison.md", "comparison.png",
-             "encoder.pth", "sweep.csv", "sweep.md", "sweep.png")
-RUN_PATTERNS = (re.compile(r"\d+_.+"),  # semmae-analyze's per-encoder folders, <n>_<label>/
-                re.compile(r"(semmae-)?[a-z_]+\.log"),  # Hydra's job log, <task>.log
-                re.compile(r"\..+\.tmp"))  # a killed writer's temp file (semmae.utils.atomic)
+RUN_FILES = (
+    "results.json",
+    "failed.json",
+    "artifacts.json",
+    "artifacts.md",
+    "attention_blocks.png",
+    "cls_attention.png",
+    "metrics_vs_depth.png",
+    "comparison.json",
+    "comparison.md",
+    "comparison.png",
+    "encoder.pth",
+    "sweep.csv",
+    "sweep.md",
+    "sweep.png",
+)
+RUN_PATTERNS = (
+    re.compile(r"\d+_.+"),  # semmae-analyze's per-encoder folders, <n>_<label>/
+    re.compile(r"(semmae-)?[a-z_]+\.log"),  # Hydra's job log, <task>.log
+    re.compile(r"\..+\.tmp"),
+)  # a killed writer's temp file (semmae.utils.atomic)
 # Settings a resume may change: where it starts from, whether it may replace files, and how long the run goes on.
 RESUME_FREE = ("ckpt_path", "overwrite", "trust_checkpoint", "trainer.max_epochs", "trainer.max_steps")
 _held: dict[str, Any] = {}  # run directory -> its open lock file, held until the process exits
@@ -96,9 +111,14 @@ def changed_settings(run_dir: Path, config: DictConfig | None) -> list[str]:
     if config is None or not saved.is_file():
         return []
     old = flat_settings(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
-    new = {k: v for k, v in flat_settings(OmegaConf.to_container(config, resolve=False)).items()
-           if not k.startswith("hydra.")}
-    keys = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE and old.get(k, "(unset)") != new.get(k, "(unset)"))
+    new = {
+        k: v
+        for k, v in flat_settings(OmegaConf.to_container(config, resolve=False)).items()
+        if not k.startswith("hydra.")
+    }
+    keys = sorted(
+        k for k in set(old) | set(new) if k not in RESUME_FREE and old.get(k, "(unset)") != new.get(k, "(unset)")
+    )
     return [f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys]
 
 
@@ -118,21 +138,31 @@ def trained(ckpt_path: Path, trust: bool = False) -> tuple[int, int] | None:
 def check_not_finished(ckpt_path: Any, config: DictConfig | None) -> None:
     """Resuming a checkpoint whose run already reached trainer.max_epochs (or max_steps) would train nothing and
     rewrite the run's results with none."""
-    limits = (OmegaConf.select(config, "trainer.max_epochs"), OmegaConf.select(config, "trainer.max_steps")) \
-        if config is not None else (None, None)
-    done = trained(Path(str(ckpt_path)), bool(config.get("trust_checkpoint", False))) if any(
-        v is not None for v in limits) else None
+    limits = (
+        (OmegaConf.select(config, "trainer.max_epochs"), OmegaConf.select(config, "trainer.max_steps"))
+        if config is not None
+        else (None, None)
+    )
+    done = (
+        trained(Path(str(ckpt_path)), bool(config.get("trust_checkpoint", False)))
+        if any(v is not None for v in limits)
+        else None
+    )
     if done is None:
         return
     (epochs, steps), (max_epochs, max_steps) = done, limits
     if isinstance(max_epochs, int) and epochs >= max_epochs:
         state = "is the end of a finished run" if epochs == max_epochs else "has trained past its end"
-        raise ConfigError(f"ckpt_path={ckpt_path} {state} ({epochs} epochs trained, trainer.max_epochs={max_epochs}): "
-                          f"resuming it would train nothing; to train on, resume with trainer.max_epochs above "
-                          f"{epochs}, or start a new run")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} {state} ({epochs} epochs trained, trainer.max_epochs={max_epochs}): "
+            f"resuming it would train nothing; to train on, resume with trainer.max_epochs above "
+            f"{epochs}, or start a new run"
+        )
     if isinstance(max_steps, int) and max_steps > 0 and steps >= max_steps:
-        raise ConfigError(f"ckpt_path={ckpt_path} has trained {steps} steps, trainer.max_steps={max_steps}: resuming "
-                          f"it would train nothing; to train on, resume with trainer.max_steps above {steps}")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} has trained {steps} steps, trainer.max_steps={max_steps}: resuming "
+            f"it would train nothing; to train on, resume with trainer.max_steps above {steps}"
+        )
 
 
 def check_resume_of(run_dir: Path, ckpt_path: Any, config: DictConfig | None) -> None:
@@ -143,15 +173,19 @@ def check_resume_of(run_dir: Path, ckpt_path: Any, config: DictConfig | None) ->
     given = Path(str(ckpt_path)).resolve()
     branch = "or start a new run from it in another directory (hydra.run.dir=NEW)"
     if last is not None and given != last.resolve():
-        raise ConfigError(f"ckpt_path={ckpt_path} is not the last checkpoint of the run in {run_dir} ({last}): "
-                          f"resuming from it there would write a second history beside the first; resume from "
-                          f"ckpt_path={last}, {branch}")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not the last checkpoint of the run in {run_dir} ({last}): "
+            f"resuming from it there would write a second history beside the first; resume from "
+            f"ckpt_path={last}, {branch}"
+        )
     changed = changed_settings(run_dir, config)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise ConfigError(f"ckpt_path={ckpt_path} resumes the run in {run_dir}, but these settings differ from the "
-                          f"run's (.hydra/config.yaml): {'; '.join(changed[:3])}{more}; resume with the run's settings "
-                          f"(its .hydra/overrides.yaml), {branch}")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} resumes the run in {run_dir}, but these settings differ from the "
+            f"run's (.hydra/config.yaml): {'; '.join(changed[:3])}{more}; resume with the run's settings "
+            f"(its .hydra/overrides.yaml), {branch}"
+        )
 
 
 def is_run_entry(entry: Path) -> bool:
@@ -182,9 +216,12 @@ def clear_run(run_dir: Path) -> tuple[list[str], list[str]]:
 def storage_fault(exc: OSError, path: Path, what: str) -> StorageError:
     """An OSError of creating or writing the run directory as one line."""
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    hint = {errno.ENOSPC: "free some space or choose another directory",
-            errno.EROFS: "choose a writable directory", errno.EACCES: "choose a directory you may write to",
-            errno.EPERM: "choose a directory you may write to"}.get(exc.errno, "choose another directory")
+    hint = {
+        errno.ENOSPC: "free some space or choose another directory",
+        errno.EROFS: "choose a writable directory",
+        errno.EACCES: "choose a directory you may write to",
+        errno.EPERM: "choose a directory you may write to",
+    }.get(exc.errno, "choose another directory")
     return StorageError(f"{what}={path} cannot be written ({reason}): {hint}")
 
 
@@ -217,8 +254,10 @@ def lock(run_dir: Path, what: str = "hydra.run.dir") -> None:
         fh.seek(0)
         owner = fh.read().strip() or "another process"
         fh.close()
-        raise ConfigError(f"{run_dir} is in use by another semmae run ({owner}): wait for it to end, or choose "
-                          "another directory (hydra.run.dir=...)") from None
+        raise ConfigError(
+            f"{run_dir} is in use by another semmae run ({owner}): wait for it to end, or choose "
+            "another directory (hydra.run.dir=...)"
+        ) from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
@@ -226,8 +265,13 @@ def lock(run_dir: Path, what: str = "hydra.run.dir") -> None:
     _held[key] = fh
 
 
-def claim(run_dir: Path, ckpt_path: Any = None, overwrite: bool = False, what: str = "hydra.run.dir",
-          config: DictConfig | None = None) -> None:
+def claim(
+    run_dir: Path,
+    ckpt_path: Any = None,
+    overwrite: bool = False,
+    what: str = "hydra.run.dir",
+    config: DictConfig | None = None,
+) -> None:
     """Refuse run_dir if it holds another run (see the module docstring), else lock it (clearing it first when
     overwrite); the check and the clearing happen under the lock. config: the new run's composed config, which a
     resume must share with the run it continues."""
@@ -246,8 +290,10 @@ def claim(run_dir: Path, ckpt_path: Any = None, overwrite: bool = False, what: s
         print(f"overwrite=true: removed the earlier run's {', '.join(removed)} from {run_dir}{note}", flush=True)
         return
     resume = f", resume it with ckpt_path={run_dir}/checkpoints/last.ckpt" if what == "hydra.run.dir" else ""
-    raise ConfigError(f"{what}={run_dir} holds another run ({', '.join(found)}): choose another directory{resume}, "
-                      "or add overwrite=true to replace it")
+    raise ConfigError(
+        f"{what}={run_dir} holds another run ({', '.join(found)}): choose another directory{resume}, "
+        "or add overwrite=true to replace it"
+    )
 
 
 def sweep_jobs(sweep_dir: Path) -> list[str]:

@@ -99,13 +99,19 @@ def refusal(path: Path, exc: BaseException) -> str:
     found = _GLOBAL.search(text)
     name = readable_name(found.group(1)) if found else unsafe_global(path)
     if name:
-        return (f"{path} was not loaded: it holds a reference to {name}, which unpickling would run as code "
-                f"(semmae only reads tensors and plain values from checkpoints); if you trust whoever wrote the file, "
-                f"add {TRUST_OVERRIDE}")
-    detail = next((line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()),
-                  type(exc).__name__)
-    return (f"cannot read checkpoint {path}: it is not a file torch.save wrote, or it is damaged (the safe loader "
-            f"stopped at: {detail}); a pickle you wrote yourself loads with {TRUST_OVERRIDE}")
+        return (
+            f"{path} was not loaded: it holds a reference to {name}, which unpickling would run as code "
+            f"(semmae only reads tensors and plain values from checkpoints); if you trust whoever wrote the file, "
+            f"add {TRUST_OVERRIDE}"
+        )
+    detail = next(
+        (line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()),
+        type(exc).__name__,
+    )
+    return (
+        f"cannot read checkpoint {path}: it is not a file torch.save wrote, or it is damaged (the safe loader "
+        f"stopped at: {detail}); a pickle you wrote yourself loads with {TRUST_OVERRIDE}"
+    )
 
 
 def load_file(path: str | Path, trust: bool = False, mmap: bool = False) -> Any:
@@ -130,5 +136,6 @@ def load_file(path: str | Path, trust: bool = False, mmap: bool = False) -> Any:
         raise CheckpointError(refusal(path, exc)) from exc
     except Exception as exc:  # truncated zip, wrong magic, unreadable file; garbage can fail the unpickler anyhow
         first = str(exc).split(". ")[0].strip() or type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: damaged or truncated, or not a file torch.save wrote "
-                              f"({first})") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: damaged or truncated, or not a file torch.save wrote ({first})"
+        ) from exc

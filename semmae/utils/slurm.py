@@ -78,7 +78,11 @@ def job_id() -> str | None:
 def submitit_handler(handler: Any) -> Any | None:
     """submitit's SignalHandler if `handler` is its bound checkpoint-and-requeue method, else None."""
     owner = getattr(handler, "__self__", None)
-    if owner is not None and type(owner).__module__.startswith("submitit.") and hasattr(owner, "checkpoint_and_try_requeue"):
+    if (
+        owner is not None
+        and type(owner).__module__.startswith("submitit.")
+        and hasattr(owner, "checkpoint_and_try_requeue")
+    ):
         return owner
     return None
 
@@ -120,7 +124,9 @@ def resume_checkpoint(output_dir: str | Path, ckpt_path: str | None) -> str | No
     run_dir = Path(output_dir)
     candidates = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not candidates:
-        print(f"requeued job (restart {restart_count()}): no checkpoint in {run_dir}, starting from scratch", flush=True)
+        print(
+            f"requeued job (restart {restart_count()}): no checkpoint in {run_dir}, starting from scratch", flush=True
+        )
         return None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
     print(f"requeued job (restart {restart_count()}): resuming from {newest}", flush=True)

@@ -18,8 +18,9 @@ HEAD_DIM = WIDTH // HEADS
 
 def encoder(seed: int = 0, **kw) -> ViTEncoder:
     torch.manual_seed(seed)
-    return ViTEncoder(img_size=SIZE, patch_size=PATCH, in_chans=1, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS,
-                      **kw).eval()
+    return ViTEncoder(
+        img_size=SIZE, patch_size=PATCH, in_chans=1, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, **kw
+    ).eval()
 
 
 def images(n: int = 8, seed: int = 1) -> torch.Tensor:
@@ -66,8 +67,7 @@ def plant_cls_sink(enc: ViTEncoder, mass: float, value: str = "nop") -> None:
 
 
 @torch.no_grad()
-def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: float = 200.0,
-                         size: float = 100.0) -> None:
+def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: float = 200.0, size: float = 100.0) -> None:
     """Block 1 writes a large token at patch `position` through MLP neuron `neuron` alone, whatever the image.
 
     The patch projection is zeroed, so block 1 sees the position embedding only; its attention branch is switched
@@ -84,7 +84,7 @@ def plant_outlier_neuron(enc: ViTEncoder, position: int, neuron: int, gain: floa
     tokens = blk.norm2(enc.pos_embed[0, prefix:])  # [P, D]: what the MLP sees at each position
     direction = tokens[position] / tokens[position].norm()
     response = tokens @ direction
-    others = torch.cat([response[:position], response[position + 1:]])
+    others = torch.cat([response[:position], response[position + 1 :]])
     threshold = (response[position] + others.max()) / 2
     fc1, fc2 = blk.mlp.fc1, blk.mlp.fc2
     fc1.weight.zero_()

@@ -17,20 +17,38 @@ from semmae.models.mae import MaskedAutoencoder
 from semmae.models.sources import find_latest
 from tests.conftest import REPO
 
-TINY = ["backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2", "num_images=24", "batch_size=16",
-        "figure_images=2"]
-FILES = ("attention_blocks.png", "cls_attention.png", "sink_classes.png", "artifacts.json", "artifacts.md",
-         "metrics_vs_depth.png")
+TINY = [
+    "backbone.embed_dim=32",
+    "backbone.depth=3",
+    "backbone.num_heads=2",
+    "num_images=24",
+    "batch_size=16",
+    "figure_images=2",
+]
+FILES = (
+    "attention_blocks.png",
+    "cls_attention.png",
+    "sink_classes.png",
+    "artifacts.json",
+    "artifacts.md",
+    "metrics_vs_depth.png",
+)
 
 
 def write_checkpoint(path: Path, depth: int = 3) -> Path:
     """What PretrainTask saves: Lightning's state_dict (mae.* keys) plus the 'semmae' metadata."""
     torch.manual_seed(1)
-    mae = MaskedAutoencoder(embed_dim=32, depth=depth, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-                            decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        embed_dim=32, depth=depth, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
-                "semmae": {"kind": "pretrain", "model": dict(mae.config), "masking": "RandomMasking(0.75)"}}, path)
+    torch.save(
+        {
+            "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
+            "semmae": {"kind": "pretrain", "model": dict(mae.config), "masking": "RandomMasking(0.75)"},
+        },
+        path,
+    )
     return path
 
 
@@ -49,8 +67,14 @@ def test_one_checkpoint_writes_its_files(compose_cfg, fmnist_root, tmp_path):
     assert json.loads((out / "results.json").read_text())["metrics"] == metrics
     text = (out / "artifacts.md").read_text()
     assert text.split("\n## ")[0].count("\n| ") == 5  # the metric table: header + 3 blocks + shallow
-    for section in ("## Head sinks", "## CLS statistics", "## High-norm outliers", "## Semantic invariance",
-                    "## Asymmetry", "Times (s): capture"):
+    for section in (
+        "## Head sinks",
+        "## CLS statistics",
+        "## High-norm outliers",
+        "## Semantic invariance",
+        "## Asymmetry",
+        "Times (s): capture",
+    ):
         assert section in text, section
     assert {"heads", "cls", "outliers", "invariance", "asymmetry", "timings_s"} <= set(report)
     assert report["asymmetry"]["mask_ratio"] == 0.75 and report["asymmetry"]["visible_patches"] == 16
@@ -88,8 +112,14 @@ def test_latest_picks_the_newest_checkpoint_or_says_how_to_get_one(tmp_path):
 
 def test_cli_without_checkpoints_fails_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PROJECT_ROOT": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "semmae.analyze", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "semmae.analyze", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("semmae-analyze: error: ckpt=latest: no checkpoint"), proc.stderr
@@ -117,14 +147,24 @@ def test_random_encoder_is_the_one_every_task_builds(compose_cfg, spelling):
     shared = random_encoder(dict(cfg.backbone), seed=3, img_size=32, in_chans=cfg.dataset.channels).state_dict()
     b = cfg.backbone
     torch.manual_seed(3)  # what analyze built before (its own copy of the recipe)
-    before = MaskedAutoencoder(img_size=b.img_size, patch_size=b.patch_size, in_chans=cfg.dataset.channels,
-                               embed_dim=b.embed_dim, depth=b.depth, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio,
-                               decoder_embed_dim=b.decoder_embed_dim, decoder_depth=b.decoder_depth,
-                               decoder_num_heads=b.decoder_num_heads).encoder.state_dict()
+    before = MaskedAutoencoder(
+        img_size=b.img_size,
+        patch_size=b.patch_size,
+        in_chans=cfg.dataset.channels,
+        embed_dim=b.embed_dim,
+        depth=b.depth,
+        num_heads=b.num_heads,
+        mlp_ratio=b.mlp_ratio,
+        decoder_embed_dim=b.decoder_embed_dim,
+        decoder_depth=b.decoder_depth,
+        decoder_num_heads=b.decoder_num_heads,
+    ).encoder.state_dict()
     state = enc.state_dict()
     assert state.keys() == shared.keys() == before.keys() == again.keys()
     for k in state:
-        assert torch.equal(state[k], shared[k]) and torch.equal(state[k], before[k]) and torch.equal(state[k], again[k]), k
+        assert (
+            torch.equal(state[k], shared[k]) and torch.equal(state[k], before[k]) and torch.equal(state[k], again[k])
+        ), k
 
 
 def test_ckpt_file_without_a_timm_source_is_refused(compose_cfg, tmp_path):
@@ -147,9 +187,17 @@ def write_planted_export(path: Path) -> Path:
 
 def test_a_fixed_encoder_is_shown_beside_the_plain_one(compose_cfg, fmnist_root, tmp_path):
     ckpt = write_planted_export(tmp_path / "planted.pth")
-    cfg = compose_cfg("analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY,
-                                  "encoder.test_time_registers=1", "encoder.fix.images=16",
-                                  "encoder.fix.register_neurons=1"])
+    cfg = compose_cfg(
+        "analyze",
+        [
+            f"ckpt={ckpt}",
+            f"dataset.root={fmnist_root}",
+            *TINY,
+            "encoder.test_time_registers=1",
+            "encoder.fix.images=16",
+            "encoder.fix.register_neurons=1",
+        ],
+    )
     metrics = run(cfg)
     out = Path(cfg.paths.output_dir)
     both = json.loads((out / "comparison.json").read_text())
@@ -163,8 +211,10 @@ def test_a_fixed_encoder_is_shown_beside_the_plain_one(compose_cfg, fmnist_root,
 
 
 def test_a_fix_with_nothing_to_fix_warns_and_shows_one_encoder(compose_cfg, fmnist_root, tmp_path):
-    cfg = compose_cfg("analyze", ["ckpt=random", f"dataset.root={fmnist_root}", *TINY,
-                                  "encoder.test_time_registers=2", "encoder.fix.images=16"])
+    cfg = compose_cfg(
+        "analyze",
+        ["ckpt=random", f"dataset.root={fmnist_root}", *TINY, "encoder.test_time_registers=2", "encoder.fix.images=16"],
+    )
     with pytest.warns(UserWarning, match="no high-norm outliers"):
         run(cfg)
     assert (Path(cfg.paths.output_dir) / "artifacts.json").is_file()
@@ -176,20 +226,24 @@ def test_the_pretraining_view_takes_the_checkpoints_ratio_and_the_chosen_strateg
     data = torch.load(ckpt, weights_only=False)
     data["semmae"]["masking"] = "RandomMasking(mask_ratio=0.5, visible_count='official')"
     torch.save(data, ckpt)
-    cfg = compose_cfg("analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY, "masking=block",
-                                  "analysis.parts=[asymmetry]"])
+    cfg = compose_cfg(
+        "analyze", [f"ckpt={ckpt}", f"dataset.root={fmnist_root}", *TINY, "masking=block", "analysis.parts=[asymmetry]"]
+    )
     run(cfg)
     report = json.loads((Path(cfg.paths.output_dir) / "artifacts.json").read_text())
     assert report["asymmetry"]["visible_patches"] == 32 and report["asymmetry"]["masking"].startswith("BlockMasking")
     assert "heads" not in report and "invariance" not in report
 
 
-@pytest.mark.parametrize("override, message", [
-    ("analysis.sinks.event=2", "analysis.sinks.event"),
-    ("analysis.parts=[heads,all]", "analysis.parts"),
-    ("encoder.test_time_registers=-1", "encoder.test_time_registers"),
-    ("analysis.asymmetry.mask_ratio=1.5", "analysis.asymmetry.mask_ratio"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("analysis.sinks.event=2", "analysis.sinks.event"),
+        ("analysis.parts=[heads,all]", "analysis.parts"),
+        ("encoder.test_time_registers=-1", "encoder.test_time_registers"),
+        ("analysis.asymmetry.mask_ratio=1.5", "analysis.asymmetry.mask_ratio"),
+    ],
+)
 def test_bad_diagnostic_settings_are_one_config_error(compose_cfg, fmnist_root, override, message):
     cfg = compose_cfg("analyze", ["ckpt=random", f"dataset.root={fmnist_root}", *TINY, override])
     with pytest.raises(ConfigError, match=message):

@@ -2,7 +2,6 @@
 taken relative to its fair share (and 4x apart before); a planted CLS sink gives the shares worked out by hand in
 each view; the pretraining mask is seeded, and the checkpoint's mask ratio is read from its record."""
 
-
 import pytest
 import torch
 
@@ -31,8 +30,19 @@ def test_uniform_attention_is_alike_in_both_views_only_relative_to_fair_shares()
     d = run(enc, planting.images(4))
     a = d.asymmetry
     assert a.visible_patches == 4 and a.tokens == {"full": 17, "pretraining": 5}
-    shares = ("sink_ratio", "attention_entropy", "prefix_share", "flat_patch_share", "cls_cls", "cls_patches",
-              "patches_cls", "patch_self", "cls_entropy", "patch_entropy", "sink_mass")
+    shares = (
+        "sink_ratio",
+        "attention_entropy",
+        "prefix_share",
+        "flat_patch_share",
+        "cls_cls",
+        "cls_patches",
+        "patches_cls",
+        "patch_self",
+        "cls_entropy",
+        "patch_entropy",
+        "sink_mass",
+    )
     for block in a.difference:
         for name in shares:
             assert block[name] == pytest.approx(0.0, abs=1e-5), name
@@ -95,8 +105,13 @@ def test_masks_for_strategies_that_read_features_or_the_dataset():
 
 def test_the_checkpoints_mask_ratio(tmp_path):
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {}, "semmae": {"kind": "pretrain", "masking": "RandomMasking(mask_ratio=0.6, "
-                                                                           "visible_count='official')"}}, path)
+    torch.save(
+        {
+            "state_dict": {},
+            "semmae": {"kind": "pretrain", "masking": "RandomMasking(mask_ratio=0.6, visible_count='official')"},
+        },
+        path,
+    )
     assert AS.checkpoint_mask_ratio(str(path)) == 0.6
     torch.save({"state_dict": {}, "semmae": {"kind": "linprobe"}}, path)
     assert AS.checkpoint_mask_ratio(str(path)) is None

@@ -17,10 +17,7 @@ def entropy(weights):
 
 def test_attention_stats_by_hand():
     # T = 4: CLS + 3 patches, one head; rows = queries
-    attn = torch.tensor([[[[0.4, 0.3, 0.2, 0.1],
-                           [0.5, 0.5, 0.0, 0.0],
-                           [0.2, 0.2, 0.4, 0.2],
-                           [0.1, 0.3, 0.3, 0.3]]]])
+    attn = torch.tensor([[[[0.4, 0.3, 0.2, 0.1], [0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.4, 0.2], [0.1, 0.3, 0.3, 0.3]]]])
     s = C.attention_stats(attn, 1)
     assert float(s["cls_cls"]) == pytest.approx(0.4)
     assert float(s["cls_patches"]) == pytest.approx(0.6)

@@ -21,8 +21,9 @@ def test_every_part_runs_and_is_reported():
     enc = planting.encoder()
     planting.plant_cls_sink(enc, 0.8)
     batches = [planting.images(8, 1), planting.images(4, 2)]
-    d = diagnose(enc, lambda: batches, DiagnosticSettings(), keep_images=2, masking=RandomMasking(0.75),
-                 synthetic=synthetic)
+    d = diagnose(
+        enc, lambda: batches, DiagnosticSettings(), keep_images=2, masking=RandomMasking(0.75), synthetic=synthetic
+    )
     assert set(d.timings) == {"capture", "artifacts", *PARTS}
     reference = measure(enc, batches)
     assert d.artifacts.blocks == reference.blocks and d.artifacts.num_images == 12
@@ -69,8 +70,9 @@ def test_invariance_reads_the_images_again_when_their_tokens_are_not_kept(monkey
 
 
 def test_settings_from_config_and_their_checks():
-    s = DiagnosticSettings.from_config({"tau": 3.0, "sinks": {"event": 0.8}, "outliers": {"ratio": 5},
-                                        "parts": ["heads"]})
+    s = DiagnosticSettings.from_config(
+        {"tau": 3.0, "sinks": {"event": 0.8}, "outliers": {"ratio": 5}, "parts": ["heads"]}
+    )
     assert s.artifacts.tau == 3.0 and s.sinks.event == 0.8 and s.outliers.ratio == 5 and s.parts == ("heads",)
     with pytest.raises(Exception, match="unknown"):
         DiagnosticSettings(parts=("heads", "everything"))

@@ -11,8 +11,14 @@ from omegaconf import OmegaConf
 from semmae.errors import ConfigError
 from tests.analysis.test_analyze import write_planted_export
 
-FAST = ["debug=fast_dev_run", "logger=none", "dataset.batch_size=32", "dataset.eval_batch_size=64",
-        "encoder.fix.images=32", "encoder.fix.register_neurons=1"]
+FAST = [
+    "debug=fast_dev_run",
+    "logger=none",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=64",
+    "encoder.fix.images=32",
+    "encoder.fix.register_neurons=1",
+]
 
 
 @pytest.mark.parametrize("task", ["linprobe", "finetune"])

@@ -25,12 +25,12 @@ def test_head_stats_by_hand():
     assert float(s["ratio_out"]) == pytest.approx(5.0 / 1.5)  # ||(3, 4)|| over the mean of 1 and 2
     U = attn[0, 0] @ v[0, 0]
     sv = torch.linalg.svdvals(U.double())
-    assert float(s["stable_rank"]) == pytest.approx(float((sv ** 2).sum() / sv[0] ** 2), rel=1e-5)
+    assert float(s["stable_rank"]) == pytest.approx(float((sv**2).sum() / sv[0] ** 2), rel=1e-5)
     # a gate on the second query's output scales its row of U
     gates = torch.tensor([1.0, 0.0, 1.0])[None, None, :, None]
     sv = torch.linalg.svdvals((U * gates[0, 0]).double())
     gated = HS.head_stats(attn, v, torch.eye(2)[None], gates)
-    assert float(gated["stable_rank"]) == pytest.approx(float((sv ** 2).sum() / sv[0] ** 2), rel=1e-5)
+    assert float(gated["stable_rank"]) == pytest.approx(float((sv**2).sum() / sv[0] ** 2), rel=1e-5)
 
 
 def test_routed_fraction_counts_queries_at_or_above_the_threshold():
@@ -55,7 +55,7 @@ def test_value_projection_includes_layer_scale():
     u = cap.head_values(0)  # [B, H, T, D]
     v = cap.values[0]
     h = 1
-    w = blk.attn.proj.weight[:, h * planting.HEAD_DIM:(h + 1) * planting.HEAD_DIM]
+    w = blk.attn.proj.weight[:, h * planting.HEAD_DIM : (h + 1) * planting.HEAD_DIM]
     want = (v[:, h] @ w.T) * blk.ls1.gamma
     torch.testing.assert_close(u[:, h], want.detach(), atol=1e-5, rtol=1e-5)
     # the heads' updates, projected and summed, are the attention branch (less the projection's bias)
@@ -108,8 +108,13 @@ def test_a_random_encoder_has_no_sink_heads():
 
 def test_sink_positions_tell_cls_registers_and_patches():
     sink = torch.tensor([0, 1, 3, 4, 20])
-    assert [HS.POSITIONS[int(p)] for p in HS.sink_position(sink, 4)] == ["cls", "register", "register", "patch",
-                                                                         "patch"]
+    assert [HS.POSITIONS[int(p)] for p in HS.sink_position(sink, 4)] == [
+        "cls",
+        "register",
+        "register",
+        "patch",
+        "patch",
+    ]
     assert [HS.POSITIONS[int(p)] for p in HS.sink_position(sink, 1)] == ["cls", "patch", "patch", "patch", "patch"]
 
 
@@ -134,9 +139,16 @@ class ChannelGated(Attention):
 def test_gated_heads_updates_add_up_to_the_attention_branch(gate):
     if gate == "timm per channel":  # a plain timm ViT: the capture reads any
         torch.manual_seed(0)
-        enc = VisionTransformer(img_size=planting.SIZE, patch_size=planting.PATCH, in_chans=1, embed_dim=planting.WIDTH,
-                                depth=planting.DEPTH, num_heads=planting.HEADS, num_classes=0,
-                                attn_layer=ChannelGated).eval()
+        enc = VisionTransformer(
+            img_size=planting.SIZE,
+            patch_size=planting.PATCH,
+            in_chans=1,
+            embed_dim=planting.WIDTH,
+            depth=planting.DEPTH,
+            num_heads=planting.HEADS,
+            num_classes=0,
+            attn_layer=ChannelGated,
+        ).eval()
     else:
         enc = planting.encoder(attn_gate=True)
         assert isinstance(enc.blocks[0].attn, GatedAttention)
@@ -154,8 +166,7 @@ def test_gated_heads_updates_add_up_to_the_attention_branch(gate):
             update = torch.einsum("bhtk,hdk->bhtd", o, cap.head_out[i])
         else:
             update = update * factor
-        torch.testing.assert_close(update.sum(dim=1), cap.branch[i] - blk.attn.proj.bias.detach(), atol=1e-4,
-                                   rtol=1e-4)
+        torch.testing.assert_close(update.sum(dim=1), cap.branch[i] - blk.attn.proj.bias.detach(), atol=1e-4, rtol=1e-4)
     acc = HS.HeadSinkAccumulator()
     acc.update(cap)  # the gates go into the stable rank of each update
     assert len(acc.result()) == planting.DEPTH

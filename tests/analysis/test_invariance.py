@@ -74,8 +74,9 @@ def test_a_direction_written_by_the_position_embedding_scores_one():
     inv = score(enc)
     # the first component is the planted direction: dimension 0, less the token mean the final LayerNorm removes
     # (e_0 - 1/D, normalised: 0.984 at D = 32)
-    assert abs(float(inv.vectors[0, 0])) == pytest.approx((1 - 1 / 32) / math.sqrt((1 - 1 / 32) ** 2 + 31 / 32 ** 2),
-                                                          abs=2e-3)
+    assert abs(float(inv.vectors[0, 0])) == pytest.approx(
+        (1 - 1 / 32) / math.sqrt((1 - 1 / 32) ** 2 + 31 / 32**2), abs=2e-3
+    )
     assert float(inv.scores[0]) == pytest.approx(1.0, abs=1e-6)
     assert inv.top(1)[0]["component"] == 1 and inv.count() >= 1
 

@@ -24,7 +24,8 @@ def unit(deg: float) -> list[float]:
 def test_neighbours_and_votes_of_a_small_set_by_hand():
     # training points on the unit circle (scaled: the features are L2-normalised first)
     train = torch.tensor([unit(0), unit(10), unit(20), unit(90), unit(100), [-3.0, 0.0]]) * torch.tensor(
-        [[1.0], [2.0], [0.5], [1.0], [3.0], [1.0]])
+        [[1.0], [2.0], [0.5], [1.0], [3.0], [1.0]]
+    )
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
     test = torch.tensor([unit(15), unit(60)])
     # test 1 (15 deg): neighbours 10, 20, 0 (cos 5, 5, 15 deg); k=1 -> whichever of 10/20 sorts first is a tie, so
@@ -64,8 +65,9 @@ def test_accuracy_of_separated_clusters_and_the_top5():
     assert "top5" not in knn_accuracy(xtr, ytr % 3, xte, yte % 3, num_classes=3, ks=[5])[5]
 
 
-@pytest.mark.parametrize("ks,temperature,match", [([0], 0.07, ">= 1"), ([500], 0.07, "more than the 300"),
-                                                  ([20], 0.0, "temperature")])
+@pytest.mark.parametrize(
+    "ks,temperature,match", [([0], 0.07, ">= 1"), ([500], 0.07, "more than the 300"), ([20], 0.0, "temperature")]
+)
 def test_bad_settings(ks, temperature, match):
     with pytest.raises(ConfigError, match=match):
         knn_predict(torch.randn(300, 4), torch.zeros(300, dtype=torch.long), torch.randn(5, 4), 2, ks, temperature)

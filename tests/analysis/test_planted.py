@@ -48,7 +48,7 @@ def flat_sink_images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(B, 1, 16, 16, generator=g) + 0.5
     r, c = divmod(SINK, GRID[1])
-    images[:, :, 4 * r: 4 * r + 4, 4 * c: 4 * c + 4] = 0.25
+    images[:, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = 0.25
     return images
 
 
@@ -156,8 +156,12 @@ def test_measure_reports_the_planted_values_per_block_and_shallow(monkeypatch, p
 
     def fake_capture(encoder, images):
         n = images.shape[0]
-        return Capture(attn=[a[:n].float() for a, _ in blocks], tokens=[t[:n].float() for _, t in blocks],
-                       output=torch.zeros(1), num_prefix_tokens=prefix)
+        return Capture(
+            attn=[a[:n].float() for a, _ in blocks],
+            tokens=[t[:n].float() for _, t in blocks],
+            output=torch.zeros(1),
+            num_prefix_tokens=prefix,
+        )
 
     monkeypatch.setattr(artifacts, "capture", fake_capture)
     images = flat_sink_images()
@@ -165,16 +169,37 @@ def test_measure_reports_the_planted_values_per_block_and_shallow(monkeypatch, p
     report = artifacts.measure(FakeEncoder(), [images[:2], images[2:]], settings)  # two batches: 2 + 1 images
     assert report.num_images == B
     expected = [
-        {"sink_ratio": R_SINK, "artifact_fraction": 1 / 16, "attention_entropy": entropy([C, S] + [Q] * 15, T),
-         "high_norm_fraction": 1 / 16, "sink_position_consistency": 1.0, "flat_patch_share": R_SINK / P,
-         "prefix_share": C, "norm_ratio": 5.0},
-        {"sink_ratio": 1.0, "artifact_fraction": 0.0, "attention_entropy": entropy([0.5] + [0.5 / 16] * 16, T),
-         "high_norm_fraction": 0.0, "sink_position_consistency": 1.0, "flat_patch_share": 1 / 16,
-         "prefix_share": 0.5, "norm_ratio": 1.0},
-        {"sink_ratio": 1.0, "artifact_fraction": 0.0, "attention_entropy": 1.0,
-         # norms 1 x 7, 2 x 8, 4: median 2, MAD 0.5, threshold 4.5: none above; max / median = 2
-         "high_norm_fraction": 0.0, "sink_position_consistency": 1.0, "flat_patch_share": 1 / 16,
-         "prefix_share": prefix / T, "norm_ratio": 2.0},
+        {
+            "sink_ratio": R_SINK,
+            "artifact_fraction": 1 / 16,
+            "attention_entropy": entropy([C, S] + [Q] * 15, T),
+            "high_norm_fraction": 1 / 16,
+            "sink_position_consistency": 1.0,
+            "flat_patch_share": R_SINK / P,
+            "prefix_share": C,
+            "norm_ratio": 5.0,
+        },
+        {
+            "sink_ratio": 1.0,
+            "artifact_fraction": 0.0,
+            "attention_entropy": entropy([0.5] + [0.5 / 16] * 16, T),
+            "high_norm_fraction": 0.0,
+            "sink_position_consistency": 1.0,
+            "flat_patch_share": 1 / 16,
+            "prefix_share": 0.5,
+            "norm_ratio": 1.0,
+        },
+        {
+            "sink_ratio": 1.0,
+            "artifact_fraction": 0.0,
+            "attention_entropy": 1.0,
+            # norms 1 x 7, 2 x 8, 4: median 2, MAD 0.5, threshold 4.5: none above; max / median = 2
+            "high_norm_fraction": 0.0,
+            "sink_position_consistency": 1.0,
+            "flat_patch_share": 1 / 16,
+            "prefix_share": prefix / T,
+            "norm_ratio": 2.0,
+        },
     ]
     for got, want in zip(report.blocks, expected):
         assert set(got) == set(M.METRICS)
@@ -184,12 +209,19 @@ def test_measure_reports_the_planted_values_per_block_and_shallow(monkeypatch, p
     for name in M.METRICS:  # shallow = blocks 1-2
         assert report.shallow[f"shallow_{name}"] == pytest.approx((expected[0][name] + expected[1][name]) / 2, abs=1e-6)
     keys = report.scalars()
-    assert keys["attn/block_01/prefix_share"] == pytest.approx(C) and keys["attn/shallow_norm_ratio"] == pytest.approx(3.0)
+    assert keys["attn/block_01/prefix_share"] == pytest.approx(C) and keys["attn/shallow_norm_ratio"] == pytest.approx(
+        3.0
+    )
 
 
 def test_measure_rejects_a_prefix_that_does_not_match_the_tokens(monkeypatch):
     attn, tokens = planted_attention(3, {0: 0.5}), planted_tokens(3)
-    monkeypatch.setattr(artifacts, "capture", lambda encoder, images: Capture(
-        attn=[attn.float()], tokens=[tokens.float()], output=torch.zeros(1), num_prefix_tokens=1))
+    monkeypatch.setattr(
+        artifacts,
+        "capture",
+        lambda encoder, images: Capture(
+            attn=[attn.float()], tokens=[tokens.float()], output=torch.zeros(1), num_prefix_tokens=1
+        ),
+    )
     with pytest.raises(Exception, match="num_prefix_tokens=1"):
         artifacts.measure(FakeEncoder(), [flat_sink_images()])

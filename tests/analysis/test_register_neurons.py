@@ -52,8 +52,9 @@ def test_the_neuron_that_makes_it_is_ranked_first(detect):
     enc, x = planted(), planting.images(6)
     settings = RN.OutlierSettings(block=detect, top_k=5)
     cap = capture(enc, x)
-    mask = RN.OutlierAccumulator(settings, planting.P).update(cap.tokens[settings.detection_block(3)],
-                                                              enc.num_prefix_tokens)
+    mask = RN.OutlierAccumulator(settings, planting.P).update(
+        cap.tokens[settings.detection_block(3)], enc.num_prefix_tokens
+    )
     assert mask[:, enc.num_prefix_tokens + POSITION].all()
     scores = RN.NeuronScores(planting.DEPTH, RN.mlp_width(enc))
     scores.update(enc, x, mask)

@@ -15,10 +15,18 @@ from tests.callbacks.test_attention_maps import TINY
 def test_the_callback_logs_the_attention_only_diagnostics(compose_cfg, fmnist_root):
     import wandb
 
-    cfg = compose_cfg("pretrain", [
-        f"dataset.root={fmnist_root}", "callbacks=attention_maps", "logger=wandb", *TINY,
-        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-    ])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            "callbacks=attention_maps",
+            "logger=wandb",
+            *TINY,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     metrics = run(cfg)
     wandb.finish()
     out = Path(cfg.paths.output_dir)

@@ -13,10 +13,16 @@ import torch
 from semmae.cli.pretrain import run
 
 TINY = [
-    "backbone.embed_dim=32", "backbone.depth=3", "backbone.num_heads=2",
-    "backbone.decoder_embed_dim=16", "backbone.decoder_depth=1", "backbone.decoder_num_heads=2",
-    "dataset.batch_size=32", "dataset.eval_batch_size=64",
-    "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=2",
+    "backbone.embed_dim=32",
+    "backbone.depth=3",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=64",
+    "callbacks.attention_maps.num_images=16",
+    "callbacks.attention_maps.figure_images=2",
 ]
 
 
@@ -41,10 +47,18 @@ def test_wandb_offline_run_holds_figures_and_metric_keys(compose_cfg, fmnist_roo
     fast_dev_run flag swaps every logger for a dummy, so the same size is set with limits instead."""
     import wandb
 
-    cfg = compose_cfg("pretrain", [
-        f"dataset.root={fmnist_root}", "callbacks=attention_maps", "logger=wandb", *TINY,
-        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-    ])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            "callbacks=attention_maps",
+            "logger=wandb",
+            *TINY,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     metrics = run(cfg)
     wandb.finish()
     out = Path(cfg.paths.output_dir)
@@ -65,8 +79,9 @@ def test_wandb_offline_run_holds_figures_and_metric_keys(compose_cfg, fmnist_roo
     assert saved["attn/block_03/high_norm_fraction"] == metrics["attn/block_03/high_norm_fraction"]
     # the .wandb transaction log, read back with wandb's own reader where this wandb version has it
     wandb_cli = shutil.which("wandb") or str(Path(__import__("sys").executable).parent / "wandb")
-    proc = subprocess.run([wandb_cli, "leet", "inspect", "--summary", "--json", str(runs[0])],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [wandb_cli, "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, timeout=120
+    )
     if proc.returncode == 0:
         summary = json.loads(proc.stdout)["summary"]
         assert summary["attn/block_02/sink_ratio"] == pytest.approx(metrics["attn/block_02/sink_ratio"])
@@ -79,18 +94,35 @@ def test_wandb_offline_run_holds_figures_and_metric_keys(compose_cfg, fmnist_roo
 def test_same_seeded_run_with_and_without_the_callback_gives_identical_losses(compose_cfg, fmnist_root, tmp_path):
     # The per-image torchvision transforms in the main process (resident=false, no workers) draw from the global
     # torch RNG, so a callback that drew from it too would change the next epoch's crops and losses.
-    common = [f"dataset.root={fmnist_root}", "dataset.resident=false", "dataset.num_workers=0", "logger=csv",
-              *TINY[:8], "trainer.max_epochs=3",
-              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-              f"+callbacks.recorder._target_={__name__}.LossRecorder"]
+    common = [
+        f"dataset.root={fmnist_root}",
+        "dataset.resident=false",
+        "dataset.num_workers=0",
+        "logger=csv",
+        *TINY[:8],
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        f"+callbacks.recorder._target_={__name__}.LossRecorder",
+    ]
     run(compose_cfg("pretrain", [*common, "callbacks=none"], tmp_path / "without"))
     without = LossRecorder.last
     # with a series too: its start point reads the validation images through a DataLoader before any validation
     # (a DataLoader draws its base seed from the global RNG, which the callback restores), one more at step 1
-    run(compose_cfg("pretrain", [*common, "callbacks=attention_maps", "callbacks.attention_maps.every_n_epochs=2",
-                                 "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=2",
-                                 "callbacks.attention_maps.series_at=[1]"],
-                    tmp_path / "with"))
+    run(
+        compose_cfg(
+            "pretrain",
+            [
+                *common,
+                "callbacks=attention_maps",
+                "callbacks.attention_maps.every_n_epochs=2",
+                "callbacks.attention_maps.num_images=16",
+                "callbacks.attention_maps.figure_images=2",
+                "callbacks.attention_maps.series_at=[1]",
+            ],
+            tmp_path / "with",
+        )
+    )
     with_cb = LossRecorder.last
     assert len(without.losses) == 6 and with_cb.losses == without.losses
     for k, v in without.weights.items():
@@ -98,7 +130,9 @@ def test_same_seeded_run_with_and_without_the_callback_gives_identical_losses(co
     figures = tmp_path / "with" / "figures"
     # every 2 epochs (after epoch 1), and once more at the end of fit (after epoch 2)
     assert sorted(p.name for p in figures.glob("attention_blocks_*.png")) == [
-        "attention_blocks_epoch001.png", "attention_blocks_final.png"]
+        "attention_blocks_epoch001.png",
+        "attention_blocks_final.png",
+    ]
     import csv
 
     rows = list(csv.DictReader(open(next((tmp_path / "with" / "csv").rglob("metrics.csv")))))
@@ -122,16 +156,35 @@ def test_fine_tuning_writes_the_artifact_series_to_results_json(compose_cfg, fmn
     from semmae.analysis.metrics import METRICS
     from semmae.cli.finetune import run as finetune
 
-    tiny = [*TINY[:3], "dataset.batch_size=32", "dataset.eval_batch_size=64",
-            "callbacks.attention_maps.num_images=16", "callbacks.attention_maps.figure_images=1"]
-    cfg = compose_cfg("finetune", [f"dataset.root={fmnist_root}", "ckpt=null", *tiny, "logger=csv",
-                                   "trainer.max_epochs=1", "trainer.limit_train_batches=4",
-                                   "trainer.limit_val_batches=1"])
+    tiny = [
+        *TINY[:3],
+        "dataset.batch_size=32",
+        "dataset.eval_batch_size=64",
+        "callbacks.attention_maps.num_images=16",
+        "callbacks.attention_maps.figure_images=1",
+    ]
+    cfg = compose_cfg(
+        "finetune",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *tiny,
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     metrics = finetune(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     series = results["artifact_series"]
     assert [(e["at"], e["step"], e["epoch"]) for e in series] == [
-        ("start", 0, 0), (0.25, 1, 0), (0.5, 2, 0), (0.75, 3, 0), ("end", 4, 1)]  # end: epochs done
+        ("start", 0, 0),
+        (0.25, 1, 0),
+        (0.5, 2, 0),
+        (0.75, 3, 0),
+        ("end", 4, 1),
+    ]  # end: epochs done
     for entry in series:
         assert {"at", "step", "epoch", *(f"shallow_{m}" for m in METRICS)} <= set(entry)
         assert {"shallow_cls_cls", "nop_heads"} <= set(entry)  # the callback's diagnostics along fine-tuning too

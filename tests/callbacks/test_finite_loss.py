@@ -41,8 +41,14 @@ class BlowsUp(L.LightningModule):
 def train(tmp_path, bad_step, check_every=1):
     data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True, save_top_k=-1)
-    trainer = L.Trainer(max_epochs=1, callbacks=[ckpt, FiniteLoss(check_every)], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[ckpt, FiniteLoss(check_every)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+    )
     with pytest.raises(DivergedError) as err:
         trainer.fit(BlowsUp(bad_step), data)
     return str(err.value)
@@ -65,10 +71,26 @@ def test_a_divergence_before_any_checkpoint_says_so(tmp_path):
 
 def test_the_cli_exits_3_with_one_line(tmp_path, fmnist_root):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", "logger=none", "callbacks=none",
-                           f"dataset.root={fmnist_root}", "model.optim.blr=1e3", "dataset.train_subset=256",
-                           "dataset.batch_size=32", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semmae.pretrain",
+            "logger=none",
+            "callbacks=none",
+            f"dataset.root={fmnist_root}",
+            "model.optim.blr=1e3",
+            "dataset.train_subset=256",
+            "dataset.batch_size=32",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and errors[0].startswith("semmae-pretrain: error: training diverged: the loss is")

@@ -35,9 +35,17 @@ class FirstStep(L.Callback):
 
 
 def common(fmnist_root):
-    return [f"dataset.root={fmnist_root}", *TINY, "logger=csv", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-            "trainer.limit_val_batches=1", "callbacks.reconstruction.num_images=2", "callbacks.requeue.enabled=true",
-            "callbacks.requeue.check_every_n_steps=1"]
+    return [
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "callbacks.reconstruction.num_images=2",
+        "callbacks.requeue.enabled=true",
+        "callbacks.requeue.check_every_n_steps=1",
+    ]
 
 
 def test_signal_saves_requeues_and_the_requeued_run_resumes(compose_cfg, fmnist_root, tmp_path, monkeypatch):
@@ -45,8 +53,11 @@ def test_signal_saves_requeues_and_the_requeued_run_resumes(compose_cfg, fmnist_
     monkeypatch.setattr(slurm, "request_requeue", lambda signum, previous: requests.append(signum))
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     before = signal.getsignal(signal.SIGUSR2)
-    cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt",
-                                   "+callbacks.signal.step=5"], tmp_path / "run")
+    cfg = compose_cfg(
+        "pretrain",
+        [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt", "+callbacks.signal.step=5"],
+        tmp_path / "run",
+    )
     with pytest.raises(Requeued):
         run(cfg)
     assert requests == [signal.SIGUSR2]
@@ -60,8 +71,9 @@ def test_signal_saves_requeues_and_the_requeued_run_resumes(compose_cfg, fmnist_
     # the requeued job: same run directory and overrides, SLURM_RESTART_COUNT=1
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     FirstStep.seen = []
-    cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.first._target_={__name__}.FirstStep"],
-                      tmp_path / "run")
+    cfg = compose_cfg(
+        "pretrain", [*common(fmnist_root), f"+callbacks.first._target_={__name__}.FirstStep"], tmp_path / "run"
+    )
     metrics = run(cfg)
     assert FirstStep.seen == [6]
     final = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
@@ -74,8 +86,11 @@ def test_a_signal_in_an_epochs_last_step_waits_for_the_epoch_end(compose_cfg, fm
     (Lightning resumes such a checkpoint in the next epoch): the hand-over waits for the next step boundary."""
     monkeypatch.setattr(slurm, "request_requeue", lambda signum, previous: None)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt",
-                                   "+callbacks.signal.step=7"], tmp_path / "run")  # step 8 ends epoch 1 (4 each)
+    cfg = compose_cfg(
+        "pretrain",
+        [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt", "+callbacks.signal.step=7"],
+        tmp_path / "run",
+    )  # step 8 ends epoch 1 (4 each)
     cfg.trainer.max_epochs = 3
     with pytest.raises(Requeued):
         run(cfg)
@@ -89,8 +104,16 @@ def test_sigterm_saves_and_stops_without_requeue(compose_cfg, fmnist_root, tmp_p
     requests = []
     monkeypatch.setattr(slurm, "request_requeue", lambda signum, previous: requests.append(signum))
     before = signal.getsignal(signal.SIGTERM)
-    cfg = compose_cfg("pretrain", [*common(fmnist_root), f"+callbacks.signal._target_={__name__}.SignalAt",
-                                   "+callbacks.signal.step=1", "+callbacks.signal.signum=SIGTERM"], tmp_path / "run")
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            *common(fmnist_root),
+            f"+callbacks.signal._target_={__name__}.SignalAt",
+            "+callbacks.signal.step=1",
+            "+callbacks.signal.signum=SIGTERM",
+        ],
+        tmp_path / "run",
+    )
     with pytest.raises(StoppedError, match=r"stopped by SIGTERM at step 2 .*resume with ckpt_path=\S+last.ckpt") as err:
         run(cfg)
     assert err.value.exit_code == 128 + signal.SIGTERM

@@ -24,15 +24,21 @@ def nan_ckpt(tmp_path):
     return write_pretrain_ckpt(tmp_path / "diverged.ckpt", mae)
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("analyze", ["num_images=8"]),
-    ("linprobe", ["dataset.train_subset=64", "dataset.val_subset=32", "logger=none"]),
-    ("export", []),
-])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("analyze", ["num_images=8"]),
+        ("linprobe", ["dataset.train_subset=64", "dataset.val_subset=32", "logger=none"]),
+        ("export", []),
+    ],
+)
 def test_non_finite_weights_are_one_line_naming_the_tensor(tmp_path, fmnist_root, nan_ckpt, name, extra):
-    code, err = run_entry(name, [f"ckpt={nan_ckpt}", f"dataset.root={fmnist_root}", *extra, *GEOMETRY,
-                                 f"hydra.run.dir={tmp_path / 'run'}"] if name != "export" else
-                          [f"ckpt={nan_ckpt}", f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_entry(
+        name,
+        [f"ckpt={nan_ckpt}", f"dataset.root={fmnist_root}", *extra, *GEOMETRY, f"hydra.run.dir={tmp_path / 'run'}"]
+        if name != "export"
+        else [f"ckpt={nan_ckpt}", f"hydra.run.dir={tmp_path / 'run'}"],
+    )
     line = one_error_line(err, f"semmae-{name}")
     assert code == 2 and "blocks.0.attn.qkv.weight has NaN or inf values" in line and "diverged" in line
     assert "blr" not in line
@@ -41,7 +47,10 @@ def test_non_finite_weights_are_one_line_naming_the_tensor(tmp_path, fmnist_root
 def test_json_is_strict(tmp_path):
     path = atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": torch.tensor(2.0)})
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) == {
-        "a": None, "b": [None, 1.5], "c": 2.0}
+        "a": None,
+        "b": [None, 1.5],
+        "c": 2.0,
+    }
 
 
 @pytest.fixture

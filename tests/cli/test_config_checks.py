@@ -10,20 +10,26 @@ from tests.conftest import one_error_line, run_entry
 TINY = ["logger=none", "dataset.train_subset=64", "dataset.val_subset=32", "trainer.max_epochs=1"]
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("seed=-1", "seed=-1: must be a whole number from 0 to 4294967295"),
-    ("seed=4294967296", "seed=4294967296"),
-    ("seed=abc", "seed='abc'"),
-    ("trainer.max_epochs=-1", "trainer.max_epochs=-1: must be a whole number >= 1"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
-    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: must be a number >= 0"),
-    ("dataset.num_workers=-1", "dataset.num_workers=-1: must be a whole number >= 0 (or 'auto')"),
-    ("dataset.eval_batch_size=0", "dataset.eval_batch_size=0"),
-    ("dataset.train_subset=0", "dataset.train_subset=0"),
-    ("dataset.train_subset=-59488", "dataset.train_subset=-59488"),
-    ("dataset.val_subset=0", "dataset.val_subset=0"),
-    ("dataset.crop_scale=[1.5,0.1]", "dataset.crop_scale=[1.5, 0.1]: must be [low, high] with 0 < low <= high <= 1"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("seed=-1", "seed=-1: must be a whole number from 0 to 4294967295"),
+        ("seed=4294967296", "seed=4294967296"),
+        ("seed=abc", "seed='abc'"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1: must be a whole number >= 1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: must be a number >= 0"),
+        ("dataset.num_workers=-1", "dataset.num_workers=-1: must be a whole number >= 0 (or 'auto')"),
+        ("dataset.eval_batch_size=0", "dataset.eval_batch_size=0"),
+        ("dataset.train_subset=0", "dataset.train_subset=0"),
+        ("dataset.train_subset=-59488", "dataset.train_subset=-59488"),
+        ("dataset.val_subset=0", "dataset.val_subset=0"),
+        (
+            "dataset.crop_scale=[1.5,0.1]",
+            "dataset.crop_scale=[1.5, 0.1]: must be [low, high] with 0 < low <= high <= 1",
+        ),
+    ],
+)
 def test_a_bad_shared_setting_is_one_line(compose_cfg, override, needle):
     cfg = compose_cfg("pretrain", [*TINY, override])
     with pytest.raises(ConfigError) as err:
@@ -37,8 +43,9 @@ def test_the_defaults_of_every_entry_point_pass(compose_cfg):
 
 
 def test_the_command_line_says_it_before_any_work(tmp_path, fmnist_root):
-    code, err = run_entry("pretrain", [*TINY, f"dataset.root={fmnist_root}", "seed=abc",
-                                       f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_entry(
+        "pretrain", [*TINY, f"dataset.root={fmnist_root}", "seed=abc", f"hydra.run.dir={tmp_path / 'run'}"]
+    )
     assert code == 2
     assert "seed='abc'" in one_error_line(err, "semmae-pretrain")
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -46,7 +53,9 @@ def test_the_command_line_says_it_before_any_work(tmp_path, fmnist_root):
 
 def test_a_run_directory_below_a_file_is_one_line(tmp_path, fmnist_root):
     (tmp_path / "afile").write_text("x")
-    code, err = run_entry("pretrain", [*TINY, f"dataset.root={fmnist_root}", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"])
+    code, err = run_entry(
+        "pretrain", [*TINY, f"dataset.root={fmnist_root}", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"]
+    )
     assert code == 2
     assert f"is below the file {tmp_path / 'afile'}" in one_error_line(err, "semmae-pretrain")
     assert (tmp_path / "afile").read_text() == "x"
@@ -63,9 +72,21 @@ def test_a_bad_seed_in_a_sweep_fails_its_job_and_the_others_run(tmp_path, fmnist
     import json
 
     sweep = tmp_path / "sweep"
-    code, err = run_entry("pretrain", ["-m", *TINY, f"dataset.root={fmnist_root}", "dataset.batch_size=32",
-                                       "backbone.depth=1", "callbacks.reconstruction.num_images=2", "seed=abc,0",
-                                       f"hydra.sweep.dir={sweep}"])
+    code, err = run_entry(
+        "pretrain",
+        [
+            "-m",
+            *TINY,
+            f"dataset.root={fmnist_root}",
+            "dataset.batch_size=32",
+            "backbone.depth=1",
+            "callbacks.reconstruction.num_images=2",
+            "seed=abc,0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+    )
     failed = json.loads((sweep / "0" / "failed.json").read_text())
-    assert failed["error"] == "seed='abc': must be a whole number from 0 to 4294967295" and failed["type"] == "ConfigError"
+    assert (
+        failed["error"] == "seed='abc': must be a whole number from 0 to 4294967295" and failed["type"] == "ConfigError"
+    )
     assert json.loads((sweep / "1" / "results.json").read_text())["checkpoint"]

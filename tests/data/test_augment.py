@@ -47,8 +47,11 @@ def test_boxes_in_bounds_and_scale_distribution_matches_torchvision():
     ref = []
     img = torch.zeros(1, h, w)
     for _ in range(4000):
-        i, j, hh, ww = v2.RandomResizedCrop.get_params(img, scale=[0.2, 1.0], ratio=[3 / 4, 4 / 3]) if hasattr(
-            v2.RandomResizedCrop, "get_params") else (0, 0, h, w)
+        i, j, hh, ww = (
+            v2.RandomResizedCrop.get_params(img, scale=[0.2, 1.0], ratio=[3 / 4, 4 / 3])
+            if hasattr(v2.RandomResizedCrop, "get_params")
+            else (0, 0, h, w)
+        )
         ref.append(hh * ww / (h * w))
     ref = torch.tensor(ref)
     assert abs(ours.mean() - ref.mean().item()) < 0.02
@@ -92,7 +95,7 @@ def test_label_maps_follow_the_same_crop_and_flip():
     assert maps.dtype == ids.dtype and maps.shape == (6, 16, 16)
     assert set(maps.unique().tolist()) <= set(range(7))
     # inside the blocks the bilinear image is exactly 30 x label: there the warped label must agree with it
-    flat = (out[:, 0] % 30 == 0)
+    flat = out[:, 0] % 30 == 0
     assert flat.float().mean() > 0.3
     assert torch.equal(maps[flat], (out[:, 0][flat] / 30).round().long())
     ev = BatchEvalTransform(16, mean=(0.0,), std=(1.0,), channels=1)

@@ -43,13 +43,21 @@ def write_cifar(root, num_classes: int, n_per_file: int = 20):
     else:
         base = root / "cifar-100-python"
         files, key = ["train", "test"], "fine_labels"
-        meta = ("meta", {Py2Str(b"fine_label_names"): [Py2Str(b"c%d" % i) for i in range(100)],
-                         Py2Str(b"coarse_label_names"): [Py2Str(b"s%d" % i) for i in range(20)]})
+        meta = (
+            "meta",
+            {
+                Py2Str(b"fine_label_names"): [Py2Str(b"c%d" % i) for i in range(100)],
+                Py2Str(b"coarse_label_names"): [Py2Str(b"s%d" % i) for i in range(20)],
+            },
+        )
     base.mkdir(parents=True)
     for f in files:
         data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
-        entry = {Py2Str(b"data"): data, Py2Str(key.encode()): rng.integers(0, num_classes, n_per_file).tolist(),
-                 Py2Str(b"batch_label"): Py2Str(b"x")}
+        entry = {
+            Py2Str(b"data"): data,
+            Py2Str(key.encode()): rng.integers(0, num_classes, n_per_file).tolist(),
+            Py2Str(b"batch_label"): Py2Str(b"x"),
+        }
         dump_py2(entry, base / f)
     dump_py2(meta[1], base / meta[0])
     return base
@@ -70,8 +78,9 @@ def test_loads_pickle_batches(tmp_path, num_classes, n_train):
 
 def test_datamodule(tmp_path):
     write_cifar(tmp_path, 10)
-    dm = CIFARDataModule(root=str(tmp_path), num_classes=10, img_size=32, batch_size=16,
-                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    dm = CIFARDataModule(
+        root=str(tmp_path), num_classes=10, img_size=32, batch_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    )
     dm.setup()
     batch = dm.augment_batch(next(iter(dm.train_dataloader())), train=True)
     assert batch["image"].shape == (16, 3, 32, 32)

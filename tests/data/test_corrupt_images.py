@@ -13,8 +13,9 @@ from tests.data.test_imagefolder import truncate, write_tree
 def batches(dm, split="val"):
     """Every batch of a split, decoded as training would (a no-op for the worker-decode path)."""
     loader = dm.val_dataloader() if split == "val" else dm.train_dataloader()
-    return [dm.augment_batch(dm.transfer_batch_to_device(b, torch.device("cpu"), 0), train=split == "train")
-            for b in loader]
+    return [
+        dm.augment_batch(dm.transfer_batch_to_device(b, torch.device("cpu"), 0), train=split == "train") for b in loader
+    ]
 
 
 def bad_tree(tmp_path, how):
@@ -33,8 +34,9 @@ def bad_tree(tmp_path, how):
 @pytest.mark.parametrize("how", ["truncated", "not_an_image"])
 def test_corrupt_image_stops_naming_the_file(tmp_path, decode, num_workers, how):
     bad = bad_tree(tmp_path, how)
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=6, num_workers=num_workers,
-                               decode=decode, loader_timeout_s=30)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=6, num_workers=num_workers, decode=decode, loader_timeout_s=30
+    )
     dm.setup()
     with pytest.raises(DataError) as info:
         batches(dm)
@@ -46,8 +48,9 @@ def test_corrupt_image_stops_naming_the_file(tmp_path, decode, num_workers, how)
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_skip_corrupt_drops_the_image_and_warns_naming_it(tmp_path, decode):
     bad = bad_tree(tmp_path, "truncated")
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=6, num_workers=0, decode=decode,
-                               skip_corrupt=True)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=6, num_workers=0, decode=decode, skip_corrupt=True
+    )
     dm.setup()
     with pytest.warns(CorruptImageWarning, match=str(bad)):
         out = batches(dm)

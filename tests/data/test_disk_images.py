@@ -54,12 +54,16 @@ def test_the_datamodule_reads_16_bit_images_right(tmp_path):
     for split in ("train", "val"):
         Image.fromarray(np.full((40, 50), 65535, dtype=np.uint16)).save(tmp_path / split / "cat" / "w.png")
         Image.fromarray(np.full((40, 50), 0, dtype=np.uint16)).save(tmp_path / split / "dog" / "b.png")
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=2, num_workers=0, mean=(0, 0, 0),
-                               std=(1, 1, 1))
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=2, num_workers=0, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     dm.prepare_data()
     images = torch.cat([batch["image"] for batch in dm.eval_batches("val")])
     paths = [p for p, _ in dm._scans["val"].samples]
-    white, black = paths.index(str(tmp_path / "val" / "cat" / "w.png")), paths.index(str(tmp_path / "val" / "dog" / "b.png"))
+    white, black = (
+        paths.index(str(tmp_path / "val" / "cat" / "w.png")),
+        paths.index(str(tmp_path / "val" / "dog" / "b.png")),
+    )
     assert images[white].min() > 0.99 and images[black].max() < 0.01
 
 
@@ -80,7 +84,9 @@ def test_links_inside_a_class_folder_are_followed(tmp_path):
     (tmp_path / "train" / "a" / "0.JPEG").rename(extra / "0.JPEG")
     os.symlink(extra, tmp_path / "train" / "a" / "alias")  # the same folder twice: read once
     assert [os.path.relpath(p, tmp_path) for p in find_files(tmp_path / "train" / "a", (".jpeg",))] == [
-        "train/a/1.JPEG", "train/a/alias/0.JPEG"]
+        "train/a/1.JPEG",
+        "train/a/alias/0.JPEG",
+    ]
 
 
 @pytest.mark.parametrize("decode", ["workers", "device"])
@@ -88,8 +94,9 @@ def test_a_fifo_is_named_instead_of_blocking_the_worker(tmp_path, decode):
     write_tree(tmp_path, per_class=2)
     fifo = tmp_path / "train" / "cat" / "blocked.png"
     os.mkfifo(fifo)
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=5, num_workers=1, decode=decode,
-                               loader_timeout_s=20)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=5, num_workers=1, decode=decode, loader_timeout_s=20
+    )
     dm.prepare_data()
     with pytest.raises(DataError, match=rf"cannot read image {fifo}: not a regular file \(p"):
         next(iter(dm.train_dataloader()))
@@ -99,11 +106,15 @@ def test_a_worker_that_never_answers_names_the_files_it_was_given(tmp_path):
     import time
 
     write_tree(tmp_path, per_class=2)
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4, num_workers=1, decode="workers",
-                               loader_timeout_s=2)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=4, num_workers=1, decode="workers", loader_timeout_s=2
+    )
     dm.prepare_data()
     dm._scans["val"].loader = lambda path: time.sleep(30)  # a stalled network mount
     loader = dm.val_dataloader()
-    with pytest.raises(DataError, match=r"a DataLoader worker sent no batch for 2 s \(dataset.loader_timeout_s\); "
-                                        rf"it was reading {tmp_path / 'val' / 'cat' / '0.JPEG'}"):
+    with pytest.raises(
+        DataError,
+        match=r"a DataLoader worker sent no batch for 2 s \(dataset.loader_timeout_s\); "
+        rf"it was reading {tmp_path / 'val' / 'cat' / '0.JPEG'}",
+    ):
         next(iter(loader))

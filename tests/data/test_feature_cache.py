@@ -15,19 +15,22 @@ from tests.tasks.test_linprobe import TINY
 FMNIST_TRAIN, FMNIST_TEST = 60000, 10000
 
 
-@pytest.mark.parametrize("limits,train,val", [
-    ({}, 60000, 10000),                                                     # no limits: everything
-    ({"fast_dev_run": True}, 256, 1024),                                    # one batch of each
-    ({"fast_dev_run": 3}, 768, 3072),
-    ({"limit_train_batches": 3, "limit_val_batches": 2}, 768, 10000),       # the test set is read in full
-    ({"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 5}, 768, 5120),
-    ({"limit_train_batches": 0.5}, 117 * 256, 10000),                       # int(234 x 0.5) batches
-    ({"limit_train_batches": 1.0}, 60000, 10000),
-    ({"max_steps": 10, "accumulate_grad_batches": 2}, 20 * 256, 10000),
-    ({"fast_dev_run": True, "devices": 2, "num_nodes": 2}, 4 * 256, 4 * 1024),  # one batch per rank
-    ({"fast_dev_run": True, "devices": "auto"}, 60000, 10000),             # unknown world size: everything
-    ({"fast_dev_run": False, "overfit_batches": 2}, 60000, 10000),
-])
+@pytest.mark.parametrize(
+    "limits,train,val",
+    [
+        ({}, 60000, 10000),  # no limits: everything
+        ({"fast_dev_run": True}, 256, 1024),  # one batch of each
+        ({"fast_dev_run": 3}, 768, 3072),
+        ({"limit_train_batches": 3, "limit_val_batches": 2}, 768, 10000),  # the test set is read in full
+        ({"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 5}, 768, 5120),
+        ({"limit_train_batches": 0.5}, 117 * 256, 10000),  # int(234 x 0.5) batches
+        ({"limit_train_batches": 1.0}, 60000, 10000),
+        ({"max_steps": 10, "accumulate_grad_batches": 2}, 20 * 256, 10000),
+        ({"fast_dev_run": True, "devices": 2, "num_nodes": 2}, 4 * 256, 4 * 1024),  # one batch per rank
+        ({"fast_dev_run": True, "devices": "auto"}, 60000, 10000),  # unknown world size: everything
+        ({"fast_dev_run": False, "overfit_batches": 2}, 60000, 10000),
+    ],
+)
 def test_images_read(limits, train, val):
     assert images_read(limits, FMNIST_TRAIN, 256, train=True) == train
     assert images_read(limits, FMNIST_TEST, 1024, train=False) == val
@@ -52,13 +55,23 @@ def test_fast_dev_run_encodes_one_batch_of_each_split(compose_cfg, fmnist_root, 
 
 
 def test_limited_cache_holds_the_same_features_as_the_full_one(compose_cfg, fmnist_root):
-    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", "model.bf16=false", *TINY,
-                                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            "model.bf16=false",
+            *TINY,
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+        ],
+    )
     datamodule, model = instantiate(cfg.dataset), instantiate(cfg.model)
     assert model.cache_limits["limit_train_batches"] == 2 and model.cache_limits["limit_test_batches"] is None
     full = FeatureDataModule.from_images(datamodule, model.encode, torch.device("cpu"), limits={})
-    limited = FeatureDataModule.from_images(datamodule, model.encode, torch.device("cpu"),
-                                            limits={**model.cache_limits, "limit_test_batches": 1})
+    limited = FeatureDataModule.from_images(
+        datamodule, model.encode, torch.device("cpu"), limits={**model.cache_limits, "limit_test_batches": 1}
+    )
     feats, labels = limited.splits["val"]  # the first eval batch, in order
     assert feats.shape == (128, 32) and torch.equal(labels, full.splits["val"][1][:128])
     assert torch.allclose(feats, full.splits["val"][0][:128], atol=1e-6)

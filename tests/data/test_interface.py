@@ -48,8 +48,10 @@ class Toy(SemmaeDataModule):
         return self.sizes[split]
 
     def split_dataset(self, split, train):
-        return [{"image": torch.full((self.channels, self.img_size, self.img_size), float(i)), "label": i % 3,
-                 "index": i} for i in range(self.sizes[split])]
+        return [
+            {"image": torch.full((self.channels, self.img_size, self.img_size), float(i)), "label": i % 3, "index": i}
+            for i in range(self.sizes[split])
+        ]
 
     def augment_batch(self, batch, train):
         return {**batch, "image": self.augmentation(batch["image"])} if train else batch
@@ -79,35 +81,59 @@ def pixel_ids(batches) -> list[int]:
 def roots(tmp_path_factory, fmnist_root):
     tmp = tmp_path_factory.mktemp("interface")
     write_cifar(tmp / "cifar", 10)
-    return {"fmnist": fmnist_root, "cifar": tmp / "cifar", "folder": write_tree(tmp / "folder", per_class=4),
-            "ade": write_ade20k(tmp / "ade", n_train=3, n_val=2)}
+    return {
+        "fmnist": fmnist_root,
+        "cifar": tmp / "cifar",
+        "folder": write_tree(tmp / "folder", per_class=4),
+        "ade": write_ade20k(tmp / "ade", n_train=3, n_val=2),
+    }
 
 
 BUILDERS = {
-    "fashion_mnist": lambda r: FashionMNISTDataModule(root=str(r["fmnist"]), batch_size=16, eval_batch_size=24,
-                                                      num_workers=0, train_subset=40, val_subset=30),
-    "fashion_mnist_workers": lambda r: FashionMNISTDataModule(root=str(r["fmnist"]), batch_size=16, eval_batch_size=24,
-                                                              num_workers=0, resident=False, train_subset=40,
-                                                              val_subset=30),
-    "fashion_mnist_segments": lambda r: FashionMNISTDataModule(root=str(r["fmnist"]), batch_size=16, num_workers=0,
-                                                               segments="foreground", train_subset=40, val_subset=30),
-    "fashion_mnist_seg": lambda r: FashionMNISTSegDataModule(root=str(r["fmnist"]), batch_size=16, eval_batch_size=24,
-                                                             num_workers=0, train_subset=40, val_subset=30),
-    "cifar10": lambda r: CIFARDataModule(root=str(r["cifar"]), num_classes=10, batch_size=16, eval_batch_size=8,
-                                         num_workers=0),
-    "imagefolder": lambda r: ImageFolderDataModule(root=str(r["folder"]), img_size=32, batch_size=3, num_workers=0,
-                                                   decode="workers"),
-    "imagefolder_device": lambda r: ImageFolderDataModule(root=str(r["folder"]), img_size=32, batch_size=3,
-                                                          num_workers=0, decode="device"),
-    "ade20k": lambda r: ADE20KDataModule(root=str(r["ade"]), crop_size=24, scale=(128, 32), batch_size=2,
-                                         num_workers=0),
+    "fashion_mnist": lambda r: FashionMNISTDataModule(
+        root=str(r["fmnist"]), batch_size=16, eval_batch_size=24, num_workers=0, train_subset=40, val_subset=30
+    ),
+    "fashion_mnist_workers": lambda r: FashionMNISTDataModule(
+        root=str(r["fmnist"]),
+        batch_size=16,
+        eval_batch_size=24,
+        num_workers=0,
+        resident=False,
+        train_subset=40,
+        val_subset=30,
+    ),
+    "fashion_mnist_segments": lambda r: FashionMNISTDataModule(
+        root=str(r["fmnist"]), batch_size=16, num_workers=0, segments="foreground", train_subset=40, val_subset=30
+    ),
+    "fashion_mnist_seg": lambda r: FashionMNISTSegDataModule(
+        root=str(r["fmnist"]), batch_size=16, eval_batch_size=24, num_workers=0, train_subset=40, val_subset=30
+    ),
+    "cifar10": lambda r: CIFARDataModule(
+        root=str(r["cifar"]), num_classes=10, batch_size=16, eval_batch_size=8, num_workers=0
+    ),
+    "imagefolder": lambda r: ImageFolderDataModule(
+        root=str(r["folder"]), img_size=32, batch_size=3, num_workers=0, decode="workers"
+    ),
+    "imagefolder_device": lambda r: ImageFolderDataModule(
+        root=str(r["folder"]), img_size=32, batch_size=3, num_workers=0, decode="device"
+    ),
+    "ade20k": lambda r: ADE20KDataModule(
+        root=str(r["ade"]), crop_size=24, scale=(128, 32), batch_size=2, num_workers=0
+    ),
     "toy": lambda r: Toy(eval_batch_size=3),
 }
 # in_memory, train_augmentation_kind
-ANSWERS = {"fashion_mnist": (True, "batch"), "fashion_mnist_workers": (True, None),
-           "fashion_mnist_segments": (True, "batch"), "fashion_mnist_seg": (True, None), "cifar10": (True, "batch"),
-           "imagefolder": (False, "image"), "imagefolder_device": (False, None), "ade20k": (False, None),
-           "toy": (True, "batch")}
+ANSWERS = {
+    "fashion_mnist": (True, "batch"),
+    "fashion_mnist_workers": (True, None),
+    "fashion_mnist_segments": (True, "batch"),
+    "fashion_mnist_seg": (True, None),
+    "cifar10": (True, "batch"),
+    "imagefolder": (False, "image"),
+    "imagefolder_device": (False, None),
+    "ade20k": (False, None),
+    "toy": (True, "batch"),
+}
 
 
 def validation_view(dm):
@@ -124,8 +150,17 @@ def test_every_datamodule_answers_the_interface(name, roots):
     dm = BUILDERS[name](roots)
     assert isinstance(dm, SemmaeDataModule)
     assert (dm.in_memory, dm.train_augmentation_kind) == ANSWERS[name]
-    for key in ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "loader_timeout_s", "seed", "name",
-                "mean", "std"):
+    for key in (
+        "batch_size",
+        "eval_batch_size",
+        "num_workers",
+        "pin_memory",
+        "loader_timeout_s",
+        "seed",
+        "name",
+        "mean",
+        "std",
+    ):
         assert hasattr(dm, key), key
     dm.prepare_data()
     torch.manual_seed(0)
@@ -137,8 +172,9 @@ def test_every_datamodule_answers_the_interface(name, roots):
     assert all(len(b["image"]) <= dm.eval_batch_size for b in view)
     # the training split in its evaluation view: un-augmented, every image once, in order
     train = flat_images(dm.eval_batches("train"))
-    assert len(train) == dm.split_size("train") and all(torch.equal(a, b) for a, b in
-                                                         zip(train, flat_images(dm.eval_batches("train"))))
+    assert len(train) == dm.split_size("train") and all(
+        torch.equal(a, b) for a, b in zip(train, flat_images(dm.eval_batches("train")))
+    )
     # limit and indices
     assert len(flat_images(dm.eval_batches("val", limit=1))) == 1
     assert len(flat_images(dm.eval_batches("val", limit=3))) == min(3, dm.split_size("val"))
@@ -151,12 +187,12 @@ def test_every_datamodule_answers_the_interface(name, roots):
 
 def test_eval_batches_of_the_training_split_carry_its_own_maps(fmnist_root):
     """The segment maps (and fashion_mnist_seg's label masks) travel with their images, also for the train split."""
-    dm = FashionMNISTDataModule(root=str(fmnist_root), batch_size=16, num_workers=0, segments="foreground",
-                                train_subset=40, val_subset=30)
+    dm = FashionMNISTDataModule(
+        root=str(fmnist_root), batch_size=16, num_workers=0, segments="foreground", train_subset=40, val_subset=30
+    )
     segments = torch.cat([b["segments"] for b in dm.eval_batches("train")])
     assert torch.equal(segments, dm.maps["train"]["segments"])
-    seg = FashionMNISTSegDataModule(root=str(fmnist_root), batch_size=16, num_workers=0, train_subset=40,
-                                    val_subset=30)
+    seg = FashionMNISTSegDataModule(root=str(fmnist_root), batch_size=16, num_workers=0, train_subset=40, val_subset=30)
     masks = torch.cat([b["mask"] for b in seg.eval_batches("train")])
     images, labels = seg.data["train"]
     assert torch.equal(masks, garment_masks(images, labels).long())
@@ -182,15 +218,29 @@ def test_split_loader_passes_whole_batches_on():
 
 
 def test_loaders_are_built_by_the_base_class():
-    for cls in (FashionMNISTDataModule, FashionMNISTSegDataModule, CIFARDataModule, ImageFolderDataModule,
-                ADE20KDataModule, FeatureDataModule):
+    for cls in (
+        FashionMNISTDataModule,
+        FashionMNISTSegDataModule,
+        CIFARDataModule,
+        ImageFolderDataModule,
+        ADE20KDataModule,
+        FeatureDataModule,
+    ):
         for hook in ("train_dataloader", "val_dataloader", "test_dataloader", "on_after_batch_transfer"):
             assert getattr(cls, hook) is getattr(SemmaeDataModule, hook), (cls, hook)
 
 
 def test_the_file_scan_lists_what_torchvision_lists(tmp_path):
-    for rel in ("b/2.JPEG", "b/1.png", "b/sub/0.jpg", "b/sub/x.txt", "a/9.jpeg", "a/a/8.Jpg", "a/.hidden.jpg",
-                "c/notes.md"):
+    for rel in (
+        "b/2.JPEG",
+        "b/1.png",
+        "b/sub/0.jpg",
+        "b/sub/x.txt",
+        "a/9.jpeg",
+        "a/a/8.Jpg",
+        "a/.hidden.jpg",
+        "c/notes.md",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     ours = disk_images.ScannedImageFolder(str(tmp_path), allow_empty=True)  # c/ has no image: empty is allowed
@@ -215,8 +265,7 @@ def test_imagefolder_set_up_before_its_trainer_keeps_decoding_in_the_workers(roo
     dm.setup()  # no trainer yet (fine-tuning's augmentation, the feature cache): the workers decode
     assert not dm.on_device()
     assert dm.collate_fn(dm.split_dataset("train", True)) is disk_images.collate_readable
-    device = ImageFolderDataModule(root=str(roots["folder"]), img_size=32, batch_size=3, num_workers=0,
-                                   decode="device")
+    device = ImageFolderDataModule(root=str(roots["folder"]), img_size=32, batch_size=3, num_workers=0, decode="device")
     device.setup()
     assert device.on_device() and device.collate_fn(device.eval_dataset("val", [1])) is jpeg_decode.collate_encoded
 
@@ -228,9 +277,9 @@ def test_feature_cache_reads_the_evaluation_view():
     full = FeatureDataModule.from_images(dm, pixel, CPU, limits={})
     assert full.splits["train"][0][:, 0].tolist() == list(range(10))  # un-augmented (no +1000), in order
     assert full.splits["val"][1].tolist() == [i % 3 for i in range(7)]
-    limited = FeatureDataModule.from_images(dm, pixel, CPU, seed=5,
-                                            limits={"limit_train_batches": 1, "limit_val_batches": 1,
-                                                    "limit_test_batches": 1})
+    limited = FeatureDataModule.from_images(
+        dm, pixel, CPU, seed=5, limits={"limit_train_batches": 1, "limit_val_batches": 1, "limit_test_batches": 1}
+    )
     assert limited.splits["train"][0][:, 0].tolist() == subset_indices(10, 4, 5)
     assert limited.splits["val"][0][:, 0].tolist() == [0, 1, 2]
     assert isinstance(full, SemmaeDataModule) and full.split_size("train") == 10

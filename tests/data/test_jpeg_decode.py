@@ -37,8 +37,9 @@ def test_decoded_batch_matches_the_pil_path(tmp_path):
     assert ours.shape == ref.shape == (3, 3, 32, 32)
     # bilinear+antialias vs PIL bicubic: same picture up to interpolation differences
     assert (ours - ref).abs().mean() < 0.1
-    train = dm_dev.augment_batch(dm_dev.transfer_batch_to_device(next(iter(dm_dev.train_dataloader())),
-                                                                 torch.device("cpu"), 0), train=True)
+    train = dm_dev.augment_batch(
+        dm_dev.transfer_batch_to_device(next(iter(dm_dev.train_dataloader())), torch.device("cpu"), 0), train=True
+    )
     assert train["image"].shape == (3, 3, 32, 32) and train["image_plain"].shape == (3, 3, 32, 32)
     assert "jpeg" not in train
 
@@ -48,7 +49,9 @@ def test_train_views_crop_inside_each_image():
     images = [torch.full((3, 40, 100), 200, dtype=torch.uint8), torch.full((3, 120, 30), 10, dtype=torch.uint8)]
     out = jpeg_decode.train_views(images, 16, scale=(0.2, 1.0), generator=g)
     assert out.shape == (2, 3, 16, 16)
-    assert torch.allclose(out[0], torch.full_like(out[0], 200.0)) and torch.allclose(out[1], torch.full_like(out[1], 10.0))
+    assert torch.allclose(out[0], torch.full_like(out[0], 200.0)) and torch.allclose(
+        out[1], torch.full_like(out[1], 10.0)
+    )
 
 
 def test_eval_views_match_torchvision_geometry():
@@ -68,8 +71,9 @@ def test_auto_decodes_in_workers_without_gpu(tmp_path):
 @pytest.mark.timeout(60)  # the regression was a hang: fail instead of waiting forever
 def test_device_decode_with_workers_runs_to_completion(tmp_path):
     write_tree(tmp_path, per_class=5)
-    dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4, num_workers=2, decode="device",
-                               loader_timeout_s=30)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), img_size=32, batch_size=4, num_workers=2, decode="device", loader_timeout_s=30
+    )
     dm.setup()
     for _epoch in range(2):  # persistent workers serve the second epoch too
         for split, loader in (("train", dm.train_dataloader()), ("val", dm.val_dataloader())):

@@ -28,10 +28,13 @@ class Misbehaving(Dataset):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how,error,match", [
-    ("hangs", DataError, "a DataLoader worker sent no batch for 2 s"),  # one line for the user, not torch's
-    ("dies", RuntimeError, "exited unexpectedly"),
-])
+@pytest.mark.parametrize(
+    "how,error,match",
+    [
+        ("hangs", DataError, "a DataLoader worker sent no batch for 2 s"),  # one line for the user, not torch's
+        ("dies", RuntimeError, "exited unexpectedly"),
+    ],
+)
 def test_hung_or_dead_worker_is_an_error(how, error, match):
     loader = split_loader(Misbehaving(how), 2, False, num_workers=1, pin=False, timeout_s=2)
     with pytest.raises(error, match=match) as err:

@@ -29,8 +29,9 @@ def test_draws_cover_the_class_over_seeds():
     assert len(seen) == 7  # every image of the 7-image class is drawn by some seed
 
 
-@pytest.mark.parametrize("n,match", [(8, "more than the 7 training images of class 3"), (0, ">= 1"),
-                                     (2.5, "whole number")])
+@pytest.mark.parametrize(
+    "n,match", [(8, "more than the 7 training images of class 3"), (0, ">= 1"), (2.5, "whole number")]
+)
 def test_refused(n, match):
     with pytest.raises(ConfigError, match=match):
         class_balanced_subset(LABELS, n, seed=0)

@@ -32,9 +32,11 @@ def augmented(resident: bool) -> torch.Tensor:
 
 def crop_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
     row = images[:, 0, images.shape[2] // 2]  # the middle row: a ramp over the crop's x-extent
-    return {"width": (row.amax(1) - row.amin(1)) / 2,  # share of the image width the crop spans
-            "flipped": (row[:, 0] > row[:, -1]).float(),
-            "centre": (row.amax(1) + row.amin(1)) / 2}
+    return {
+        "width": (row.amax(1) - row.amin(1)) / 2,  # share of the image width the crop spans
+        "flipped": (row[:, 0] > row[:, -1]).float(),
+        "centre": (row.amax(1) + row.amin(1)) / 2,
+    }
 
 
 def test_resident_and_worker_paths_give_the_same_distribution():

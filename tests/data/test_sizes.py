@@ -25,8 +25,9 @@ def test_a_batch_larger_than_the_training_set_is_refused(fmnist_root, resident):
     assert len(fmnist(fmnist_root, batch_size=100, train_subset=100, resident=resident).train_dataloader()) == 1
 
 
-@pytest.mark.parametrize("key,value", [("train_subset", 0), ("train_subset", -59488), ("val_subset", 0),
-                                       ("eval_batch_size", 0)])
+@pytest.mark.parametrize(
+    "key,value", [("train_subset", 0), ("train_subset", -59488), ("val_subset", 0), ("eval_batch_size", 0)]
+)
 def test_sizes_below_one_are_refused(fmnist_root, key, value):
     with pytest.raises(ConfigError, match=rf"dataset.{key}"):
         fmnist(fmnist_root, **{key: value})
@@ -59,9 +60,20 @@ def test_train_and_val_must_share_their_classes(tmp_path):
 
 def test_imagenet_probes_with_the_folders_class_count(tmp_path):
     write_tree(tmp_path / "data", classes=("cat", "dog"), per_class=8)
-    code, err = run_entry("linprobe", ["dataset=imagenet", f"dataset.root={tmp_path / 'data'}", "ckpt=null",
-                                       "backbone.img_size=32", "dataset.batch_size=8", "dataset.num_workers=0",
-                                       "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_entry(
+        "linprobe",
+        [
+            "dataset=imagenet",
+            f"dataset.root={tmp_path / 'data'}",
+            "ckpt=null",
+            "backbone.img_size=32",
+            "dataset.batch_size=8",
+            "dataset.num_workers=0",
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+    )
     assert code == 0, err
     import json
 
@@ -71,7 +83,16 @@ def test_imagenet_probes_with_the_folders_class_count(tmp_path):
 
 
 def test_a_batch_larger_than_the_data_fails_the_run(tmp_path, fmnist_root):
-    code, err = run_entry("pretrain", [f"dataset.root={fmnist_root}", "dataset.train_subset=64", "dataset.val_subset=32",
-                                       "dataset.batch_size=256", "trainer.max_epochs=1", "logger=none",
-                                       f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_entry(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            "dataset.train_subset=64",
+            "dataset.val_subset=32",
+            "dataset.batch_size=256",
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+    )
     assert code == 2 and "dataset.batch_size=256 is more than the 64 training images" in err.splitlines()[-1]

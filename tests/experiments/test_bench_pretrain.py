@@ -43,8 +43,11 @@ def test_step_breakdown_measures_every_part_and_the_parts_cover_the_step(compose
     cfg = compose_cfg("pretrain", [f"masking={masking}", *TINY[:6], "model.probe.enabled=false"])
     task = instantiate(cfg.model)
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(16, 1, 32, 32, generator=g), "label": torch.zeros(16, dtype=torch.long),
-             "progress": 0.5}  # semantic_features past its warm-up: the masking part runs the encoder for features
+    batch = {
+        "image": torch.randn(16, 1, 32, 32, generator=g),
+        "label": torch.zeros(16, dtype=torch.long),
+        "progress": 0.5,
+    }  # semantic_features past its warm-up: the masking part runs the encoder for features
     opt = torch.optim.AdamW(task.mae.parameters(), lr=1e-4)
     before = task.mae.encoder.patch_embed.proj.weight.detach().clone()
     threads = torch.get_num_threads()
@@ -63,9 +66,11 @@ def test_step_breakdown_measures_every_part_and_the_parts_cover_the_step(compose
     assert [k["self_ms"] for k in top] == sorted((k["self_ms"] for k in top), reverse=True)
     assert any(k["name"].startswith("aten::") for k in top) and sum(k["share"] for k in top) <= 1.0 + 1e-9
     assert not torch.equal(before, task.mae.encoder.patch_embed.proj.weight)  # the steps trained: backward, step ran
-    lines = bench.profile_lines({"masking": masking, "compiled": False, "data": "synthetic", "step_ms": 1.0,
-                                 "profile": result})
+    lines = bench.profile_lines(
+        {"masking": masking, "compiled": False, "data": "synthetic", "step_ms": 1.0, "profile": result}
+    )
     assert lines[0].startswith(f"{masking} (eager, synthetic data), where an eager step's time goes (ms): masking ")
     assert len(lines) == 2 + len(top)
-    assert bench.profile_lines({"masking": "x", "compiled": True, "data": "real", "profile": {"error": "boom"}}) == \
-        ["x (compiled, real data): no breakdown (boom)"]
+    assert bench.profile_lines({"masking": "x", "compiled": True, "data": "real", "profile": {"error": "boom"}}) == [
+        "x (compiled, real data): no breakdown (boom)"
+    ]

@@ -37,7 +37,8 @@ def test_summary_is_reread_and_extended_after_each_step(tmp_path):
     suite.record(tmp_path, suite={"scale": "tiny", "budget_s": 60}, env={"device": "cpu-x", "torch": "2.x"})
     suite.record(tmp_path, steps={"sync": entry(selection="not gpu", passed=3)})
     (tmp_path / "summary.json").write_text(  # another writer's field survives: the file is re-read, not kept
-        json.dumps({**json.loads((tmp_path / "summary.json").read_text()), "note": "kept"}))
+        json.dumps({**json.loads((tmp_path / "summary.json").read_text()), "note": "kept"})
+    )
     suite.record(tmp_path, steps={"probes": {**entry("skipped"), "reason": "skipped: probing heads not available"}})
     suite.record(tmp_path, steps={"sync": entry("failed", selection="gpu", passed=1, failed=2)})  # a rerun replaces
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -52,12 +53,16 @@ def test_summary_is_reread_and_extended_after_each_step(tmp_path):
 
 def make_wheel(folder: Path, name: str) -> Path:
     """A minimal pure-Python wheel of a package `name` (one module file), valid for pip."""
-    files = {f"{name}/__init__.py": b"VALUE = 27\n",
-             f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
-             f"{name}-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                            b"Tag: py3-none-any\n"}
-    record = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
-              for p, d in files.items()] + [f"{name}-0.1.dist-info/RECORD,,"]
+    files = {
+        f"{name}/__init__.py": b"VALUE = 27\n",
+        f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{name}-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = [
+        f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+        for p, d in files.items()
+    ] + [f"{name}-0.1.dist-info/RECORD,,"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-0.1-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as z:
@@ -73,8 +78,11 @@ def test_wheels_are_installed_only_when_a_needed_module_is_missing(tmp_path, mon
     assert suite.prepare_imports(wheels, target) == {"missing": [], "installed": [], "target": None}  # hydra is here
     fake = "semmae_gpu_suite_fake_dep"
     monkeypatch.setattr(suite, "NEEDED", ("hydra", fake))  # as on the GPU machine: a needed module is missing
-    with pytest.raises(SystemExit, match=f"{fake} not importable and no wheels in {wheels}: run `bash "
-                                         r"\.\./shared/tools/device-wheels\.sh`"):
+    with pytest.raises(
+        SystemExit,
+        match=f"{fake} not importable and no wheels in {wheels}: run `bash "
+        r"\.\./shared/tools/device-wheels\.sh`",
+    ):
         suite.prepare_imports(wheels, target)
     make_wheel(wheels, fake)
     setup = suite.prepare_imports(wheels, target)
@@ -82,8 +90,13 @@ def test_wheels_are_installed_only_when_a_needed_module_is_missing(tmp_path, mon
     assert (target / fake / "__init__.py").is_file() and suite.missing_modules() == []
     env = suite.subprocess_env(setup["target"])
     assert env["PYTHONPATH"].split(":")[:2] == [str(REPO), str(target)]  # the repository's semmae wins
-    out = subprocess.run([sys.executable, "-c", f"import {fake}; print({fake}.VALUE)"], env=env,
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {fake}; print({fake}.VALUE)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.stdout.strip() == "27", out.stderr
     sys.modules.pop(fake, None)
 
@@ -102,11 +115,14 @@ def test_a_step_that_times_out_is_recorded_and_the_next_one_runs(tmp_path, monke
         fig["printed"] = s.call([sys.executable, "-c", "print('after the hang')"]).strip()
 
     lines = lambda fig: (json.dumps(fig, sort_keys=True), [])  # noqa: E731
-    fake_steps(monkeypatch, [
-        suite.Step("hang", "Hangs", hang, lines, {"tiny": 0}, {"tiny": 3}),
-        suite.Step("after", "Runs after", after, lines, {"tiny": 0}, {"tiny": 60}),
-        suite.Step("huge", "Does not fit", after, lines, {"tiny": 10_000}, {"tiny": 60}),
-    ])
+    fake_steps(
+        monkeypatch,
+        [
+            suite.Step("hang", "Hangs", hang, lines, {"tiny": 0}, {"tiny": 3}),
+            suite.Step("after", "Runs after", after, lines, {"tiny": 0}, {"tiny": 60}),
+            suite.Step("huge", "Does not fit", after, lines, {"tiny": 10_000}, {"tiny": 60}),
+        ],
+    )
     out = tmp_path / "out"
     code = suite.main(["--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"), "--budget-s", "300"])
     assert code == 1  # a step timed out
@@ -117,7 +133,10 @@ def test_a_step_that_times_out_is_recorded_and_the_next_one_runs(tmp_path, monke
     assert steps["hang"]["wall_s"] < 60  # the sleep was stopped, not waited for
     assert steps["after"]["status"] == "ok" and steps["after"]["figures"] == {"printed": "after the hang"}
     assert steps["huge"]["status"] == "skipped"
-    assert steps["huge"]["reason"].startswith("skipped: needs ~10000 s, ") and "of --budget-s left" in steps["huge"]["reason"]
+    assert (
+        steps["huge"]["reason"].startswith("skipped: needs ~10000 s, ")
+        and "of --budget-s left" in steps["huge"]["reason"]
+    )
     assert summary["suite"]["finished"] and summary["env"]["torch"]
     log = (out / "suite.log").read_text()
     assert "$ sleep 600" in log and "after the hang" in log and "[huge] skipped: needs ~10000 s" in log
@@ -126,8 +145,10 @@ def test_a_step_that_times_out_is_recorded_and_the_next_one_runs(tmp_path, monke
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
-    for argv, message in ((["--device", "cpu", "--budget-s", "0"], "--budget-s must be positive, got 0"),
-                          (["--steps", "nosuch"], "argument --steps: invalid choice: 'nosuch'")):
+    for argv, message in (
+        (["--device", "cpu", "--budget-s", "0"], "--budget-s must be positive, got 0"),
+        (["--steps", "nosuch"], "argument --steps: invalid choice: 'nosuch'"),
+    ):
         with pytest.raises(SystemExit) as exc:
             suite.parse_args(argv)
         assert exc.value.code == 2
@@ -137,32 +158,46 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
 
 
 def test_every_epoch_must_read_each_written_image_once():
-    ok = {"dataset": 24, "epochs": [{"epoch": 0, "images": 24, "distinct": 24},
-                                    {"epoch": 1, "images": 24, "distinct": 24}, {"epoch": 2, "images": 8, "distinct": 8}]}
+    ok = {
+        "dataset": 24,
+        "epochs": [
+            {"epoch": 0, "images": 24, "distinct": 24},
+            {"epoch": 1, "images": 24, "distinct": 24},
+            {"epoch": 2, "images": 8, "distinct": 8},
+        ],
+    }
     assert suite.check_images_read(ok, 24) is None
     dropped = {**ok, "epochs": [{"epoch": 0, "images": 24, "distinct": 23}, *ok["epochs"][1:]]}
     assert suite.check_images_read(dropped, 24) == "epoch 0 read 24 images (23 distinct) of the 24 written"
-    assert suite.check_images_read({**ok, "dataset": 23}, 24) == "the datamodule found 23 training images, 24 were written"
+    assert (
+        suite.check_images_read({**ok, "dataset": 23}, 24) == "the datamodule found 23 training images, 24 were written"
+    )
     assert suite.check_images_read({"epochs": ok["epochs"][:1]}, 24).startswith("no complete epoch")
     assert suite.check_images_read(None, 24).startswith("no complete epoch")
 
 
 def test_targets_and_ratios_are_read_from_the_rows():
-    rows = [{"masking": "random", "mode": "compiled", "data": "synthetic", "img_s": 6100.0, "step_ms": 42.0,
-             "mfu": 0.46},
-            {"masking": "semantic", "mode": "compiled", "data": "synthetic", "img_s": 5800.0, "step_ms": 44.1,
-             "mfu": 0.44},
-            {"masking": "semantic", "mode": "eager", "data": "synthetic", "img_s": 1.0, "step_ms": 1.0, "mfu": 0.0}]
+    rows = [
+        {"masking": "random", "mode": "compiled", "data": "synthetic", "img_s": 6100.0, "step_ms": 42.0, "mfu": 0.46},
+        {"masking": "semantic", "mode": "compiled", "data": "synthetic", "img_s": 5800.0, "step_ms": 44.1, "mfu": 0.44},
+        {"masking": "semantic", "mode": "eager", "data": "synthetic", "img_s": 1.0, "step_ms": 1.0, "mfu": 0.0},
+    ]
     suite.add_ratios(rows)
     assert rows[1]["x_random"] == pytest.approx(1.05) and rows[2]["x_random"] is None
     checks = suite.check_targets(rows, "compiled")
-    assert [(c["target"], c["met"]) for c in checks] == [("random img/s >= 6000", True), ("random MFU >= 0.45", True),
-                                                        ("semantic step <= 1.03x random", False)]
+    assert [(c["target"], c["met"]) for c in checks] == [
+        ("random img/s >= 6000", True),
+        ("random MFU >= 0.45", True),
+        ("semantic step <= 1.03x random", False),
+    ]
 
 
 def test_pytest_counts_and_extras_packing(tmp_path):
     assert suite.pytest_counts("x\n9 passed, 9 skipped, 3 deselected, 12 warnings in 27.79s\n") == {
-        "passed": 9, "skipped": 9, "deselected": 3}
+        "passed": 9,
+        "skipped": 9,
+        "deselected": 3,
+    }
     assert suite.pytest_counts("exit 1: 1 failed, 2 passed, 1 error in 3s") == {"failed": 1, "passed": 2, "error": 1}
     (tmp_path / "figures" / "gpu").mkdir(parents=True)
     for name in ("summary.json", "RESULTS.md", "figures/gpu/a.png", "figures/gpu/b.png", "stray.txt"):
@@ -180,13 +215,16 @@ def test_pytest_counts_and_extras_packing(tmp_path):
 def test_a_probe_command_is_the_readings_linear_probe_with_a_head(tmp_path):
     from tests.conftest import compose
 
-    args = suite.parse_args(["--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
-                             "--fmnist", "/data/fmnist"])
+    args = suite.parse_args(
+        ["--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), "--fmnist", "/data/fmnist"]
+    )
     argv = suite.probe_argv(suite.Suite(args, {}), "semantic", "knn")
     assert argv[1:3] == ["-m", "semmae.linprobe"] and "model.head=knn" in argv
     overrides = [a for a in argv[3:] if not a.startswith(("hydra.run.dir=", "model.head="))]  # the head: not landed
     cfg = compose("linprobe", overrides, tmp_path / "cfg")
-    assert cfg.ckpt == str(tmp_path / "w" / "readings" / "semantic" / "seed0" / "pretrain" / "checkpoints" / "last.ckpt")
+    assert cfg.ckpt == str(
+        tmp_path / "w" / "readings" / "semantic" / "seed0" / "pretrain" / "checkpoints" / "last.ckpt"
+    )
     assert cfg.dataset.root == "/data/fmnist" and cfg.backbone.embed_dim == 32  # gpu-suite-tiny's probe
 
 
@@ -200,8 +238,9 @@ def returned_files(out: Path) -> list[Path]:
 @pytest.mark.slow
 def test_the_whole_suite_runs_on_a_cpu_in_its_tiny_configuration(tmp_path, fmnist_root, capsys):
     out, work = tmp_path / "out", tmp_path / "work"
-    code = suite.main(["--device", "cpu", "--scale", "tiny", "--out", str(out), "--work", str(work),
-                       "--fmnist", str(fmnist_root)])
+    code = suite.main(
+        ["--device", "cpu", "--scale", "tiny", "--out", str(out), "--work", str(work), "--fmnist", str(fmnist_root)]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
     files = returned_files(out)
@@ -212,16 +251,26 @@ def test_the_whole_suite_runs_on_a_cpu_in_its_tiny_configuration(tmp_path, fmnis
     assert summary["env"]["torch"] and summary["env"]["timm"] and summary["env"]["lightning"]
     steps = summary["steps"]
     assert list(steps) == list(suite.STEP_NAMES)
-    assert {n: e["status"] for n, e in steps.items()} == {"throughput": "ok", "data": "ok", "sync": "ok",
-                                                          "readings": "ok", "probes": "skipped"}
+    assert {n: e["status"] for n, e in steps.items()} == {
+        "throughput": "ok",
+        "data": "ok",
+        "sync": "ok",
+        "readings": "ok",
+        "probes": "skipped",
+    }
     log = (out / "suite.log").read_text()
     for e in steps.values():  # every command is in the log
         assert all(f"$ {c}\n" in log for c in e["commands"])
 
     fig = steps["throughput"]["figures"]
     measured = {(r["masking"], r["data"]) for r in fig["rows"]}
-    assert measured == {("random", "synthetic"), ("semantic", "synthetic"), ("random", "real"), ("semantic", "real"),
-                        *((m, "synthetic") for m in suite.READINGS)}
+    assert measured == {
+        ("random", "synthetic"),
+        ("semantic", "synthetic"),
+        ("random", "real"),
+        ("semantic", "real"),
+        *((m, "synthetic") for m in suite.READINGS),
+    }
     assert all(r["img_s"] > 0 and r["mode"] == "eager" for r in fig["rows"])
     assert [t["met"] for t in fig["targets"]][:2] == [False, False]  # a CPU misses the GPU's targets: the breakdown
     assert "targets missed: random img/s >= 6000" in printed and "where an eager step's time goes" in printed
@@ -254,8 +303,9 @@ def test_the_whole_suite_runs_on_a_cpu_in_its_tiny_configuration(tmp_path, fmnis
         if name.endswith("attention_random.png"):
             assert f"]({name})" in results
 
-    assert steps["probes"]["reason"] == ("skipped: probing heads not available (semmae-linprobe does not accept "
-                                         "model.head=ep/knn)")
+    assert steps["probes"]["reason"] == (
+        "skipped: probing heads not available (semmae-linprobe does not accept model.head=ep/knn)"
+    )
     md = (out / "summary.md").read_text()
     assert md in printed
     for title in ("## Throughput", "## The ImageNet data path", "## The readings at ViT-T scale"):

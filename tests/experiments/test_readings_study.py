@@ -13,12 +13,17 @@ from omegaconf import OmegaConf
 from tests.conftest import compose
 from tests.experiments.test_semantic_vs_random import fake_task, report, run
 
-MASKINGS = {"random": "RandomMasking", "random_registers": "RandomMasking", "semantic": "SemanticMasking",
-            "block": "BlockMasking",
-            "semantic_informative_a1": "SemanticInformativeMasking",
-            "semantic_informative_a3": "SemanticInformativeMasking",
-            "semantic_stratified": "SemanticStratifiedMasking", "semantic_features": "SemanticFeaturesMasking",
-            "random_units": "RandomUnitsMasking"}
+MASKINGS = {
+    "random": "RandomMasking",
+    "random_registers": "RandomMasking",
+    "semantic": "SemanticMasking",
+    "block": "BlockMasking",
+    "semantic_informative_a1": "SemanticInformativeMasking",
+    "semantic_informative_a3": "SemanticInformativeMasking",
+    "semantic_stratified": "SemanticStratifiedMasking",
+    "semantic_features": "SemanticFeaturesMasking",
+    "random_units": "RandomUnitsMasking",
+}
 
 
 def test_screening_is_every_arm_at_seed_0_and_confirmation_adds_the_controls(capsys):
@@ -26,19 +31,34 @@ def test_screening_is_every_arm_at_seed_0_and_confirmation_adds_the_controls(cap
     assert args.mode == "screening" and args.seeds == [0] and args.strategies == list(run.READINGS_ARMS)
     assert not args.floor and args.out == str(run.HERE / "runs" / "cpu-readings")
     assert set(run.READINGS_ARMS) == set(MASKINGS)
-    args = run.parse_args(["--preset", "cpu-readings", "--mode", "confirmation", "--strategies",
-                           "semantic_stratified", "random_units"])
+    args = run.parse_args(
+        ["--preset", "cpu-readings", "--mode", "confirmation", "--strategies", "semantic_stratified", "random_units"]
+    )
     assert args.strategies == ["random", "random_registers", "semantic_stratified", "random_units"]
     assert args.seeds == [0, 1, 2] and args.out == str(run.HERE / "runs" / "cpu-readings")  # the screening's --out
-    args = run.parse_args(["--preset", "cpu-readings", "--mode", "confirmation", "--strategies", "random",
-                           "semantic_features", "--seeds", "3", "4"])
+    args = run.parse_args(
+        [
+            "--preset",
+            "cpu-readings",
+            "--mode",
+            "confirmation",
+            "--strategies",
+            "random",
+            "semantic_features",
+            "--seeds",
+            "3",
+            "4",
+        ]
+    )
     assert args.strategies == ["random", "random_registers", "semantic_features"] and args.seeds == [3, 4]
     jobs = run.plan(args)  # seed-major, arm by arm: a study cut short still compares arms
-    assert [j.cell for j in jobs[::len(run.READINGS_TASKS)]] == [
-        f"{a}/seed{k}" for k in (3, 4) for a in ("random", "random_registers", "semantic_features")]
+    assert [j.cell for j in jobs[:: len(run.READINGS_TASKS)]] == [
+        f"{a}/seed{k}" for k in (3, 4) for a in ("random", "random_registers", "semantic_features")
+    ]
     for argv, message in (
-            (["--preset", "cpu-readings", "--mode", "confirmation"], "--mode confirmation needs --strategies"),
-            (["--preset", "cpu", "--mode", "screening"], "--mode is for the readings presets")):
+        (["--preset", "cpu-readings", "--mode", "confirmation"], "--mode confirmation needs --strategies"),
+        (["--preset", "cpu", "--mode", "screening"], "--mode is for the readings presets"),
+    ):
         with pytest.raises(SystemExit):
             run.parse_args(argv)
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -49,7 +69,7 @@ def test_every_cpu_readings_command_composes(tmp_path):
     args = run.parse_args(["--preset", "cpu-readings", "--seeds", "1", "--out", str(tmp_path / "study")])
     jobs = run.plan(args)
     assert [j.task for j in jobs] == list(run.READINGS_TASKS) * len(run.READINGS_ARMS)
-    assert [j.cell for j in jobs[::len(run.READINGS_TASKS)]] == [f"{a}/seed1" for a in run.READINGS_ARMS]
+    assert [j.cell for j in jobs[:: len(run.READINGS_TASKS)]] == [f"{a}/seed1" for a in run.READINGS_ARMS]
     for job in jobs:
         assert job.argv[1:3] == ["-m", f"semmae.{job.module}"]
         assert job.run_dir == tmp_path / "study" / job.cell / job.task
@@ -82,8 +102,19 @@ def test_every_cpu_readings_command_composes(tmp_path):
             assert job.task == "analyze" and cfg.num_images == 1000 and list(cfg.names) == [arm]
 
 
-def fake_cell(cell: Path, probe=0.8, probe_avg=0.78, top1=0.85, sink=2.0, ft_sink=(3.0, 2.0), prefix=0.1,
-              norm=1.5, high=0.01, ep=0.86, knn=0.75):
+def fake_cell(
+    cell: Path,
+    probe=0.8,
+    probe_avg=0.78,
+    top1=0.85,
+    sink=2.0,
+    ft_sink=(3.0, 2.0),
+    prefix=0.1,
+    norm=1.5,
+    high=0.01,
+    ep=0.86,
+    knn=0.75,
+):
     """A readings cell of fake results.json files; ft_sink: the fine-tuning series' sink ratio, start and end."""
     fake_task(cell / "pretrain", {})
     fake_task(cell / "linprobe", {"test/top1": probe})
@@ -91,14 +122,30 @@ def fake_cell(cell: Path, probe=0.8, probe_avg=0.78, top1=0.85, sink=2.0, ft_sin
     fake_task(cell / "probe_ep", {"test/top1": ep})
     fake_task(cell / "knn", {"test/top1": knn})
     fake_task(cell / "finetune", {"test/top1": top1})
-    series = [{"at": at, "step": step, "epoch": 0, "shallow_sink_ratio": v, "shallow_prefix_share": prefix,
-               "shallow_norm_ratio": norm, "shallow_high_norm_fraction": high}
-              for at, step, v in (("start", 0, ft_sink[0]), (0.5, 5, statistics.fmean(ft_sink)),
-                                  ("end", 10, ft_sink[1]))]
-    (cell / "finetune" / "results.json").write_text(json.dumps({"metrics": {"test/top1": top1},
-                                                                "artifact_series": series}))
-    fake_task(cell / "analyze", {"attn/shallow_sink_ratio": sink, "attn/shallow_prefix_share": prefix,
-                                 "attn/shallow_norm_ratio": norm, "attn/shallow_high_norm_fraction": high})
+    series = [
+        {
+            "at": at,
+            "step": step,
+            "epoch": 0,
+            "shallow_sink_ratio": v,
+            "shallow_prefix_share": prefix,
+            "shallow_norm_ratio": norm,
+            "shallow_high_norm_fraction": high,
+        }
+        for at, step, v in (("start", 0, ft_sink[0]), (0.5, 5, statistics.fmean(ft_sink)), ("end", 10, ft_sink[1]))
+    ]
+    (cell / "finetune" / "results.json").write_text(
+        json.dumps({"metrics": {"test/top1": top1}, "artifact_series": series})
+    )
+    fake_task(
+        cell / "analyze",
+        {
+            "attn/shallow_sink_ratio": sink,
+            "attn/shallow_prefix_share": prefix,
+            "attn/shallow_norm_ratio": norm,
+            "attn/shallow_high_norm_fraction": high,
+        },
+    )
 
 
 def row_of(text: str, arm: str, metric: str) -> list[str]:
@@ -111,16 +158,38 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     rand = {0: (0.80, 2.0), 1: (0.82, 2.2), 2: (0.81, 2.4)}  # probe CLS, fine-tuning-end sink ratio
     arm = {0: (0.79, 1.5), 1: (0.83, 1.8), 2: (0.80, 2.5)}
     for k in rand:
-        fake_cell(out / "random" / f"seed{k}", probe=rand[k][0], ft_sink=(3.0, rand[k][1]), sink=1.0 + k,
-                  ep=0.86 + k / 100, knn=0.75)
-        fake_cell(out / "semantic_stratified" / f"seed{k}", probe=arm[k][0], ft_sink=(3.0, arm[k][1]), sink=1.0 + k,
-                  ep=0.85 + 2 * k / 100, knn=0.74)
+        fake_cell(
+            out / "random" / f"seed{k}",
+            probe=rand[k][0],
+            ft_sink=(3.0, rand[k][1]),
+            sink=1.0 + k,
+            ep=0.86 + k / 100,
+            knn=0.75,
+        )
+        fake_cell(
+            out / "semantic_stratified" / f"seed{k}",
+            probe=arm[k][0],
+            ft_sink=(3.0, arm[k][1]),
+            sink=1.0 + k,
+            ep=0.85 + 2 * k / 100,
+            knn=0.74,
+        )
     fake_task(out / "semantic_stratified" / "seed2" / "linprobe_avg", error="semmae-linprobe: error: boom")
     (out / "semantic_stratified" / "seed2" / "linprobe_avg" / "results.json").unlink(missing_ok=True)
     arms, seeds = run.readings_scope(out, ["random"], [0])  # a confirmation's report keeps every cell on disk
     assert arms == ["random", "semantic_stratified"] and seeds == [0, 1, 2]
-    path = report.write(tmp_path / "RESULTS.md", out, "cpu-readings", ablation=False, strategies=arms, seeds=seeds,
-                        variants=run.ABLATION, about="test", tasks=run.READINGS_TASKS, readings=True)
+    path = report.write(
+        tmp_path / "RESULTS.md",
+        out,
+        "cpu-readings",
+        ablation=False,
+        strategies=arms,
+        seeds=seeds,
+        variants=run.ABLATION,
+        about="test",
+        tasks=run.READINGS_TASKS,
+        readings=True,
+    )
     text = path.read_text()
     assert text.count("<!-- BEGIN cpu-readings (written by run.py) -->") == 1
     diffs = [arm[k][1] - rand[k][1] for k in rand]
@@ -143,8 +212,10 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     # the per-arm table: the fine-tuning series' first and last point, and the failed probe named
     line = next(ln for ln in text.splitlines() if ln.startswith("| semantic_stratified | 3 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    header = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| arm | seeds |"))
-              .strip("|").split("|")]
+    header = [
+        c.strip()
+        for c in next(ln for ln in text.splitlines() if ln.startswith("| arm | seeds |")).strip("|").split("|")
+    ]
     assert cells[header.index("fine-tune start: sink ratio")] == "3.00 ± 0.00"
     ends = [v[1] for v in arm.values()]
     end = cells[header.index("fine-tune end: sink ratio")]
@@ -153,8 +224,10 @@ def test_paired_differences_against_random_seed_by_seed(tmp_path):
     assert cells[header.index("probe EP top-1 %")] == "87.0 ± 2.0"
     assert cells[header.index("k-NN top-1 %")] == "74.0 ± 0.0"
     assert "| fine-tuning: shallow sink ratio at | start | 0.5 | end |" in text
-    assert f"| semantic_stratified | 3.00 | {statistics.fmean((3.0 + e) / 2 for e in ends):.2f} | " \
+    assert (
+        f"| semantic_stratified | 3.00 | {statistics.fmean((3.0 + e) / 2 for e in ends):.2f} | "
         f"{statistics.fmean(ends):.2f} |" in text
+    )
     # the sink ratio along fine-tuning, one line an arm, is drawn and linked
     assert (tmp_path / "figures" / "cpu-readings" / "sink_over_finetuning.png").stat().st_size > 10_000
     assert "![sink ratio over fine-tuning](figures/cpu-readings/sink_over_finetuning.png)" in text
@@ -179,27 +252,37 @@ def test_decision_rule_qualifies_does_not_or_cannot_be_applied_yet():
     assert report.decide(rule_values([1.0, 1.0, 2.1], [0.80, 0.80, 0.80]), ref)[0] == "does not qualify"  # 2/3 lower
     verdict, why = report.decide(rule_values([1.0, 1.0, None], [0.80, 0.80, 0.80]), ref)  # seed 2 not paired
     assert verdict == "cannot be applied yet" and why == "2 paired seeds, the rule needs 3"
-    lines = report.decision_lines({"random": ref, "a": rule_values([1.6, 1.7, 1.5], [0.80] * 3),
-                                   "b": rule_values([1.6], [0.80])}, ["random", "a", "b"])
-    assert lines[0].startswith("Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink "
-                               "ratio vs random in every confirmation seed (≥ 3 seeds) by at least 15% on average "
-                               "and loses at most 0.3 linear-probe points (CLS).")
+    lines = report.decision_lines(
+        {"random": ref, "a": rule_values([1.6, 1.7, 1.5], [0.80] * 3), "b": rule_values([1.6], [0.80])},
+        ["random", "a", "b"],
+    )
+    assert lines[0].startswith(
+        "Decision rule: a reading qualifies if it lowers the fine-tuning-time shallow sink "
+        "ratio vs random in every confirmation seed (≥ 3 seeds) by at least 15% on average "
+        "and loses at most 0.3 linear-probe points (CLS)."
+    )
     assert lines[2] == "- `a`: qualifies (sink ratio 3/3 lower, -20.0% on average; probe CLS +0.00 points)"
     assert lines[3] == "- `b`: the rule cannot be applied yet (1 paired seed, the rule needs 3)"
-    assert lines[-1] == "Outcome: `a` qualifies; `a` (the largest sink drop) is to become what `masking=semantic` " \
-                        "means; left at the screening (fewer than 3 seeds): `b`."
+    assert (
+        lines[-1] == "Outcome: `a` qualifies; `a` (the largest sink drop) is to become what `masking=semantic` "
+        "means; left at the screening (fewer than 3 seeds): `b`."
+    )
 
 
 def test_decision_outcome_leaves_controls_out_and_names_the_largest_drop():
     ref = rule_values([2.0, 2.0, 2.0], [0.800] * 3)
     strong, weak, none = (rule_values(s, [0.80] * 3) for s in ([1.4] * 3, [1.6] * 3, [1.9] * 3))
     # registers lower the sinks most, but a control never becomes the default
-    lines = report.decision_lines({"random": ref, "random_registers": strong, "x": weak, "y": none},
-                                  ["random", "random_registers", "x", "y"])
-    assert lines[2] == ("- `random_registers`: qualifies (sink ratio 3/3 lower, -30.0% on average; probe CLS +0.00 "
-                        "points, the control with a known effect, not a reading)")
-    assert lines[-1] == ("Outcome: `x` qualifies; `x` (the largest sink drop) is to become what `masking=semantic` "
-                         "means.")
+    lines = report.decision_lines(
+        {"random": ref, "random_registers": strong, "x": weak, "y": none}, ["random", "random_registers", "x", "y"]
+    )
+    assert lines[2] == (
+        "- `random_registers`: qualifies (sink ratio 3/3 lower, -30.0% on average; probe CLS +0.00 "
+        "points, the control with a known effect, not a reading)"
+    )
+    assert lines[-1] == (
+        "Outcome: `x` qualifies; `x` (the largest sink drop) is to become what `masking=semantic` means."
+    )
     lines = report.decision_lines({"random": ref, "x": weak, "semantic": strong}, ["random", "x", "semantic"])
     assert lines[-1] == "Outcome: `x`, `semantic` qualify; `masking=semantic` keeps its meaning, now with the evidence."
     lines = report.decision_lines({"random": ref, "block": strong, "y": none}, ["random", "block", "y"])
@@ -216,8 +299,21 @@ def test_smoke_readings_study_runs_every_task_and_resumes(tmp_path, fmnist_root,
 
     out = tmp_path / "study"
     arms = ["random", "random_registers", "semantic_features"]
-    argv = ["--preset", "smoke-readings", "--mode", "confirmation", "--strategies", "semantic_features",
-            "--seeds", "0", "1", "--out", str(out), "--data-root", str(fmnist_root)]
+    argv = [
+        "--preset",
+        "smoke-readings",
+        "--mode",
+        "confirmation",
+        "--strategies",
+        "semantic_features",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--data-root",
+        str(fmnist_root),
+    ]
     assert run.main(argv) == 0, capsys.readouterr()
     for arm in arms:
         for k in (0, 1):
@@ -299,12 +395,26 @@ def test_a_section_keyed_apart_from_its_preset_is_titled_by_its_key_and_names_th
     for arm in ("random", "semantic"):
         fake_cell(out / arm / "seed0")
     hardware = {"cpu": "x86", "cores": 16, "torch": "2.11", "python": "3.12", "gpu": "1 x NVIDIA H200"}
-    (out / "sessions.jsonl").write_text(json.dumps({"argv": ["python", "run.py"], "tasks_run": 10, "wall_s": 300,
-                                                    "hardware": hardware, "finished": "now"}) + "\n")
+    (out / "sessions.jsonl").write_text(
+        json.dumps(
+            {"argv": ["python", "run.py"], "tasks_run": 10, "wall_s": 300, "hardware": hardware, "finished": "now"}
+        )
+        + "\n"
+    )
     for _ in range(2):  # rewritten in place
-        path = report.write(tmp_path / "RESULTS.md", out, "gpu-suite-readings", ablation=False,
-                            strategies=["random", "semantic"], seeds=[0], variants=run.ABLATION, about="test",
-                            tasks=run.READINGS_TASKS, readings=True, section="gpu")
+        path = report.write(
+            tmp_path / "RESULTS.md",
+            out,
+            "gpu-suite-readings",
+            ablation=False,
+            strategies=["random", "semantic"],
+            seeds=[0],
+            variants=run.ABLATION,
+            about="test",
+            tasks=run.READINGS_TASKS,
+            readings=True,
+            section="gpu",
+        )
     text = path.read_text()
     assert text.count("<!-- BEGIN gpu (written by run.py) -->") == 1
     assert "## gpu: preset `gpu-suite-readings` on 1 x NVIDIA H200: random, semantic x seeds 0\n" in text

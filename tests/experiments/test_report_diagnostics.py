@@ -12,8 +12,9 @@ def cells(tmp_path, analyze_metrics):
 
 
 def test_the_table_shows_the_diagnostics_where_present(tmp_path):
-    table = report.diagnostics_table(cells(tmp_path, lambda k: {"attn/nop_heads": 2.0 + 2 * k,
-                                                                "asym/shallow_sink_ratio": -0.5}))
+    table = report.diagnostics_table(
+        cells(tmp_path, lambda k: {"attn/nop_heads": 2.0 + 2 * k, "asym/shallow_sink_ratio": -0.5})
+    )
     lines = "\n".join(table).splitlines()
     header = next(ln for ln in lines if ln.startswith("| strategy"))
     assert "NOP heads" in header and "asym: shallow sink ratio" in header and "SI count" not in header

@@ -29,15 +29,18 @@ run = load("run")
 report = load("report")
 
 
-@pytest.mark.parametrize("preset,extra", [
-    ("smoke", ["--data-root", "/data/fmnist"]),
-    ("cpu", []),
-    ("cpu", ["--ablation"]),
-    ("cpu-long", []),
-    ("gpu", []),
-    ("gpu", ["--ablation"]),
-    ("paper", ["--data-root", "/data/imagenet", "--seg-root", "/data/ade", "--set", "train:trainer.devices=8"]),
-])
+@pytest.mark.parametrize(
+    "preset,extra",
+    [
+        ("smoke", ["--data-root", "/data/fmnist"]),
+        ("cpu", []),
+        ("cpu", ["--ablation"]),
+        ("cpu-long", []),
+        ("gpu", []),
+        ("gpu", ["--ablation"]),
+        ("paper", ["--data-root", "/data/imagenet", "--seg-root", "/data/ade", "--set", "train:trainer.devices=8"]),
+    ],
+)
 def test_every_command_composes(tmp_path, preset, extra):
     args = run.parse_args(["--preset", preset, "--seeds", "1", "--out", str(tmp_path / "study"), *extra])
     jobs = run.plan(args)
@@ -57,17 +60,25 @@ def test_every_command_composes(tmp_path, preset, extra):
         assert job.argv[-1] == f"hydra.run.dir={job.run_dir}"
         cfg = compose(job.task, overrides, tmp_path / "cfg")
         assert cfg.seed == 1
-        root = "/data/ade" if preset == "paper" and job.task == "segment" else \
-            {"smoke": "/data/fmnist", "paper": "/data/imagenet"}.get(preset, run.FMNIST)
+        root = (
+            "/data/ade"
+            if preset == "paper" and job.task == "segment"
+            else {"smoke": "/data/fmnist", "paper": "/data/imagenet"}.get(preset, run.FMNIST)
+        )
         assert cfg.dataset.root == root
         if job.task == "pretrain":
             masking = OmegaConf.to_container(cfg.masking)
             name = job.cell.split("/")[-1]
             if "--ablation" not in extra:  # the strategy wins over an experiment preset's masking
                 strategy = job.cell.split("/")[0]
-                assert masking["_target_"].endswith({"random": "RandomMasking", "semantic": "SemanticMasking",
-                                                     "semantic_flat_last": "SemanticMasking",
-                                                     "block": "BlockMasking"}[strategy])
+                assert masking["_target_"].endswith(
+                    {
+                        "random": "RandomMasking",
+                        "semantic": "SemanticMasking",
+                        "semantic_flat_last": "SemanticMasking",
+                        "block": "BlockMasking",
+                    }[strategy]
+                )
                 assert masking.get("flat_last", False) is (strategy == "semantic_flat_last")
                 if preset == "cpu-long":  # the longer run: all images, sinks measured every epoch
                     assert cfg.dataset.train_subset is None and cfg.trainer.max_epochs == 10
@@ -88,8 +99,9 @@ def test_every_command_composes(tmp_path, preset, extra):
 
 def fake_task(run_dir: Path, metrics=None, error=None, wall=10.0, artifacts=None):
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "runner.json").write_text(json.dumps({"command": f"cmd {run_dir.name}", "wall_s": wall,
-                                                      **({"error": error} if error else {})}))
+    (run_dir / "runner.json").write_text(
+        json.dumps({"command": f"cmd {run_dir.name}", "wall_s": wall, **({"error": error} if error else {})})
+    )
     if metrics is not None:
         (run_dir / "results.json").write_text(json.dumps({"metrics": metrics}))
     if artifacts is not None:
@@ -103,19 +115,37 @@ def test_aggregation_is_mean_and_std_over_seeds_and_shows_failures(tmp_path):
         cell = out / "random" / f"seed{k}"
         fake_task(cell / "pretrain", {})
         fake_task(cell / "linprobe", {"test/top1": top1})
-        fake_task(cell / "finetune", {"test/top1": 0.9, "attn/shallow_sink_ratio": 2.0 + k,
-                                      "attn/block_01/sink_ratio": 2.0, "attn/block_02/sink_ratio": 3.0})
+        fake_task(
+            cell / "finetune",
+            {
+                "test/top1": 0.9,
+                "attn/shallow_sink_ratio": 2.0 + k,
+                "attn/block_01/sink_ratio": 2.0,
+                "attn/block_02/sink_ratio": 3.0,
+            },
+        )
         fake_task(cell / "segment", {"test/mIoU": 0.5})
-        fake_task(cell / "analyze", {"attn/shallow_sink_ratio": 3.0, "attn/shallow_artifact_fraction": 0.01},
-                  artifacts=[1.0 + k, 4.0])
+        fake_task(
+            cell / "analyze",
+            {"attn/shallow_sink_ratio": 3.0, "attn/shallow_artifact_fraction": 0.01},
+            artifacts=[1.0 + k, 4.0],
+        )
     fake_task(out / "random_init" / "seed0" / "linprobe", {"test/top1": 0.761})
     fake_task(out / "semantic" / "seed0" / "pretrain", error="semmae-pretrain: error: boom")
     for task in ("linprobe", "finetune", "segment", "analyze"):
         fake_task(out / "semantic" / "seed0" / task, error="skipped: no pretraining checkpoint")
     path = tmp_path / "RESULTS.md"
     path.write_text("# title\n\nA reading written by hand.\n")
-    report.write(path, out, "cpu", ablation=False, strategies=["random", "semantic"], seeds=[0, 1, 2],
-                 variants=run.ABLATION, about="test")
+    report.write(
+        path,
+        out,
+        "cpu",
+        ablation=False,
+        strategies=["random", "semantic"],
+        seeds=[0, 1, 2],
+        variants=run.ABLATION,
+        about="test",
+    )
     text = path.read_text()
     assert "A reading written by hand." in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| random |"))
@@ -133,8 +163,16 @@ def test_aggregation_is_mean_and_std_over_seeds_and_shows_failures(tmp_path):
     assert (tmp_path / "figures" / "cpu" / "sink_vs_block.png").is_file()
     assert "total wall time of the finished tasks: 160 s" in text  # 3 x 5 tasks + the floor's, 10 s each; no failures
     # a second write replaces the section instead of appending another
-    report.write(path, out, "cpu", ablation=False, strategies=["random", "semantic"], seeds=[0, 1, 2],
-                 variants=run.ABLATION, about="test")
+    report.write(
+        path,
+        out,
+        "cpu",
+        ablation=False,
+        strategies=["random", "semantic"],
+        seeds=[0, 1, 2],
+        variants=run.ABLATION,
+        about="test",
+    )
     assert path.read_text().count("<!-- BEGIN cpu ") == 1
 
 
@@ -151,8 +189,17 @@ def test_sink_over_training_reads_the_pretraining_csv_by_epoch(tmp_path):
             lines += [f"{step},,{v}" for step, v in rows]
             (csv_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
     assert report.sink_over_training(out / "random" / "seed0" / "pretrain") == {1: 1.5, 2: 2.5, 3: 3.5}
-    path = report.write(tmp_path / "RESULTS.md", out, "cpu-long", ablation=False, strategies=["random", "semantic"],
-                        seeds=[0], variants=run.ABLATION, about="test", tasks=run.ABLATION_TASKS)
+    path = report.write(
+        tmp_path / "RESULTS.md",
+        out,
+        "cpu-long",
+        ablation=False,
+        strategies=["random", "semantic"],
+        seeds=[0],
+        variants=run.ABLATION,
+        about="test",
+        tasks=run.ABLATION_TASKS,
+    )
     text = path.read_text()
     assert "| random | 1.50 | 2.50 | 3.50 |" in text and "| semantic | 1.40 | 1.90 | 2.20 |" in text
     assert (tmp_path / "figures" / "cpu-long" / "sink_over_training.png").is_file()
@@ -167,8 +214,16 @@ def test_ablation_table_marks_the_default_and_names_candidates(tmp_path):
         fake_task(cell / "pretrain", {"val/online_probe_acc": 0.7})
         fake_task(cell / "linprobe", {"test/top1": 0.80 if name != "num_regions_16" else 0.81})
         fake_task(cell / "analyze", {"attn/shallow_sink_ratio": 5.0 if name != "num_regions_16" else 4.0})
-    path = report.write(tmp_path / "RESULTS.md", out, "cpu", ablation=True, strategies=[], seeds=[0],
-                        variants=run.ABLATION, about="test")
+    path = report.write(
+        tmp_path / "RESULTS.md",
+        out,
+        "cpu",
+        ablation=True,
+        strategies=[],
+        seeds=[0],
+        variants=run.ABLATION,
+        about="test",
+    )
     text = path.read_text()
     assert "| **semantic (default)** | default |" in text
     assert len(re.findall(r"^\| (?:\*\*)?\w", text, re.M)) >= len(run.ABLATION)
@@ -178,8 +233,19 @@ def test_ablation_table_marks_the_default_and_names_candidates(tmp_path):
 @pytest.mark.slow
 def test_smoke_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
     out = tmp_path / "study"
-    argv = ["--preset", "smoke", "--strategies", "random", "semantic", "--seeds", "0", "--out", str(out),
-            "--data-root", str(fmnist_root)]
+    argv = [
+        "--preset",
+        "smoke",
+        "--strategies",
+        "random",
+        "semantic",
+        "--seeds",
+        "0",
+        "--out",
+        str(out),
+        "--data-root",
+        str(fmnist_root),
+    ]
     assert run.main(argv) == 0, capsys.readouterr()
     for strategy in ("random", "semantic"):
         for task in run.TASKS:
@@ -204,8 +270,22 @@ def test_smoke_study_runs_every_task_and_resumes(tmp_path, fmnist_root, capsys):
 def test_a_failed_pretraining_is_recorded_and_the_study_goes_on(tmp_path, fmnist_root, monkeypatch, capsys):
     monkeypatch.setitem(run.STRATEGIES, "broken", ["masking=semantic", "masking.num_regions=0"])
     out = tmp_path / "study"
-    code = run.main(["--preset", "smoke", "--strategies", "broken", "--seeds", "0", "1", "--out", str(out),
-                     "--data-root", str(fmnist_root), "--no-floor"])
+    code = run.main(
+        [
+            "--preset",
+            "smoke",
+            "--strategies",
+            "broken",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(out),
+            "--data-root",
+            str(fmnist_root),
+            "--no-floor",
+        ]
+    )
     assert code == 1
     for seed in (0, 1):  # the second cell ran after the first failed
         cell = out / "broken" / f"seed{seed}"
@@ -234,8 +314,21 @@ def test_results_hold_no_absolute_path_of_the_machine(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run.subprocess, "run", fake_run)
     out = tmp_path / "study"
-    code = run.main(["--preset", "smoke", "--strategies", "random", "semantic", "--seeds", "0", "--out", str(out),
-                     "--data-root", "/data/fmnist"])
+    code = run.main(
+        [
+            "--preset",
+            "smoke",
+            "--strategies",
+            "random",
+            "semantic",
+            "--seeds",
+            "0",
+            "--out",
+            str(out),
+            "--data-root",
+            "/data/fmnist",
+        ]
+    )
     assert code == 1  # semantic's tasks failed or were skipped
     text = (out / "RESULTS.md").read_text()
     for absolute in (str(run.REPO) + "/", str(tmp_path), "/tmp/"):
@@ -247,7 +340,8 @@ def test_results_hold_no_absolute_path_of_the_machine(tmp_path, monkeypatch):
     command = f"{run.REPO}/.venv/bin/python -m semmae.linprobe ckpt={inside}/pretrain/last.ckpt 'names=[random]'"
     assert report.portable_command(command, inside.parents[1]) == (
         "python -m semmae.linprobe ckpt=experiments/semantic_vs_random/runs/cpu/random/seed0/pretrain/last.ckpt "
-        "'names=[random]'")
+        "'names=[random]'"
+    )
 
 
 def test_a_budget_stops_between_tasks_and_the_next_run_resumes(tmp_path, monkeypatch, capsys):
@@ -268,8 +362,21 @@ def test_a_budget_stops_between_tasks_and_the_next_run_resumes(tmp_path, monkeyp
     monkeypatch.setattr(run.subprocess, "run", fake_run)
     monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
     out = tmp_path / "study"
-    argv = ["--preset", "smoke", "--strategies", "random", "--seeds", "0", "--no-floor", "--out", str(out),
-            "--data-root", "/data/fmnist", "--budget-min", str(3.0 / 60)]  # 3 s: two tasks start, then it stops
+    argv = [
+        "--preset",
+        "smoke",
+        "--strategies",
+        "random",
+        "--seeds",
+        "0",
+        "--no-floor",
+        "--out",
+        str(out),
+        "--data-root",
+        "/data/fmnist",
+        "--budget-min",
+        str(3.0 / 60),
+    ]  # 3 s: two tasks start, then it stops
     assert run.main(argv) == 0
     assert len(started) == 2 and "--budget-min 0.05 reached: 3 tasks left, not started" in capsys.readouterr().out
     assert run.main(argv[:-2]) == 0 and len(started) == 5  # the rest, and nothing twice

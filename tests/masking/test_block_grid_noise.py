@@ -65,5 +65,7 @@ def test_colored_noise_patterns_and_stationarity():
     blue = mean_components(ColoredNoiseMasking(0.75, color="blue", frequency=0.2))
     assert red < green < random and blue > green, (red, green, random, blue)
     for color in ("red", "green", "blue", "purple"):  # every position equally likely to be visible
-        m = ColoredNoiseMasking(0.75, color=color)(torch.zeros(4000, 1, 12, 12), (6, 6), torch.Generator().manual_seed(1))
+        m = ColoredNoiseMasking(0.75, color=color)(
+            torch.zeros(4000, 1, 12, 12), (6, 6), torch.Generator().manual_seed(1)
+        )
         assert chisquare((~m.mask).sum(0).numpy()).pvalue > 1e-3, color

@@ -39,8 +39,6 @@ def test_too_few_rounds_only_over_split():
 
 
 def test_count_components():
-    members = torch.tensor([[1, 0, 1,
-                             1, 0, 0,
-                             0, 1, 1]], dtype=torch.bool)
+    members = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 1, 1]], dtype=torch.bool)
     assert count_components(members, (3, 3)).tolist() == [3]
     assert count_components(~members, (3, 3)).tolist() == [2]

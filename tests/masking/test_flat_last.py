@@ -14,11 +14,12 @@ def object_on_background(b: int, size: int, patch: int, generator: torch.Generat
     """Noise-textured rectangles of random size on a constant background, patch-aligned.
     -> (images [B, 1, size*patch, size*patch], object mask per patch [B, N], segment map per patch [B, size, size])."""
     rows = torch.arange(size)
-    r0, c0 = (torch.randint(0, size, (2, b), generator=generator))
+    r0, c0 = torch.randint(0, size, (2, b), generator=generator)
     r1 = r0 + 1 + (torch.rand(b, generator=generator) * (size - r0)).long()
     c1 = c0 + 1 + (torch.rand(b, generator=generator) * (size - c0)).long()
-    inside = ((rows >= r0[:, None]) & (rows < r1[:, None]))[:, :, None] & \
-             ((rows >= c0[:, None]) & (rows < c1[:, None]))[:, None, :]  # [B, h, w]
+    inside = ((rows >= r0[:, None]) & (rows < r1[:, None]))[:, :, None] & (
+        (rows >= c0[:, None]) & (rows < c1[:, None])
+    )[:, None, :]  # [B, h, w]
     pix = inside.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
     images = torch.where(pix, torch.randn(b, 1, size * patch, size * patch, generator=generator), torch.tensor(0.3))
     return images, inside.flatten(1), inside.long()

@@ -10,8 +10,17 @@ from semmae.analysis.mask_shapes import flat_patches, mask_statistics
 from semmae.cli.masks import run
 from semmae.errors import ConfigError
 
-STRATEGIES = ["random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-              "random_units", "semantic_features"]
+STRATEGIES = [
+    "random",
+    "block",
+    "grid",
+    "semantic",
+    "colored_noise",
+    "semantic_informative",
+    "semantic_stratified",
+    "random_units",
+    "semantic_features",
+]
 
 
 def test_figure_and_statistics_for_every_strategy(compose_cfg, fmnist_root):
@@ -78,20 +87,32 @@ def test_flat_patches_use_the_threshold_relative_to_the_image():
 
 
 def test_given_segments_and_a_common_ratio(compose_cfg, fmnist_root):
-    cfg = compose_cfg("masks", [f"dataset.root={fmnist_root}", "num_images=32", "num_shown=2", "show=[semantic,random]",
-                                "strategies.semantic.segmenter=given", "dataset.segments=foreground",
-                                "mask_ratio=0.5"])
+    cfg = compose_cfg(
+        "masks",
+        [
+            f"dataset.root={fmnist_root}",
+            "num_images=32",
+            "num_shown=2",
+            "show=[semantic,random]",
+            "strategies.semantic.segmenter=given",
+            "dataset.segments=foreground",
+            "mask_ratio=0.5",
+        ],
+    )
     stats = run(cfg)
     assert list(stats) == ["semantic", "random"]
     assert all(s["visible_patches"] == 32 for s in stats.values())
     assert "segmenter='given'" in stats["semantic"]["strategy"]
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["show=[random,nope]"], "nope"),
-    (["show=[semantic]", "strategies.semantic.segmenter=given"], "dataset.segments=foreground"),
-    (["mask_ratio=0.6"], "masking=grid"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["show=[random,nope]"], "nope"),
+        (["show=[semantic]", "strategies.semantic.segmenter=given"], "dataset.segments=foreground"),
+        (["mask_ratio=0.6"], "masking=grid"),
+    ],
+)
 def test_bad_requests_are_config_errors(compose_cfg, fmnist_root, overrides, match):
     cfg = compose_cfg("masks", [f"dataset.root={fmnist_root}", "num_images=8", *overrides])
     with pytest.raises(Exception) as info:

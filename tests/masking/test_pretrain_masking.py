@@ -34,13 +34,28 @@ def test_semantic_segmenters_that_need_data_train(compose_cfg, fmnist_root, over
 @pytest.mark.slow
 def test_sweep_over_strategies_and_ratios_runs_six_jobs(fmnist_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    args = ["-m", "masking=random,semantic", "masking.mask_ratio=0.6,0.75,0.9", "debug=fast_dev_run",
-            f"dataset.root={fmnist_root}", *TINY, "hydra.sweep.dir=sweep"]
-    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    args = [
+        "-m",
+        "masking=random,semantic",
+        "masking.mask_ratio=0.6,0.75,0.9",
+        "debug=fast_dev_run",
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "semmae.pretrain", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(jobs) == 6
-    seen = {(r["config"]["masking"]["_target_"].rsplit(".", 1)[1], r["config"]["masking"]["mask_ratio"])
-            for r in (json.loads(p.read_text()) for p in jobs)}
+    seen = {
+        (r["config"]["masking"]["_target_"].rsplit(".", 1)[1], r["config"]["masking"]["mask_ratio"])
+        for r in (json.loads(p.read_text()) for p in jobs)
+    }
     assert seen == {(s, r) for s in ("RandomMasking", "SemanticMasking") for r in (0.6, 0.75, 0.9)}

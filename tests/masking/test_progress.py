@@ -39,8 +39,7 @@ def test_make_mask_hands_over_the_progress_of_the_step(compose_cfg, name, hands_
     record_progress(model.masking, seen)
     images = torch.randn(2, 1, 32, 32)
     for step in (0, 3, 10, 12):
-        model.trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=10, global_rank=0,
-                                        current_epoch=0)
+        model.trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=10, global_rank=0, current_epoch=0)
         batch = {"image": images}
         m = model.make_mask(batch, 0, step)
         assert "progress" not in batch  # the caller's batch is left alone
@@ -65,14 +64,32 @@ class RecordProgress(L.Callback):
 
 
 def test_a_resumed_run_sees_the_progress_of_an_uninterrupted_one(compose_cfg, fmnist_root, tmp_path):
-    common = [f"dataset.root={fmnist_root}", *TINY, "masking=semantic_stratified", "logger=none",
-              "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-              "callbacks=none", f"+callbacks.record._target_={__name__}.RecordProgress"]
+    common = [
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        "masking=semantic_stratified",
+        "logger=none",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "callbacks=none",
+        f"+callbacks.record._target_={__name__}.RecordProgress",
+    ]
     ckpt = tmp_path / "step2.ckpt"
     RecordProgress.seen = []
     with pytest.raises(Killed):
-        run(compose_cfg("pretrain", [*common, "+callbacks.die._target_=tests.tasks.test_resume.SaveAndDie",
-                                     "+callbacks.die.step=2", f"+callbacks.die.path={ckpt}"], tmp_path / "killed"))
+        run(
+            compose_cfg(
+                "pretrain",
+                [
+                    *common,
+                    "+callbacks.die._target_=tests.tasks.test_resume.SaveAndDie",
+                    "+callbacks.die.step=2",
+                    f"+callbacks.die.path={ckpt}",
+                ],
+                tmp_path / "killed",
+            )
+        )
     before = list(RecordProgress.seen)
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
     RecordProgress.seen = []
@@ -91,6 +108,10 @@ def test_the_new_strategies_read_nothing_back_to_the_host(compose_cfg, name):
     images = torch.randn(4, 1, 32, 32)
     reads: list = []
     with count_host_reads(reads):
-        m = strategy(images, (8, 8), torch.Generator().manual_seed(0),
-                     {"image": images, "progress": 0.4, "features": torch.randn(4, 64, 16)})
+        m = strategy(
+            images,
+            (8, 8),
+            torch.Generator().manual_seed(0),
+            {"image": images, "progress": 0.4, "features": torch.randn(4, 64, 16)},
+        )
     assert reads == [] and m.mask.shape == (4, 64)

@@ -25,8 +25,14 @@ def unit_visibility(mask: torch.Tensor, grid, k: int) -> torch.Tensor:
 def cases(draw):
     k = draw(st.integers(1, 4))
     grid = (k * draw(st.integers(1, 5)), k * draw(st.integers(1, 5)))
-    return k, grid, draw(st.floats(0.05, 0.95)), draw(st.sampled_from(["official", "round"])), \
-        draw(st.integers(1, 5)), draw(st.integers(0, 2**31))
+    return (
+        k,
+        grid,
+        draw(st.floats(0.05, 0.95)),
+        draw(st.sampled_from(["official", "round"])),
+        draw(st.integers(1, 5)),
+        draw(st.integers(0, 2**31)),
+    )
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -97,8 +97,9 @@ def test_foreground_segments_split_garment_and_background_into_components():
 
 
 def test_fashion_mnist_foreground_segments_reach_the_batch(fmnist_root):
-    dm = FashionMNISTDataModule(root=str(fmnist_root), batch_size=16, segments="foreground", train_subset=64,
-                                val_subset=32)
+    dm = FashionMNISTDataModule(
+        root=str(fmnist_root), batch_size=16, segments="foreground", train_subset=64, val_subset=32
+    )
     dm.provide("segments", None, needed_by="test")
     dm.setup()
     assert dm.maps["train"]["segments"].shape == (64, 32, 32)

@@ -30,8 +30,12 @@ def partial_regions_in_semantic_part(strategy, images, grid, gen, batch=None):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    ratio=st.floats(0.1, 0.95), r=st.floats(0.0, 1.0), k=st.integers(1, 12), size=st.integers(2, 14),
-    smooth=st.booleans(), seed=st.integers(0, 2**31),
+    ratio=st.floats(0.1, 0.95),
+    r=st.floats(0.0, 1.0),
+    k=st.integers(1, 12),
+    size=st.integers(2, 14),
+    smooth=st.booleans(),
+    seed=st.integers(0, 2**31),
 )
 def test_at_most_one_partially_visible_region_in_the_semantic_part(ratio, r, k, size, smooth, seed):
     assume(0 < int(size * size * (1 - ratio)) < size * size and k <= size * size)  # else a ConfigError
@@ -81,6 +85,7 @@ def test_random_fraction_one_is_random_masking():
     rnd = position_counts(RandomMasking(0.75))
     assert chi2_contingency([sem, rnd]).pvalue > 1e-3
     assert chisquare(sem).pvalue > 1e-3  # uniform over positions
+
     # the same test does see a bias of ~10% between the first and the last position
     class Biased(RandomMasking):
         def scores(self, images, grid_size, generator, batch=None):
@@ -108,8 +113,9 @@ def test_given_segmenter_without_a_map_says_what_to_set():
     with pytest.raises(DataError, match="dataset.segments=foreground"):
         SemanticMasking(segmenter="given")(torch.randn(2, 1, 32, 32), (8, 8), None, {"image": None})
     with pytest.raises(DataError, match="fit neither"):
-        SemanticMasking(segmenter="given")(torch.randn(2, 1, 32, 32), (8, 8), None,
-                                           {"segments": torch.zeros(2, 30, 30, dtype=torch.long)})
+        SemanticMasking(segmenter="given")(
+            torch.randn(2, 1, 32, 32), (8, 8), None, {"segments": torch.zeros(2, 30, 30, dtype=torch.long)}
+        )
 
 
 def test_patch_majority():

@@ -60,13 +60,17 @@ def test_missing_or_misshapen_features_are_one_line_data_errors():
 
 
 def fake_trainer(model, step: int, total: int = 10):
-    model.trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=total, global_rank=0,
-                                    current_epoch=0, training=True)
+    model.trainer = SimpleNamespace(
+        global_step=step, estimated_stepping_batches=total, global_rank=0, current_epoch=0, training=True
+    )
 
 
 def test_the_task_passes_the_encoders_patch_tokens_only_after_the_warm_up(compose_cfg):
-    model = instantiate(compose_cfg("pretrain", [*TINY, "masking=semantic_features", "masking.warmup=0.5",
-                                                 "model.probe.bf16=false"]).model)
+    model = instantiate(
+        compose_cfg(
+            "pretrain", [*TINY, "masking=semantic_features", "masking.warmup=0.5", "model.probe.bf16=false"]
+        ).model
+    )
     images = torch.randn(3, 1, 32, 32)
     fake_trainer(model, step=4)
     batch, tokens = model.masking_inputs({"image": images})

@@ -18,8 +18,14 @@ from tests.masking.helpers import smooth_images
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ratio=st.floats(0.1, 0.95), r=st.floats(0.0, 1.0), k=st.integers(1, 12), size=st.integers(2, 12),
-       segmenter=st.sampled_from(["color_kmeans", "given"]), seed=st.integers(0, 2**31))
+@given(
+    ratio=st.floats(0.1, 0.95),
+    r=st.floats(0.0, 1.0),
+    k=st.integers(1, 12),
+    size=st.integers(2, 12),
+    segmenter=st.sampled_from(["color_kmeans", "given"]),
+    seed=st.integers(0, 2**31),
+)
 def test_alpha_zero_is_semantic_mask_for_mask(ratio, r, k, size, segmenter, seed):
     assume(0 < int(size * size * (1 - ratio)) < size * size and k <= size * size)  # else a ConfigError
     g = torch.Generator().manual_seed(seed)
@@ -28,14 +34,20 @@ def test_alpha_zero_is_semantic_mask_for_mask(ratio, r, k, size, segmenter, seed
     gen = StepGenerator(seed)
     kwargs = dict(num_regions=k, random_fraction=r, segmenter=segmenter)
     a = SemanticMasking(ratio, **kwargs)(images, (size, size), gen(images.device, 0, 0, 0, 0), batch)
-    b = SemanticInformativeMasking(ratio, alpha=0.0, **kwargs)(images, (size, size), gen(images.device, 0, 0, 0, 0),
-                                                               batch)
+    b = SemanticInformativeMasking(ratio, alpha=0.0, **kwargs)(
+        images, (size, size), gen(images.device, 0, 0, 0, 0), batch
+    )
     assert torch.equal(a.mask, b.mask) and torch.equal(a.ids_keep, b.ids_keep)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ratio=st.floats(0.1, 0.95), alpha=st.floats(0.0, 8.0), size=st.integers(2, 12), flat=st.booleans(),
-       seed=st.integers(0, 2**31))
+@given(
+    ratio=st.floats(0.1, 0.95),
+    alpha=st.floats(0.0, 8.0),
+    size=st.integers(2, 12),
+    flat=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
 def test_exact_count_and_determinism(ratio, alpha, size, flat, seed):
     assume(0 < int(size * size * (1 - ratio)) < size * size)
     g = torch.Generator().manual_seed(seed)

@@ -26,8 +26,14 @@ def test_cosine_share():
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ratio=st.floats(0.05, 0.95), r=st.floats(0.0, 1.0), p=st.floats(0.0, 1.0), size=st.integers(2, 12),
-       b=st.integers(1, 4), seed=st.integers(0, 2**31))
+@given(
+    ratio=st.floats(0.05, 0.95),
+    r=st.floats(0.0, 1.0),
+    p=st.floats(0.0, 1.0),
+    size=st.integers(2, 12),
+    b=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
 def test_exact_count_and_determinism_at_any_progress(ratio, r, p, size, b, seed):
     assume(0 < int(size * size * (1 - ratio)) < size * size)
     g = torch.Generator().manual_seed(seed)
@@ -42,8 +48,13 @@ def test_exact_count_and_determinism_at_any_progress(ratio, r, p, size, b, seed)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ratio=st.floats(0.1, 0.95), r=st.floats(0.0, 1.0), k=st.integers(1, 12), size=st.integers(2, 12),
-       seed=st.integers(0, 2**31))
+@given(
+    ratio=st.floats(0.1, 0.95),
+    r=st.floats(0.0, 1.0),
+    k=st.integers(1, 12),
+    size=st.integers(2, 12),
+    seed=st.integers(0, 2**31),
+)
 def test_late_in_training_it_is_semantic_mask_for_mask(ratio, r, k, size, seed):
     assume(0 < int(size * size * (1 - ratio)) < size * size and k <= size * size)
     g = torch.Generator().manual_seed(seed)
@@ -54,8 +65,9 @@ def test_late_in_training_it_is_semantic_mask_for_mask(ratio, r, k, size, seed):
     batch = {"image": images, "progress": 1.0}
     b = strategy(images, (size, size), gen(images.device, 0, 0, 0, 0), batch)
     assert torch.equal(a.mask, b.mask) and torch.equal(a.ids_keep, b.ids_keep)
-    partial, _, _ = partial_regions_in_semantic_part(strategy, images, (size, size), gen(images.device, 0, 0, 0, 0),
-                                                     batch)
+    partial, _, _ = partial_regions_in_semantic_part(
+        strategy, images, (size, size), gen(images.device, 0, 0, 0, 0), batch
+    )
     assert torch.all(partial <= 1)  # whole regions, one at most cut by the budget
 
 
@@ -97,7 +109,9 @@ def test_the_curriculum_moves_from_pieces_to_whole_regions():
     strategy = SemanticStratifiedMasking(0.75, random_fraction=0.0, segmenter="given")
     shares = []
     for p in (0.0, 0.5, 1.0):
-        regions, visible, shown, _ = visible_pieces(strategy, images, owner, (8, 8), p, torch.Generator().manual_seed(1))
+        regions, visible, shown, _ = visible_pieces(
+            strategy, images, owner, (8, 8), p, torch.Generator().manual_seed(1)
+        )
         is_root = regions == torch.arange(64)
         shares.append(((shown > 0) & is_root).sum().item() / is_root.sum().item())  # regions with a visible piece
     assert shares[0] == 1.0 and shares[0] > shares[1] > shares[2], shares

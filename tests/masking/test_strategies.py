@@ -48,9 +48,24 @@ def build(name: str, ratio: float, rule: str = "official"):
     }[name]()
 
 
-NAMES = ["random", "block", "grid", "semantic", "semantic_r1", "semantic_k1", "semantic_given", "colored_noise",
-         "red_noise", "blue_noise", "purple_noise", "semantic_informative", "semantic_stratified", "random_units_1",
-         "semantic_features", "semantic_features_warmup"]
+NAMES = [
+    "random",
+    "block",
+    "grid",
+    "semantic",
+    "semantic_r1",
+    "semantic_k1",
+    "semantic_given",
+    "colored_noise",
+    "red_noise",
+    "blue_noise",
+    "purple_noise",
+    "semantic_informative",
+    "semantic_stratified",
+    "random_units_1",
+    "semantic_features",
+    "semantic_features_warmup",
+]
 
 
 def inputs(b, grid, patch, channels, seed):
@@ -100,8 +115,10 @@ def test_ranks_epochs_and_steps_get_different_masks(name):
     strategy = build(name, ratio)
     images, batch = inputs(8, (8, 8), 4, 1, 0)
     gen = StepGenerator(0)
-    masks = [strategy(images, (8, 8), gen(images.device, 0, *parts), batch).mask
-             for parts in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]]  # (rank, epoch, batch)
+    masks = [
+        strategy(images, (8, 8), gen(images.device, 0, *parts), batch).mask
+        for parts in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    ]  # (rank, epoch, batch)
     for other in masks[1:]:
         assert not torch.equal(masks[0], other)
 
@@ -139,8 +156,17 @@ def test_invalid_parameters_are_config_errors(build_bad, key):
 
 def test_every_masking_config_instantiates_and_masks(compose_cfg):
     names = sorted(p.stem for p in (config_dir() / "masking").glob("*.yaml"))
-    assert {"random", "block", "grid", "semantic", "colored_noise", "semantic_informative", "semantic_stratified",
-            "random_units", "semantic_features"} <= set(names)
+    assert {
+        "random",
+        "block",
+        "grid",
+        "semantic",
+        "colored_noise",
+        "semantic_informative",
+        "semantic_stratified",
+        "random_units",
+        "semantic_features",
+    } <= set(names)
     images = torch.randn(2, 1, 32, 32)
     for name in names:
         cfg = compose_cfg("pretrain", [f"masking={name}"])
@@ -151,8 +177,16 @@ def test_every_masking_config_instantiates_and_masks(compose_cfg):
 
 
 def test_semantic_options_compose_from_the_command_line(compose_cfg):
-    cfg = compose_cfg("pretrain", ["masking=semantic", "masking.segmenter=slic", "masking.num_regions=12",
-                                   "masking.random_fraction=0.5", "masking.mask_ratio=0.9"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            "masking=semantic",
+            "masking.segmenter=slic",
+            "masking.num_regions=12",
+            "masking.random_fraction=0.5",
+            "masking.mask_ratio=0.9",
+        ],
+    )
     s = instantiate(cfg.model.masking)
     assert (s.segmenter, s.num_regions, s.random_fraction, s.mask_ratio) == ("slic", 12, 0.5, 0.9)
     assert "segmenter='slic'" in repr(s) and set(s.data_needs()) == {"segments"}

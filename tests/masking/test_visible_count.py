@@ -12,16 +12,19 @@ from semmae.masking.base import num_keep
 from tests.tasks.test_pretrain import TINY
 
 
-@pytest.mark.parametrize("n,ratio,official,rounded", [
-    (196, 0.9, 19, 20),   # ViT-B/16 at 0.9: 196 x 0.1 = 19.6
-    (196, 0.75, 49, 49),
-    (64, 0.75, 16, 16),
-    (64, 0.9, 6, 6),      # 6.4
-    (100, 0.9, 9, 10),    # 100 x (1 - 0.9) = 9.999999999999998: MAE's int() gives 9
-    (50, 0.9, 4, 5),      # 4.999999999999999
-    (64, 0.005, 63, None),  # 63.68: round keeps all 64
-    (10, 0.9, None, 1),   # 0.9999999999999998: MAE's int() gives 0
-])
+@pytest.mark.parametrize(
+    "n,ratio,official,rounded",
+    [
+        (196, 0.9, 19, 20),  # ViT-B/16 at 0.9: 196 x 0.1 = 19.6
+        (196, 0.75, 49, 49),
+        (64, 0.75, 16, 16),
+        (64, 0.9, 6, 6),  # 6.4
+        (100, 0.9, 9, 10),  # 100 x (1 - 0.9) = 9.999999999999998: MAE's int() gives 9
+        (50, 0.9, 4, 5),  # 4.999999999999999
+        (64, 0.005, 63, None),  # 63.68: round keeps all 64
+        (10, 0.9, None, 1),  # 0.9999999999999998: MAE's int() gives 0
+    ],
+)
 def test_hand_computed_counts(n, ratio, official, rounded):
     for rule, want in (("official", official), ("round", rounded)):
         if want is None:
@@ -34,8 +37,10 @@ def test_hand_computed_counts(n, ratio, official, rounded):
 def test_refusals_say_why_in_one_line():
     with pytest.raises(ConfigError) as none_visible:
         num_keep(10, 0.9)
-    assert str(none_visible.value) == ("masking.mask_ratio=0.9 keeps 0 of 10 patches visible (official: "
-                                       "int(10 x (1 - 0.9))), so no patch is visible: choose a ratio that keeps 1 to 9")
+    assert str(none_visible.value) == (
+        "masking.mask_ratio=0.9 keeps 0 of 10 patches visible (official: "
+        "int(10 x (1 - 0.9))), so no patch is visible: choose a ratio that keeps 1 to 9"
+    )
     with pytest.raises(ConfigError, match="nothing is masked and the loss is 0") as all_visible:
         num_keep(64, 0.005, "round")
     assert "keeps 64 of 64" in str(all_visible.value) and "\n" not in str(all_visible.value)
@@ -47,8 +52,12 @@ def test_refusals_say_why_in_one_line():
 def test_every_strategy_keeps_exactly_that_many(rule, visible):
     images = torch.randn(4, 3, 28, 28)
     grid = (14, 14)
-    strategies = [RandomMasking(0.9, visible_count=rule), BlockMasking(0.9, visible_count=rule),
-                  SemanticMasking(0.9, visible_count=rule), ColoredNoiseMasking(0.9, visible_count=rule)]
+    strategies = [
+        RandomMasking(0.9, visible_count=rule),
+        BlockMasking(0.9, visible_count=rule),
+        SemanticMasking(0.9, visible_count=rule),
+        ColoredNoiseMasking(0.9, visible_count=rule),
+    ]
     for strategy in strategies:
         m = strategy(images, grid, torch.Generator().manual_seed(0), {"image": images})
         assert torch.all((~m.mask).sum(1) == visible) and m.ids_keep.shape == (4, visible), strategy
@@ -68,15 +77,22 @@ def test_the_configs_default_to_the_official_count(compose_cfg):
     assert strategy.n_keep(196) == 20
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["masking.mask_ratio=abc"], "masking.mask_ratio must be a number, got 'abc'"),
-    (["masking.visible_count=floor"], "masking.visible_count must be official or round, got 'floor'"),
-    (["masking.mask_ratio=0.005", "masking.visible_count=round"],
-     "masking.mask_ratio=0.005 keeps 64 of 64 patches visible (round: round(64 x (1 - 0.005))), so nothing is masked "
-     "and the loss is 0: choose a ratio that keeps 1 to 63"),
-    (["masking=semantic", "masking.num_regions=100000"],
-     "masking.num_regions=100000 is more than the 64 patches of the 8x8 patch grid: choose at most 64"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["masking.mask_ratio=abc"], "masking.mask_ratio must be a number, got 'abc'"),
+        (["masking.visible_count=floor"], "masking.visible_count must be official or round, got 'floor'"),
+        (
+            ["masking.mask_ratio=0.005", "masking.visible_count=round"],
+            "masking.mask_ratio=0.005 keeps 64 of 64 patches visible (round: round(64 x (1 - 0.005))), so nothing is masked "
+            "and the loss is 0: choose a ratio that keeps 1 to 63",
+        ),
+        (
+            ["masking=semantic", "masking.num_regions=100000"],
+            "masking.num_regions=100000 is more than the 64 patches of the 8x8 patch grid: choose at most 64",
+        ),
+    ],
+)
 def test_bad_values_are_one_line_errors_naming_the_key_when_the_model_is_built(compose_cfg, overrides, message):
     cfg = compose_cfg("pretrain", [*TINY, *overrides])
     with pytest.raises(Exception) as info:

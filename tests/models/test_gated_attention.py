@@ -69,8 +69,8 @@ def test_a_fully_open_gate_is_the_ungated_encoder_and_a_closed_head_writes_nothi
     with torch.no_grad():
         for blk in plain.blocks:
             d, hd = 32, 16
-            blk.attn.qkv.weight[2 * d + hd: 3 * d].zero_()
-            blk.attn.qkv.bias[2 * d + hd: 3 * d].zero_()
+            blk.attn.qkv.weight[2 * d + hd : 3 * d].zero_()
+            blk.attn.qkv.bias[2 * d + hd : 3 * d].zero_()
     assert torch.allclose(gated.forward_features(x), plain.forward_features(x), atol=1e-6)
 
 
@@ -123,10 +123,22 @@ def test_attn_gate_must_be_a_switch():
 
 
 # --- through pretraining, checkpoints, evaluation and export -----------------------------------------------------
-PRETRAIN = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-            "backbone.decoder_depth=1", "backbone.decoder_num_heads=2", "backbone.attn_gate=true",
-            "dataset.batch_size=32", "dataset.eval_batch_size=64", "logger=none", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "callbacks.reconstruction.num_images=2"]
+PRETRAIN = [
+    "backbone.embed_dim=32",
+    "backbone.depth=2",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+    "backbone.attn_gate=true",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=64",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "callbacks.reconstruction.num_images=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -152,15 +164,24 @@ def test_linprobe_rebuilds_the_gated_encoder_bit_identically(gated_run, compose_
     out, _ = gated_run
     ckpt_path = out / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = compose_cfg("linprobe", [f"ckpt={ckpt_path}", f"dataset.root={fmnist_root}", "backbone.embed_dim=32",
-                                   "backbone.depth=2", "backbone.num_heads=2"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"ckpt={ckpt_path}",
+            f"dataset.root={fmnist_root}",
+            "backbone.embed_dim=32",
+            "backbone.depth=2",
+            "backbone.num_heads=2",
+        ],
+    )
     encoder = instantiate(cfg.model.encoder).eval()
     assert encoder.config["attn_gate"] is True and isinstance(encoder.blocks[1].attn, GatedAttention)
-    saved = {k[len("mae.encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("mae.encoder.")}
+    saved = {k[len("mae.encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("mae.encoder.")}
     assert encoder.state_dict().keys() == saved.keys()
     assert all(torch.equal(encoder.state_dict()[k], v) for k, v in saved.items())
-    reference = ViTEncoder(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                           attn_gate=True).eval()
+    reference = ViTEncoder(
+        img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, attn_gate=True
+    ).eval()
     reference.load_state_dict(saved)
     x = images()
     assert torch.equal(encoder.forward_features(x), reference.forward_features(x))
@@ -204,7 +225,9 @@ def test_a_record_whose_heads_contradict_the_gate_is_refused(tmp_path):
     from semmae.models.loading import load_encoder
 
     enc = gated_encoder()
-    torch.save({"semmae": {"kind": "encoder", "model": {**enc.config, "num_heads": 4}}, "model": enc.state_dict()},
-               tmp_path / "altered.pth")
+    torch.save(
+        {"semmae": {"kind": "encoder", "model": {**enc.config, "num_heads": 4}}, "model": enc.state_dict()},
+        tmp_path / "altered.pth",
+    )
     with pytest.raises(CheckpointError, match="num_heads=4 .its attention gate: 2."):
         load_encoder(tmp_path / "altered.pth")

@@ -25,8 +25,15 @@ from tests.conftest import REPO
 
 transformers = pytest.importorskip("transformers")
 
-GEOMETRY = dict(image_size=32, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                intermediate_size=256)
+GEOMETRY = dict(
+    image_size=32,
+    patch_size=4,
+    num_channels=1,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+)
 MAE = dict(GEOMETRY, decoder_hidden_size=32, decoder_num_hidden_layers=1)
 N = 64  # patches of a 32 px image in 4 px patches
 
@@ -62,9 +69,14 @@ def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
 def to_4x(name: str) -> str:
     """A transformers 5.x module name -> the name transformers 4.x files use (the layout of most Hub files)."""
     name = name.replace("layers.", "encoder.layer.")
-    for new, old in (("attention.q_proj", "attention.attention.query"), ("attention.k_proj", "attention.attention.key"),
-                     ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense"),
-                     ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+    for new, old in (
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ):
         name = name.replace(new, old)
     return name
 
@@ -105,8 +117,9 @@ LAYOUTS = ["save_pretrained", "layout_5x", "layout_4x", "for_pretraining", "pyto
 def test_a_vitmae_directory_gives_the_features_transformers_gives(vitmae, layout):
     model, root = vitmae
     enc = load_encoder(f"hf:{root / layout}").eval()
-    assert enc.config["norm_eps"] == 1e-12 and all(m.eps == 1e-12 for m in enc.modules()
-                                                   if isinstance(m, torch.nn.LayerNorm))
+    assert enc.config["norm_eps"] == 1e-12 and all(
+        m.eps == 1e-12 for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)
+    )
     assert (enc.embed_dim, len(enc.blocks), enc.blocks[0].attn.num_heads, enc.grid_size) == (64, 4, 4, (8, 8))
     assert torch.equal(enc.pos_embed, model.embeddings.position_embeddings)  # kept as stored
     x = images()
@@ -173,8 +186,9 @@ def test_a_vit_directory_gives_the_features_and_logits_transformers_gives(tmp_pa
 
 def semmae_encoder(seed: int = 4):
     torch.manual_seed(seed)
-    mae = MaskedAutoencoder(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=16, decoder_depth=1,
-                            decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
+    )
     return perturbed(mae.encoder, seed).eval()
 
 
@@ -231,15 +245,28 @@ def test_the_name_maps_are_inverse_and_join_qkv_in_order():
 
 
 @settings(max_examples=25, deadline=None)
-@given(depth=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), qkv_bias=st.booleans(), prefix=st.booleans(),
-       modules_5x=st.booleans())
+@given(
+    depth=st.integers(1, 3),
+    heads=st.sampled_from([1, 2, 4]),
+    qkv_bias=st.booleans(),
+    prefix=st.booleans(),
+    modules_5x=st.booleans(),
+)
 def test_any_vit_geometry_maps_to_timm_names_and_back(depth, heads, qkv_bias, prefix, modules_5x):
     """from_timm then to_timm is the identity on a ViTEncoder's state dict, whatever the depth, heads or qkv bias, with
     or without the vit. prefix, from 4.x names or from 5.x module names."""
     from semmae.models.encoder import ViTEncoder
 
-    enc = ViTEncoder(img_size=16, patch_size=4, in_chans=1, embed_dim=8, depth=depth, num_heads=heads,
-                     qkv_bias=qkv_bias, mlp_ratio=2.0)
+    enc = ViTEncoder(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=8,
+        depth=depth,
+        num_heads=heads,
+        qkv_bias=qkv_bias,
+        mlp_ratio=2.0,
+    )
     state = enc.state_dict()
     hf = from_timm(state)
     if modules_5x:
@@ -250,17 +277,30 @@ def test_any_vit_geometry_maps_to_timm_names_and_back(depth, heads, qkv_bias, pr
 
 def to_5x(name: str) -> str:
     name = name.replace("encoder.layer.", "layers.")
-    for old, new in (("attention.attention.query", "attention.q_proj"), ("attention.attention.key", "attention.k_proj"),
-                     ("attention.attention.value", "attention.v_proj"), ("attention.output.dense", "attention.o_proj"),
-                     ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")):
+    for old, new in (
+        ("attention.attention.query", "attention.q_proj"),
+        ("attention.attention.key", "attention.k_proj"),
+        ("attention.attention.value", "attention.v_proj"),
+        ("attention.output.dense", "attention.o_proj"),
+        ("intermediate.dense", "mlp.fc1"),
+        ("output.dense", "mlp.fc2"),
+    ):
         name = name.replace(old, new)
     return name
 
 
 def test_export_refuses_what_vitmae_cannot_hold(tmp_path):
     torch.manual_seed(0)
-    gated = MaskedAutoencoder(embed_dim=64, depth=1, num_heads=4, decoder_embed_dim=16, decoder_depth=1,
-                              decoder_num_heads=2, attn_gate=True, reg_tokens=2).encoder
+    gated = MaskedAutoencoder(
+        embed_dim=64,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        attn_gate=True,
+        reg_tokens=2,
+    ).encoder
     with pytest.raises(CheckpointError) as err:
         export_hf(gated, tmp_path / "hf")
     assert "gated attention" in str(err.value) and "2 register tokens" in str(err.value)
@@ -351,7 +391,7 @@ def test_sharded_safetensors_are_read_through_their_index(vitmae, tmp_path):
     sharded.mkdir()
     shutil.copy(root / "layout_4x" / "config.json", sharded / "config.json")
     weight_map = {}
-    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
         shard = f"model-0000{i + 1}-of-00002.safetensors"
         save_file({k: state[k] for k in part}, str(sharded / shard))
         weight_map.update({k: shard for k in part})
@@ -367,11 +407,17 @@ def test_semmae_export_format_hf_and_analyze_hf_dir(compose_cfg, fmnist_root, tm
     from semmae.cli.export import run as export
 
     torch.manual_seed(5)
-    mae = MaskedAutoencoder(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=16, decoder_depth=1,
-                            decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
+    )
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"semmae": {"kind": "pretrain", "model": dict(mae.config), "encoder_prefix": "mae.encoder."},
-                "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()}}, ckpt)
+    torch.save(
+        {
+            "semmae": {"kind": "pretrain", "model": dict(mae.config), "encoder_prefix": "mae.encoder."},
+            "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
+        },
+        ckpt,
+    )
     out = tmp_path / "vit_mae_hf"
     export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={out}"], tmp_path / "export"))
     results = json.loads((tmp_path / "export" / "results.json").read_text())
@@ -382,21 +428,39 @@ def test_semmae_export_format_hf_and_analyze_hf_dir(compose_cfg, fmnist_root, tm
     with pytest.raises(ConfigError, match="exists: choose another directory"):
         export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={out}"], tmp_path / "e3"))
     export(compose_cfg("export", [f"ckpt={ckpt}", "format=hf", f"out={out}", "overwrite=true"], tmp_path / "e4"))
-    cfg = compose_cfg("analyze", [f"ckpt=hf:{out}", f"dataset.root={fmnist_root}", "num_images=8", "batch_size=8",
-                                  "figure_images=2"], tmp_path / "analyze")
+    cfg = compose_cfg(
+        "analyze",
+        [f"ckpt=hf:{out}", f"dataset.root={fmnist_root}", "num_images=8", "batch_size=8", "figure_images=2"],
+        tmp_path / "analyze",
+    )
     metrics = analyze(cfg)
     report = json.loads((tmp_path / "analyze" / "artifacts.json").read_text())
     assert report["num_images"] == 8 and len(report["blocks"]) == 2 and "attn/block_02/sink_ratio" in metrics
 
 
-@pytest.mark.parametrize("case", ["swin", pytest.param("no config.json", marks=pytest.mark.slow),
-                                  pytest.param("shapes", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "case",
+    ["swin", pytest.param("no config.json", marks=pytest.mark.slow), pytest.param("shapes", marks=pytest.mark.slow)],
+)
 def test_the_cli_says_one_line_and_exits_2(vitmae, tmp_path, case):
     _, root = vitmae
     directory, expected = bad_dirs(tmp_path, root / "layout_4x")[case]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "semmae.export", f"ckpt=hf:{directory}", "format=hf",
-                           f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semmae.export",
+            f"ckpt=hf:{directory}",
+            "format=hf",
+            f"out={tmp_path / 'out'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr

@@ -25,8 +25,13 @@ def same(a, b):
 
 
 def write_pretrain_ckpt(path, mae):
-    torch.save({"semmae": {"kind": "pretrain", "model": mae.config},
-                "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()}}, path)
+    torch.save(
+        {
+            "semmae": {"kind": "pretrain", "model": mae.config},
+            "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
+        },
+        path,
+    )
     return path
 
 
@@ -48,14 +53,25 @@ def official_mae_checkpoint(encoder: ViTEncoder) -> dict:
     decoder weights and the mask token beside the encoder's, training state around it."""
     d = encoder.embed_dim
     model = {k: v.clone() for k, v in encoder.state_dict().items()}
-    model.update({
-        "mask_token": torch.randn(1, 1, 16), "decoder_pos_embed": torch.randn(1, encoder.num_patches + 1, 16),
-        "decoder_embed.weight": torch.randn(16, d), "decoder_embed.bias": torch.randn(16),
-        "decoder_blocks.0.norm1.weight": torch.randn(16), "decoder_norm.weight": torch.randn(16),
-        "decoder_pred.weight": torch.randn(3 * 16, 16), "decoder_pred.bias": torch.randn(3 * 16),
-    })
-    return {"model": model, "optimizer": {"state": {}}, "epoch": 799, "scaler": {},
-            "args": argparse.Namespace(model="mae_vit_tiny_patch4", norm_pix_loss=True)}
+    model.update(
+        {
+            "mask_token": torch.randn(1, 1, 16),
+            "decoder_pos_embed": torch.randn(1, encoder.num_patches + 1, 16),
+            "decoder_embed.weight": torch.randn(16, d),
+            "decoder_embed.bias": torch.randn(16),
+            "decoder_blocks.0.norm1.weight": torch.randn(16),
+            "decoder_norm.weight": torch.randn(16),
+            "decoder_pred.weight": torch.randn(3 * 16, 16),
+            "decoder_pred.bias": torch.randn(3 * 16),
+        }
+    )
+    return {
+        "model": model,
+        "optimizer": {"state": {}},
+        "epoch": 799,
+        "scaler": {},
+        "args": argparse.Namespace(model="mae_vit_tiny_patch4", norm_pix_loss=True),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +95,9 @@ def test_official_mae_checkpoint_gives_the_outputs_of_its_weights(tmp_path, rgb_
 def test_official_mae_checkpoint_at_another_image_size_resamples_the_position_embedding(tmp_path, rgb_reference):
     torch.save(official_mae_checkpoint(rgb_reference), tmp_path / "mae_pretrain.pth")
     enc = load_encoder(tmp_path / "mae_pretrain.pth", img_size=48).eval()
-    expected = resample_abs_pos_embed(rgb_reference.pos_embed.detach(), new_size=[12, 12], old_size=[8, 8],
-                                      num_prefix_tokens=1)
+    expected = resample_abs_pos_embed(
+        rgb_reference.pos_embed.detach(), new_size=[12, 12], old_size=[8, 8], num_prefix_tokens=1
+    )
     assert enc.grid_size == (12, 12) and torch.allclose(enc.pos_embed, expected)
     assert torch.equal(enc.pos_embed[:, 0], rgb_reference.pos_embed[:, 0])  # the CLS entry is kept as it is
     assert enc.forward_features(torch.randn(1, 3, 48, 48)).shape == (1, 145, 192)
@@ -114,8 +131,9 @@ def test_exported_encoder_round_trips_through_timm(tmp_path, mae, suffix):
 
 
 def test_exported_fine_tuned_encoder_keeps_its_head_in_timm(tmp_path, mae):
-    enc = load_encoder(write_pretrain_ckpt(tmp_path / "a.ckpt", mae), num_classes=10, global_pool="avg",
-                       fc_norm=True).eval()
+    enc = load_encoder(
+        write_pretrain_ckpt(tmp_path / "a.ckpt", mae), num_classes=10, global_pool="avg", fc_norm=True
+    ).eval()
     torch.nn.init.normal_(enc.head.weight)
     out = export_encoder(enc, tmp_path / "ft.pth")
     model = timm.create_model("vit_base_patch16_224", **timm_kwargs(enc)).eval()
@@ -146,8 +164,17 @@ def test_timm_model_name_with_a_local_weights_file(tmp_path):
 
 # --- random initialisation and 'latest' ----------------------------------------------------------------------------
 def test_random_encoder_is_the_encoder_pretraining_starts_from():
-    backbone = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
-                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    backbone = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     torch.manual_seed(3)
     enc = random_encoder(backbone, in_chans=1, num_classes=5, global_pool="avg", fc_norm=True)
     torch.manual_seed(3)
@@ -220,8 +247,17 @@ def test_the_backbone_supplies_the_head_count_of_its_width(tmp_path):
     """A width-128 official-format file has no head count; backbone=vit_micro (width 128, 4 heads) gives it."""
     from semmae.models.loading import build_encoder
 
-    mae = MaskedAutoencoder(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=2, num_heads=4,
-                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        img_size=32,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=128,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     path = tmp_path / "official.pth"
     torch.save({"model": mae.state_dict()}, path)
     backbone = {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 2, "num_heads": 4}
@@ -234,8 +270,17 @@ def test_the_backbone_supplies_the_head_count_of_its_width(tmp_path):
 def test_random_is_an_alias_of_null_and_latest_takes_any_pattern(tmp_path, mae):
     from semmae.models.sources import resolve_source
 
-    backbone = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
-                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    backbone = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     assert [resolve_source(s) for s in (None, "random", "Random", "null")] == [None] * 4
     a, b = (build_encoder(s, backbone=backbone, seed=7, in_chans=1) for s in (None, "random"))
     assert a.source is None and b.source is None
@@ -255,12 +300,13 @@ def test_non_finite_weights_are_refused_naming_a_tensor(tmp_path, mae):
     with torch.no_grad():
         broken.encoder.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
     path = write_pretrain_ckpt(tmp_path / "nan.ckpt", broken)
-    with pytest.raises(CheckpointError, match=r"nan.ckpt holds weights that are not finite \(blocks.1.mlp.fc1.weight has"):
+    with pytest.raises(
+        CheckpointError, match=r"nan.ckpt holds weights that are not finite \(blocks.1.mlp.fc1.weight has"
+    ):
         load_encoder(path)
 
 
-@pytest.mark.parametrize("key,value", [("depth", 100000), ("img_size", 32000), ("embed_dim", 4096),
-                                       ("num_heads", 7)])
+@pytest.mark.parametrize("key,value", [("depth", 100000), ("img_size", 32000), ("embed_dim", 4096), ("num_heads", 7)])
 def test_a_record_that_does_not_describe_its_tensors_is_refused_before_building(tmp_path, mae, key, value):
     from safetensors.torch import load_file as read_tensors
     from safetensors.torch import save_file

@@ -10,8 +10,17 @@ from semmae.models.mae import MaskedAutoencoder, masked_patch_loss, patchify, un
 @pytest.fixture
 def mae():
     torch.manual_seed(0)
-    return MaskedAutoencoder(img_size=32, patch_size=4, in_chans=1, embed_dim=64, depth=2, num_heads=4,
-                             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    return MaskedAutoencoder(
+        img_size=32,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
 
 
 def test_shapes_through_encoder_and_decoder(mae):
@@ -28,8 +37,17 @@ def test_shapes_through_encoder_and_decoder(mae):
 
 
 def test_three_channel_input():
-    m = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=1, num_heads=2,
-                          decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    m = MaskedAutoencoder(
+        img_size=16,
+        patch_size=4,
+        in_chans=3,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     x = torch.randn(2, 3, 16, 16)
     loss, pred = m(x, RandomMasking(0.5)(x, m.grid_size))
     assert pred.shape == (2, 16, 48)

@@ -7,6 +7,7 @@ from semmae.models.pos_embed import sincos_1d, sincos_2d
 
 def reference_2d(embed_dim: int, h: int, w: int) -> np.ndarray:
     """MAE's numpy formulation, written out independently: grid[0] = column, grid[1] = row."""
+
     def one_d(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
@@ -29,7 +30,9 @@ def test_sincos_known_values():
     # patch (row 0, col 0): sin(0) = 0 and cos(0) = 1 in both halves
     assert torch.allclose(emb[1], torch.tensor([0, 0, 1, 1, 0, 0, 1, 1], dtype=torch.float32))
     # patch (row 1, col 2): first half encodes col 2, second half row 1; omega = (1, 1/100) for d=4
-    expected = torch.tensor([np.sin(2), np.sin(0.02), np.cos(2), np.cos(0.02), np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01)])
+    expected = torch.tensor(
+        [np.sin(2), np.sin(0.02), np.cos(2), np.cos(0.02), np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01)]
+    )
     assert torch.allclose(emb[1 + 1 * 3 + 2], expected.float(), atol=1e-6)
 
 

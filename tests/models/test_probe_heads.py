@@ -61,12 +61,15 @@ def test_cross_attention_probe_matches_an_explicit_multi_head_attention():
     assert torch.allclose(pool.attention(x), a.mean(1, keepdim=True), atol=1e-6)
 
 
-@pytest.mark.parametrize("name,settings,match", [
-    ("ep", {"ep": {"num_queries": 3}}, "does not divide"),
-    ("ep", {"ep": {"num_queries": 0}}, "num_queries"),
-    ("mhca", {"mhca": {"num_heads": 3}}, "does not divide"),
-    ("attentive", {}, "not a probe head"),
-])
+@pytest.mark.parametrize(
+    "name,settings,match",
+    [
+        ("ep", {"ep": {"num_queries": 3}}, "does not divide"),
+        ("ep", {"ep": {"num_queries": 0}}, "num_queries"),
+        ("mhca", {"mhca": {"num_heads": 3}}, "does not divide"),
+        ("attentive", {}, "not a probe head"),
+    ],
+)
 def test_bad_head_settings_are_config_errors(name, settings, match):
     with pytest.raises(ConfigError, match=match):
         build_probe_head(name, 16, 4, num_heads=2, **settings)

@@ -40,8 +40,13 @@ def mae():
 
 
 def write_pretrain_ckpt(path, mae):
-    torch.save({"semmae": {"kind": "pretrain", "model": dict(mae.config), "encoder_prefix": "mae.encoder."},
-                "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()}}, path)
+    torch.save(
+        {
+            "semmae": {"kind": "pretrain", "model": dict(mae.config), "encoder_prefix": "mae.encoder."},
+            "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
+        },
+        path,
+    )
     return path
 
 
@@ -67,7 +72,10 @@ def test_registers_are_in_every_encoder_step_and_learn(mae):
     x, n = images(), mae.num_patches
     mask = random_mask(3, n, 16)
     shapes = []
-    hooks = [blk.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape) and None) for blk in mae.encoder.blocks]
+    hooks = [
+        blk.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape) and None)
+        for blk in mae.encoder.blocks
+    ]
     try:
         latent = mae.encoder.forward_visible(x, mask.ids_keep)
         full = mae.encoder.forward_features(x)
@@ -82,8 +90,9 @@ def test_registers_are_in_every_encoder_step_and_learn(mae):
     everything = random_mask(3, n, n)
     restored = mae.encoder.forward_visible(x, everything.ids_keep)
     order = everything.ids_keep
-    expect = torch.cat([full[:, : 1 + REGS], torch.gather(full[:, 1 + REGS:], 1,
-                                                          order.unsqueeze(-1).expand(-1, -1, 32))], dim=1)
+    expect = torch.cat(
+        [full[:, : 1 + REGS], torch.gather(full[:, 1 + REGS :], 1, order.unsqueeze(-1).expand(-1, -1, 32))], dim=1
+    )
     assert torch.allclose(restored, expect, atol=1e-5)
     model = MaskedAutoencoder(**TINY, reg_tokens=REGS)
     loss, _ = model(x, mask)
@@ -107,8 +116,18 @@ def test_reg_tokens_zero_is_bit_identical_to_no_argument():
     assert torch.equal(plain.encoder.forward_features(x), zero.encoder.forward_features(x))
     assert plain.encoder.num_prefix_tokens == 1 and plain.encoder.reg_token is None
     assert timm_kwargs(plain.encoder) == timm_kwargs(zero.encoder) and "reg_tokens" not in timm_kwargs(zero.encoder)
-    geometry = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
-                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    geometry = dict(
+        img_size=32,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     a = random_encoder(geometry, seed=5)
     b = random_encoder({**geometry, "reg_tokens": 0}, seed=5)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
@@ -118,8 +137,19 @@ def test_reg_tokens_zero_is_bit_identical_to_no_argument():
 
 
 def test_random_encoder_takes_reg_tokens_from_the_backbone():
-    geometry = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0,
-                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, reg_tokens=REGS)
+    geometry = dict(
+        img_size=32,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        reg_tokens=REGS,
+    )
     enc = random_encoder(geometry, seed=0)
     assert enc.num_reg_tokens == REGS and enc.config["reg_tokens"] == REGS
     assert enc.forward_features(images()).shape == (3, 1 + REGS + 64, 32)
@@ -193,10 +223,26 @@ def test_cli_pretraining_with_registers_loads_in_analyze(fmnist_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     run_dir = tmp_path / "pretrain"
     proc = subprocess.run(
-        [sys.executable, "-m", "semmae.pretrain", "backbone.reg_tokens=4", "logger=none", f"dataset.root={fmnist_root}",
-         "dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=32", "+trainer.max_steps=2", "trainer.max_epochs=1",
-         f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "semmae.pretrain",
+            "backbone.reg_tokens=4",
+            "logger=none",
+            f"dataset.root={fmnist_root}",
+            "dataset.train_subset=128",
+            "dataset.val_subset=64",
+            "dataset.batch_size=32",
+            "+trainer.max_steps=2",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 2  # (batch 256 > 128 images: no step)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -205,9 +251,23 @@ def test_cli_pretraining_with_registers_loads_in_analyze(fmnist_root, tmp_path):
     enc = load_encoder(ckpt)
     assert enc.num_reg_tokens == 4 and enc.num_prefix_tokens == 5
     proc = subprocess.run(
-        [sys.executable, "-m", "semmae.analyze", f"ckpt={ckpt}", "num_images=8", "batch_size=8", "figure_images=2",
-         f"dataset.root={fmnist_root}", f"hydra.run.dir={tmp_path / 'analyze'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "semmae.analyze",
+            f"ckpt={ckpt}",
+            "num_images=8",
+            "batch_size=8",
+            "figure_images=2",
+            f"dataset.root={fmnist_root}",
+            f"hydra.run.dir={tmp_path / 'analyze'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "analyze" / "artifacts.json").read_text())
     assert report["num_images"] == 8 and len(report["blocks"]) == enc.config["depth"]

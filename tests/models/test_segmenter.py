@@ -14,8 +14,9 @@ from semmae.tasks.segment import pixel_cross_entropy
 
 def make(img_size=32, patch_size=4, dim=32, depth=6, in_chans=1, num_classes=5, **kwargs):
     torch.manual_seed(0)
-    enc = ViTEncoder(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=dim, depth=depth,
-                     num_heads=2)
+    enc = ViTEncoder(
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=dim, depth=depth, num_heads=2
+    )
     kwargs.setdefault("channels", 16)
     kwargs.setdefault("aux_channels", 8)
     return Segmenter(enc, num_classes, **kwargs)
@@ -75,8 +76,11 @@ def reference_block_features(seg: Segmenter, images: torch.Tensor) -> list[torch
     return [taps[n] for n in seg.out_blocks]
 
 
-@pytest.mark.parametrize("out_blocks,size", [("auto", (32, 32)), ("auto", (48, 64)), ([1, 1, 2, 2], (32, 32))],
-                         ids=["native-grid", "resampled-grid", "repeated-blocks"])
+@pytest.mark.parametrize(
+    "out_blocks,size",
+    [("auto", (32, 32)), ("auto", (48, 64)), ([1, 1, 2, 2], (32, 32))],
+    ids=["native-grid", "resampled-grid", "repeated-blocks"],
+)
 def test_forward_intermediates_give_the_old_token_loops_features(out_blocks, size):
     """timm's forward_intermediates (the segmenter's path) equals the hand-written loop it replaced: at the encoder's
     own grid, at another grid (position embeddings resampled), and with one block feeding several levels; and the
@@ -139,12 +143,13 @@ def test_layer_decay_groups():
     seg = make(depth=6)
     groups = layer_decay_groups(seg, weight_decay=0.05, layer_decay=0.5)
     scale = {n: g["lr_scale"] for g in groups for n, p in seg.named_parameters() if any(p is q for q in g["params"])}
-    decay = {n: g["weight_decay"] for g in groups for n, p in seg.named_parameters()
-             if any(p is q for q in g["params"])}
+    decay = {
+        n: g["weight_decay"] for g in groups for n, p in seg.named_parameters() if any(p is q for q in g["params"])
+    }
     assert scale["encoder.blocks.5.attn.qkv.weight"] == pytest.approx(0.5)
-    assert scale["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.5 ** 6)
-    assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.5 ** 7)
-    assert scale["encoder.cls_token"] == pytest.approx(0.5 ** 7)
+    assert scale["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.5**6)
+    assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.5**7)
+    assert scale["encoder.cls_token"] == pytest.approx(0.5**7)
     assert scale["decode_head.classifier.weight"] == 1.0 and scale["neck.0.0.weight"] == 1.0
     assert decay["encoder.cls_token"] == 0.0 and decay["encoder.blocks.0.norm1.weight"] == 0.0
     assert decay["encoder.blocks.0.mlp.fc1.weight"] == 0.05
@@ -198,14 +203,17 @@ def test_cross_entropy_ignores_unlabelled_pixels():
     assert n == 1 and loss.item() == pytest.approx(-torch.log_softmax(logits[0, :, 0, 0], 0)[2].item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(out_blocks=[2, 4, 6]), "same length"),
-    (dict(out_blocks=[2, 4, 6, 7]), "1..6"),
-    (dict(out_blocks=[2, 4, 3, 6]), "non-decreasing"),
-    (dict(rescales=[4, 2, 1, 0.3]), "power of two"),
-    (dict(rescales=[4, 2, 1, 0]), "power of two"),
-    (dict(aux_level=4), "aux_level"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(out_blocks=[2, 4, 6]), "same length"),
+        (dict(out_blocks=[2, 4, 6, 7]), "1..6"),
+        (dict(out_blocks=[2, 4, 3, 6]), "non-decreasing"),
+        (dict(rescales=[4, 2, 1, 0.3]), "power of two"),
+        (dict(rescales=[4, 2, 1, 0]), "power of two"),
+        (dict(aux_level=4), "aux_level"),
+    ],
+)
 def test_bad_configuration_is_a_config_error(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         make(**kwargs)

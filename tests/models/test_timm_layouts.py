@@ -93,9 +93,19 @@ def test_semmae_analyze_counts_the_registers_as_prefix(dinov2, compose_cfg, fmni
     from semmae.cli.analyze import run as analyze
 
     _, path = dinov2
-    cfg = compose_cfg("analyze", [f"ckpt=timm:{NAME}", f"ckpt_file={path}", f"+encoder.img_size={SIZE}",
-                                  f"dataset.root={fmnist_root}", "num_images=4", "batch_size=4", "figure_images=2"],
-                      tmp_path / "analyze")
+    cfg = compose_cfg(
+        "analyze",
+        [
+            f"ckpt=timm:{NAME}",
+            f"ckpt_file={path}",
+            f"+encoder.img_size={SIZE}",
+            f"dataset.root={fmnist_root}",
+            "num_images=4",
+            "batch_size=4",
+            "figure_images=2",
+        ],
+        tmp_path / "analyze",
+    )
     metrics = analyze(cfg)
     report = json.loads((tmp_path / "analyze" / "artifacts.json").read_text())
     assert report["num_images"] == 4 and report["grid_size"] == [4, 4] and len(report["blocks"]) == 12

@@ -8,8 +8,9 @@ from semmae.optim.layer_decay import layer_decay_groups
 
 @pytest.fixture(scope="module")
 def vit12():
-    return ViTEncoder(img_size=32, patch_size=8, embed_dim=24, depth=12, num_heads=2, num_classes=10,
-                      global_pool="avg", fc_norm=True)
+    return ViTEncoder(
+        img_size=32, patch_size=8, embed_dim=24, depth=12, num_heads=2, num_classes=10, global_pool="avg", fc_norm=True
+    )
 
 
 def test_depth_12_gives_14_layers_with_decay_and_no_decay_groups(vit12):
@@ -28,8 +29,8 @@ def test_each_parameter_sits_at_its_layer(vit12):
         for p in g["params"]:
             scale_of[id(p)], wd_of[id(p)] = g["lr_scale"], g["weight_decay"]
     named = dict(vit12.named_parameters())
-    assert scale_of[id(named["patch_embed.proj.weight"])] == pytest.approx(0.65 ** 13)
-    assert scale_of[id(named["cls_token"])] == pytest.approx(0.65 ** 13)
+    assert scale_of[id(named["patch_embed.proj.weight"])] == pytest.approx(0.65**13)
+    assert scale_of[id(named["cls_token"])] == pytest.approx(0.65**13)
     for i in range(12):
         assert scale_of[id(named[f"blocks.{i}.attn.qkv.weight"])] == pytest.approx(0.65 ** (12 - i))
     assert scale_of[id(named["fc_norm.weight"])] == 1.0 and scale_of[id(named["head.weight"])] == 1.0

@@ -6,8 +6,9 @@ from semmae.optim import weight_decay_groups
 
 
 def mae():
-    return MaskedAutoencoder(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-                             decoder_num_heads=2)
+    return MaskedAutoencoder(
+        embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
+    )
 
 
 def split(model, groups):

@@ -24,8 +24,9 @@ def test_warmup_then_cosine_values():
 
 
 def test_no_weight_decay_set():
-    mae = MaskedAutoencoder(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-                            decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2
+    )
     names = {id(p): n for n, p in mae.named_parameters()}
     groups = weight_decay_groups(mae, 0.05, decay_tokens=False)
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}

@@ -43,16 +43,27 @@ class RecordRank(L.Callback):
         # runs before Lightning computes (and so reduces) the logged metrics: these are this rank's own sums
         acc = pl_module.val_probe_acc
         self.local = {
-            "loss_sum": float(pl_module.val_loss.mean_value), "loss_weight": float(pl_module.val_loss.weight),
-            "correct": float(acc.tp.sum()), "seen": float((acc.tp + acc.fn).sum()),
+            "loss_sum": float(pl_module.val_loss.mean_value),
+            "loss_weight": float(pl_module.val_loss.weight),
+            "correct": float(acc.tp.sum()),
+            "seen": float((acc.tp + acc.fn).sum()),
         }
 
     def on_fit_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         record = {
-            "rank": trainer.global_rank, "world_size": trainer.world_size, "train_indices": self.train_indices,
-            "first_mask": self.first_mask, "valid": self.valid, "padded": self.padded, "local": self.local,
-            "metrics": metrics, "effective_batch": pl_module.effective_batch(), "lr": pl_module.hparams["lr"],
-            "sampler": type(trainer.train_dataloader.sampler).__name__ if trainer.train_dataloader is not None else None,
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "train_indices": self.train_indices,
+            "first_mask": self.first_mask,
+            "valid": self.valid,
+            "padded": self.padded,
+            "local": self.local,
+            "metrics": metrics,
+            "effective_batch": pl_module.effective_batch(),
+            "lr": pl_module.hparams["lr"],
+            "sampler": type(trainer.train_dataloader.sampler).__name__
+            if trainer.train_dataloader is not None
+            else None,
         }
         Path(trainer.default_root_dir, f"ddp_rank{trainer.global_rank}.json").write_text(json.dumps(record))

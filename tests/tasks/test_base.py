@@ -26,22 +26,31 @@ TASKS = {  # task -> (overrides, optim group, optimiser class)
     "pretrain": (TINY, "adamw_mae_pretrain", torch.optim.AdamW),
     "linprobe": (EVAL_TINY, "lars_probe", LARS),
     "finetune": (EVAL_TINY, "adamw_layer_decay", torch.optim.AdamW),
-    "segment": ([*EVAL_TINY, "model.segmenter.channels=8", "model.segmenter.aux_channels=8"], "adamw_segment",
-                torch.optim.AdamW),
+    "segment": (
+        [*EVAL_TINY, "model.segmenter.channels=8", "model.segmenter.aux_channels=8"],
+        "adamw_segment",
+        torch.optim.AdamW,
+    ),
 }
 
 
 def test_one_configure_optimizers_in_the_package():
     root = Path(semmae.__file__).parent
-    hits = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py")
-                  if "def configure_optimizers" in p.read_text())
+    hits = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*.py") if "def configure_optimizers" in p.read_text()
+    )
     assert hits == ["tasks/base.py"]
 
 
 def fake_trainer(steps_per_epoch: int = 5, epochs: int = 2) -> SimpleNamespace:
     """What configure_optimizers reads of a trainer."""
-    return SimpleNamespace(estimated_stepping_batches=steps_per_epoch * epochs, num_training_batches=steps_per_epoch,
-                           accumulate_grad_batches=1, world_size=1, max_epochs=epochs)
+    return SimpleNamespace(
+        estimated_stepping_batches=steps_per_epoch * epochs,
+        num_training_batches=steps_per_epoch,
+        accumulate_grad_batches=1,
+        world_size=1,
+        max_epochs=epochs,
+    )
 
 
 def settings_only(cfg: dict) -> dict:
@@ -76,8 +85,17 @@ def test_defaults_are_what_the_yaml_said():
     from semmae.models.mae import MaskedAutoencoder
     from semmae.tasks.pretrain import PretrainTask
 
-    mae = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2,
-                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     task = PretrainTask(mae, RandomMasking(0.75), num_classes=10, batch_size=8)
     assert settings_only(task.optim_cfg) == settings_only(optim_group("adamw_mae_pretrain"))
     assert optim_group("adamw_mae_pretrain")["warmup_epochs"] == 0.5
@@ -98,22 +116,35 @@ class ProbeGroupWatch(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before clipping
         self.pre = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
-        self.groups = [{k: v for k, v in g.items() if k != "params"} | {"ids": [id(p) for p in g["params"]]}
-                       for g in optimizer.param_groups]
+        self.groups = [
+            {k: v for k, v in g.items() if k != "params"} | {"ids": [id(p) for p in g["params"]]}
+            for g in optimizer.param_groups
+        ]
         self.step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # after the step: clipped grads
         post = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
-        ProbeGroupWatch.seen.append((self.step, self.pre, post, self.groups, len(trainer.optimizers),
-                                     trainer.estimated_stepping_batches))
+        ProbeGroupWatch.seen.append(
+            (self.step, self.pre, post, self.groups, len(trainer.optimizers), trainer.estimated_stepping_batches)
+        )
 
 
 def test_probe_is_one_more_group_with_its_own_lr_no_decay_and_no_clipping(compose_cfg, fmnist_root):
     ProbeGroupWatch.seen = []
-    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, "logger=none", "callbacks=none",
-                                   "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                                   "trainer.limit_val_batches=1", "trainer.gradient_clip_val=1e-6",
-                                   f"+callbacks.watch._target_={__name__}.ProbeGroupWatch"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            *TINY,
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=1",
+            "trainer.gradient_clip_val=1e-6",
+            f"+callbacks.watch._target_={__name__}.ProbeGroupWatch",
+        ],
+    )
     run(cfg)
     assert [s[0] for s in ProbeGroupWatch.seen] == [0, 1, 2]
     for step, pre, post, groups, n_optimizers, total in ProbeGroupWatch.seen:
@@ -127,6 +158,7 @@ def test_probe_is_one_more_group_with_its_own_lr_no_decay_and_no_clipping(compos
         probe_names = [n for n in pre if n.startswith("probe.")]
         assert probe_names and all(torch.equal(pre[n], post[n]) for n in probe_names)  # not clipped
         mae = [n for n in pre if n.startswith("mae.")]
+
         def norm(grads, mae=mae):
             return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grads[n]) for n in mae]))
 
@@ -160,14 +192,20 @@ def test_classifier_evaluation_creates_its_metrics():
     valid = torch.ones(12, dtype=torch.bool)
     valid[-3:] = False  # DDP padding: not counted
     loader = DataLoader([{"x": x[i], "label": labels[i], "valid": valid[i]} for i in range(12)], batch_size=6)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     metrics = trainer.validate(task, dataloaders=loader, verbose=False)[0]
     with torch.no_grad():
         logits = task.linear(x[valid])
     assert metrics["val/top1"] == pytest.approx((logits.argmax(1) == labels[valid]).float().mean().item())
-    assert metrics["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels[valid]).item(),
-                                                rel=1e-5)
+    assert metrics["val/loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels[valid]).item(), rel=1e-5
+    )
     assert 0.0 <= metrics["val/top5"] <= 1.0
 
 

@@ -15,8 +15,17 @@ from semmae.tasks.pretrain import PretrainTask
 
 def tiny_task(compile: bool | str) -> PretrainTask:
     torch.manual_seed(0)
-    mae = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    mae = MaskedAutoencoder(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return PretrainTask(mae, RandomMasking(0.75), num_classes=10, batch_size=8, compile=compile)
 
 

@@ -25,12 +25,31 @@ def gloo_available() -> bool:
 @pytest.mark.skipif(not gloo_available(), reason="torch.distributed with the gloo backend is not available")
 def test_two_process_cpu_ddp(fmnist_root, tmp_path):
     sweep = tmp_path / "multirun"
-    cmd = [sys.executable, "-m", "semmae.pretrain", "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           f"dataset.root={fmnist_root}", *TINY, f"dataset.batch_size={BATCH}", f"dataset.val_subset={VAL}",
-           "trainer.max_epochs=1", "trainer.limit_train_batches=3", "logger=csv", "callbacks.reconstruction.num_images=2",
-           "+callbacks.record._target_=tests.tasks.ddp_record.RecordRank", f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "semmae.pretrain",
+        "-m",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        f"dataset.batch_size={BATCH}",
+        f"dataset.val_subset={VAL}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "logger=csv",
+        "callbacks.reconstruction.num_images=2",
+        "+callbacks.record._target_=tests.tasks.ddp_record.RecordRank",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+    }
     try:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     except OSError as exc:  # the platform cannot start processes

@@ -14,9 +14,16 @@ from semmae.errors import ConfigError
 from semmae.models.loading import load_encoder
 from semmae.tasks.finetune import build_mixup
 
-TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-        "backbone.decoder_depth=1", "backbone.decoder_num_heads=2", "dataset.batch_size=32",
-        "dataset.eval_batch_size=128"]
+TINY = [
+    "backbone.embed_dim=32",
+    "backbone.depth=2",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=128",
+]
 
 
 def test_fast_dev_run(compose_cfg, fmnist_root):
@@ -39,8 +46,17 @@ def test_model_has_maes_fine_tuning_head(compose_cfg, fmnist_root):
 
 
 def test_best_checkpoint_reloads_as_a_fine_tuned_encoder(compose_cfg, fmnist_root, tmp_path):
-    cfg = compose_cfg("finetune", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "logger=none",
-                                   "trainer.max_epochs=1", "trainer.limit_train_batches=3"])
+    cfg = compose_cfg(
+        "finetune",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            "logger=none",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+        ],
+    )
     run(cfg)
     best = next((tmp_path / "run" / "checkpoints").glob("best_epoch*.ckpt"))
     enc = load_encoder(best).eval()  # the fine-tuned model, head included, for analysis

@@ -10,15 +10,24 @@ from hydra.utils import instantiate
 from semmae.cli.linprobe import run
 from semmae.data.feature_cache import FeatureDataModule
 
-TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.decoder_embed_dim=16",
-        "backbone.decoder_depth=1", "backbone.decoder_num_heads=2", "dataset.batch_size=64",
-        "dataset.eval_batch_size=128"]
+TINY = [
+    "backbone.embed_dim=32",
+    "backbone.depth=2",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+    "dataset.batch_size=64",
+    "dataset.eval_batch_size=128",
+]
 
 
 @pytest.mark.parametrize("cache", ["true", "false"])
 def test_fast_dev_run(compose_cfg, fmnist_root, cache):
-    cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null",
-                                   f"model.feature_cache={cache}", *TINY])
+    cfg = compose_cfg(
+        "linprobe",
+        ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", f"model.feature_cache={cache}", *TINY],
+    )
     metrics = run(cfg)
     assert 0.0 <= metrics["test/top1"] <= metrics["test/top5"] <= 1.0
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
@@ -41,9 +50,19 @@ def test_cached_features_are_the_encoders_features_of_the_plain_images(compose_c
 
 def test_probe_learns_on_cached_features(compose_cfg, fmnist_root):
     """The fixture's classes are separable from the pixels: a probe on random features must beat chance by far."""
-    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "logger=none",
-                                   "callbacks=none", "trainer.max_epochs=8", "model.optim.blr=25.6",
-                                   "model.optim.warmup_epochs=1"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_epochs=8",
+            "model.optim.blr=25.6",
+            "model.optim.warmup_epochs=1",
+        ],
+    )
     metrics = run(cfg)
     assert metrics["test/top1"] > 0.5, metrics
 

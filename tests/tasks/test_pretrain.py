@@ -9,9 +9,14 @@ import torch
 from semmae.cli.pretrain import run
 
 TINY = [
-    "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
-    "backbone.decoder_embed_dim=16", "backbone.decoder_depth=1", "backbone.decoder_num_heads=2",
-    "dataset.batch_size=32", "dataset.eval_batch_size=64",
+    "backbone.embed_dim=32",
+    "backbone.depth=2",
+    "backbone.num_heads=2",
+    "backbone.decoder_embed_dim=16",
+    "backbone.decoder_depth=1",
+    "backbone.decoder_num_heads=2",
+    "dataset.batch_size=32",
+    "dataset.eval_batch_size=64",
 ]
 
 
@@ -38,8 +43,14 @@ class CaptureOptimizerState(L.Callback):
 
 
 def test_save_and_resume_continue_at_same_step_with_same_optimizer_state(compose_cfg, fmnist_root, tmp_path):
-    common = [f"dataset.root={fmnist_root}", *TINY, "logger=csv", "trainer.limit_train_batches=3",
-              "trainer.limit_val_batches=1", "callbacks.reconstruction.num_images=2"]
+    common = [
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        "logger=csv",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "callbacks.reconstruction.num_images=2",
+    ]
     first = compose_cfg("pretrain", [*common, "trainer.max_epochs=1"], tmp_path / "first")
     run(first)
     ckpt_path = tmp_path / "first" / "checkpoints" / "last.ckpt"
@@ -48,9 +59,16 @@ def test_save_and_resume_continue_at_same_step_with_same_optimizer_state(compose
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["semmae"]["model"]["embed_dim"] == 32
 
-    second = compose_cfg("pretrain", [*common, "trainer.max_epochs=2", f"ckpt_path={ckpt_path}",
-                                      f"+callbacks.capture._target_={__name__}.CaptureOptimizerState"],
-                         tmp_path / "second")
+    second = compose_cfg(
+        "pretrain",
+        [
+            *common,
+            "trainer.max_epochs=2",
+            f"ckpt_path={ckpt_path}",
+            f"+callbacks.capture._target_={__name__}.CaptureOptimizerState",
+        ],
+        tmp_path / "second",
+    )
     run(second)
     capture = CaptureOptimizerState.seen
     assert capture.step == 3
@@ -70,8 +88,18 @@ def test_save_and_resume_continue_at_same_step_with_same_optimizer_state(compose
 
 
 def test_training_reduces_loss(compose_cfg, fmnist_root, tmp_path):
-    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, "logger=csv", "callbacks=none",
-                                   "trainer.max_epochs=5", "model.optim.blr=1e-2", "model.optim.warmup_epochs=0.5"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            *TINY,
+            "logger=csv",
+            "callbacks=none",
+            "trainer.max_epochs=5",
+            "model.optim.blr=1e-2",
+            "model.optim.warmup_epochs=0.5",
+        ],
+    )
     run(cfg)
     import csv
 
@@ -109,9 +137,19 @@ class InspectTrainingBatches(L.Callback):
 
 def test_training_batches_are_augmented_and_reshuffled_every_epoch(compose_cfg, fmnist_root):
     InspectTrainingBatches.seen = []
-    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, "logger=none", "callbacks=none",
-                                   "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                                   f"+callbacks.inspect._target_={__name__}.InspectTrainingBatches"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            *TINY,
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            f"+callbacks.inspect._target_={__name__}.InspectTrainingBatches",
+        ],
+    )
     run(cfg)
     seen = InspectTrainingBatches.seen
     assert [s[0] for s in seen] == [0, 0, 1, 1]

@@ -21,7 +21,20 @@ class TokenDecay(L.Callback):
 @pytest.mark.parametrize("override,token_decay", [([], 0.05), (["model.optim.decay_tokens=false"], 0.0)])
 def test_token_weight_decay(compose_cfg, fmnist_root, override, token_decay):
     TokenDecay.seen = {}
-    run(compose_cfg("pretrain", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", *TINY, *override,
-                                 f"+callbacks.decay._target_={__name__}.TokenDecay"]))
-    assert TokenDecay.seen == {"encoder.cls_token": token_decay, "decoder.mask_token": token_decay,
-                               "encoder.blocks.0.norm1.weight": 0.0}
+    run(
+        compose_cfg(
+            "pretrain",
+            [
+                "debug=fast_dev_run",
+                f"dataset.root={fmnist_root}",
+                *TINY,
+                *override,
+                f"+callbacks.decay._target_={__name__}.TokenDecay",
+            ],
+        )
+    )
+    assert TokenDecay.seen == {
+        "encoder.cls_token": token_decay,
+        "decoder.mask_token": token_decay,
+        "encoder.blocks.0.norm1.weight": 0.0,
+    }

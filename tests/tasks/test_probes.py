@@ -25,9 +25,21 @@ def results(cfg) -> dict:
 
 
 def test_ep_learns_the_fixture_and_draws_its_attention(compose_cfg, fmnist_root):
-    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "logger=csv", "callbacks=none",
-                                   "model.head=ep", "model.ep.num_queries=4", "trainer.max_epochs=8",
-                                   "model.optim.blr=25.6", "model.optim.warmup_epochs=1"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            "logger=csv",
+            "callbacks=none",
+            "model.head=ep",
+            "model.ep.num_queries=4",
+            "trainer.max_epochs=8",
+            "model.optim.blr=25.6",
+            "model.optim.warmup_epochs=1",
+        ],
+    )
     metrics = run(cfg)
     assert metrics["test/top1"] > 0.6, metrics  # chance is 0.1: the class sits in where the blob is
     out = results(cfg)
@@ -45,9 +57,18 @@ def test_knn_trains_nothing_and_reports_every_k(compose_cfg, fmnist_root):
 
 
 def test_heads_side_by_side_with_the_random_baseline(compose_cfg, fmnist_root, capsys):
-    cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY,
-                                   "model.head=[linear,ep,mhca,knn]", "model.ep.num_queries=8",
-                                   "random_baseline=true"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            "debug=fast_dev_run",
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            "model.head=[linear,ep,mhca,knn]",
+            "model.ep.num_queries=8",
+            "random_baseline=true",
+        ],
+    )
     metrics = run(cfg)
     for encoder in ("checkpoint", "random_init"):
         for head in ("linear", "ep", "mhca", "knn"):
@@ -55,15 +76,26 @@ def test_heads_side_by_side_with_the_random_baseline(compose_cfg, fmnist_root, c
             assert (Path(cfg.paths.output_dir) / "probes" / f"{encoder}-{head}").is_dir() or head == "knn"
     out = results(cfg)
     assert [(p["encoder"], p["head"]) for p in out["probes"]] == [
-        (e, h) for e in ("checkpoint", "random_init") for h in ("linear", "ep", "mhca", "knn")]
+        (e, h) for e in ("checkpoint", "random_init") for h in ("linear", "ep", "mhca", "knn")
+    ]
     table = capsys.readouterr().out
     assert "probe (test top-1 %)" in table and "random init" in table and "k-NN (k=20)" in table
 
 
 def test_streamed_images_train_the_heads_and_knn_caches_only_pooled_features(compose_cfg, fmnist_root, caplog):
     caplog.set_level(logging.INFO)
-    cfg = compose_cfg("linprobe", ["debug=fast_dev_run", f"dataset.root={fmnist_root}", "ckpt=null", *TINY,
-                                   "model.feature_cache=false", "model.head=[ep,knn]", "model.ep.num_queries=8"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            "debug=fast_dev_run",
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            "model.feature_cache=false",
+            "model.head=[ep,knn]",
+            "model.ep.num_queries=8",
+        ],
+    )
     metrics = run(cfg)
     assert 0.0 <= metrics["ep/test/top1"] <= 1.0 and 0.0 <= metrics["knn/test/top1"] <= 1.0
     assert results(cfg)["feature_cache"] is False
@@ -72,8 +104,18 @@ def test_streamed_images_train_the_heads_and_knn_caches_only_pooled_features(com
 
 
 def test_layerwise_sweep_reads_each_block(compose_cfg, fmnist_root):
-    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, *QUIET,
-                                   "model.head=knn", "model.block=all", "model.bf16=false"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            *QUIET,
+            "model.head=knn",
+            "model.block=all",
+            "model.bf16=false",
+        ],
+    )
     metrics = run(cfg)
     assert {"block1/test/top1", "block2/test/top1"} <= set(metrics)
     # block 1's k-NN is that of block 1's CLS token, computed here directly
@@ -93,9 +135,20 @@ def test_layerwise_sweep_reads_each_block(compose_cfg, fmnist_root):
 
 
 def test_low_shot_seeds_draw_balanced_subsets_and_report_the_spread(compose_cfg, fmnist_root):
-    cfg = compose_cfg("linprobe", [f"dataset.root={fmnist_root}", "ckpt=null", *TINY, *QUIET,
-                                   "model.head=[linear,knn]", "model.knn.neighbours=[5]", "dataset.train_per_class=5",
-                                   "probe_seeds=[0,1,2]", "trainer.max_epochs=2"])
+    cfg = compose_cfg(
+        "linprobe",
+        [
+            f"dataset.root={fmnist_root}",
+            "ckpt=null",
+            *TINY,
+            *QUIET,
+            "model.head=[linear,knn]",
+            "model.knn.neighbours=[5]",
+            "dataset.train_per_class=5",
+            "probe_seeds=[0,1,2]",
+            "trainer.max_epochs=2",
+        ],
+    )
     metrics = run(cfg)
     for head in ("linear", "knn"):
         assert metrics[f"{head}/seeds"] == 3 and f"{head}/test/top1_std" in metrics
@@ -113,16 +166,20 @@ def test_low_shot_seeds_draw_balanced_subsets_and_report_the_spread(compose_cfg,
 
 def run_cli(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "semmae.linprobe", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "semmae.linprobe", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["model.block=7"], "model.block=7: the encoder has blocks 1 to 2"),
-    (["dataset.train_per_class=1000"], "is more than the"),
-    (["model.head=attentive"], "model.head='attentive' is not a probe"),
-    (["model.head=ep", "model.cache_max_ram_share=0.000001"], "the feature cache needs"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["model.block=7"], "model.block=7: the encoder has blocks 1 to 2"),
+        (["dataset.train_per_class=1000"], "is more than the"),
+        (["model.head=attentive"], "model.head='attentive' is not a probe"),
+        (["model.head=ep", "model.cache_max_ram_share=0.000001"], "the feature cache needs"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, fmnist_root, args, needle):
     proc = run_cli([f"dataset.root={fmnist_root}", "ckpt=null", *TINY, "logger=none", *args], tmp_path)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

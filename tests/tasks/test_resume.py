@@ -37,9 +37,17 @@ def logged(run_dir, key="train/loss_epoch"):
 
 @pytest.fixture(scope="module")
 def common(fmnist_root):
-    return [f"dataset.root={fmnist_root}", *TINY, "logger=csv", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-            "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "callbacks.reconstruction.num_images=2",
-            "callbacks.progress_bar.refresh_rate=0"]
+    return [
+        f"dataset.root={fmnist_root}",
+        *TINY,
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.reconstruction.num_images=2",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +63,18 @@ def test_resume_mid_epoch_continues_exactly(common, uninterrupted, compose_cfg, 
     _, steps, epochs = uninterrupted
     ckpt = tmp_path / "step2.ckpt"
     with pytest.raises(Killed):
-        run(compose_cfg("pretrain", [*common, f"+callbacks.die._target_={__name__}.SaveAndDie", "+callbacks.die.step=2",
-                                     f"+callbacks.die.path={ckpt}"], tmp_path / "killed"))
+        run(
+            compose_cfg(
+                "pretrain",
+                [
+                    *common,
+                    f"+callbacks.die._target_={__name__}.SaveAndDie",
+                    "+callbacks.die.step=2",
+                    f"+callbacks.die.path={ckpt}",
+                ],
+                tmp_path / "killed",
+            )
+        )
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2 and float(saved["train_metrics"]["train_loss"]["weight"]) == 2.0
     run(compose_cfg("pretrain", [*common, f"ckpt_path={ckpt}"], tmp_path / "resumed"))
@@ -72,8 +90,9 @@ def test_resume_mid_epoch_continues_exactly(common, uninterrupted, compose_cfg, 
     assert logged(tmp_path / "resumed", "train/online_probe_acc")[1] == acc and len(acc) == 2
 
 
-def test_resume_from_an_end_of_epoch_checkpoint_starts_the_next_epoch_afresh(common, uninterrupted, compose_cfg,
-                                                                             tmp_path):
+def test_resume_from_an_end_of_epoch_checkpoint_starts_the_next_epoch_afresh(
+    common, uninterrupted, compose_cfg, tmp_path
+):
     out, steps, epochs = uninterrupted
     ckpt = out / "checkpoints" / "epoch_000.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)

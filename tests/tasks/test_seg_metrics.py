@@ -43,4 +43,3 @@ def test_table_rows():
     rows = iou_table(segmentation_scores(confmat()), ["a", "b", "c", "d"])
     assert [r["class"] for r in rows] == ["a", "b", "c", "d"]
     assert rows[1]["IoU"] == 0.75 and rows[3]["IoU"] is None and rows[3]["Acc"] is None
-

@@ -18,15 +18,24 @@ def write_pretrain_checkpoint(path: Path, seed: int = 0, **geometry) -> MaskedAu
     torch.manual_seed(seed)
     mae = MaskedAutoencoder(**{**GEOMETRY, **geometry}, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
-                "semmae": {"kind": "pretrain", "model": dict(mae.config)}}, path)
+    torch.save(
+        {
+            "state_dict": {f"mae.{k}": v for k, v in mae.state_dict().items()},
+            "semmae": {"kind": "pretrain", "model": dict(mae.config)},
+        },
+        path,
+    )
     return mae
 
 
 TINY = [
-    "backbone.embed_dim=32", "backbone.depth=4", "backbone.num_heads=2",
-    "model.segmenter.channels=8", "model.segmenter.aux_channels=8",
-    "dataset.batch_size=16", "dataset.eval_batch_size=64",
+    "backbone.embed_dim=32",
+    "backbone.depth=4",
+    "backbone.num_heads=2",
+    "model.segmenter.channels=8",
+    "model.segmenter.aux_channels=8",
+    "dataset.batch_size=16",
+    "dataset.eval_batch_size=64",
 ]
 
 
@@ -43,12 +52,23 @@ def test_fast_dev_run_from_a_random_encoder(compose_cfg, fmnist_root):
 def test_latest_pretraining_checkpoint_sliding_window_and_figures(compose_cfg, fmnist_root, tmp_path):
     ckpt = tmp_path / "outputs/pretrain/run/checkpoints/last.ckpt"
     mae = write_pretrain_checkpoint(ckpt)  # embed_dim 32, depth 4, 2 heads, 32 px / patch 4, 1 channel
-    cfg = compose_cfg("segment", [
-        f"dataset.root={fmnist_root}", f"paths.root_dir={tmp_path}", *TINY, "logger=csv",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "dataset.val_subset=64", "callbacks.segmentation_figure.num_images=2",
-        "model.inference.mode=slide", "model.inference.window=24", "model.inference.stride=8",
-    ])
+    cfg = compose_cfg(
+        "segment",
+        [
+            f"dataset.root={fmnist_root}",
+            f"paths.root_dir={tmp_path}",
+            *TINY,
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "dataset.val_subset=64",
+            "callbacks.segmentation_figure.num_images=2",
+            "model.inference.mode=slide",
+            "model.inference.window=24",
+            "model.inference.stride=8",
+        ],
+    )
     metrics = run(cfg)
     out = Path(cfg.paths.output_dir)
     assert "test/mIoU" in metrics and "val/mIoU" in metrics
@@ -60,7 +80,7 @@ def test_latest_pretraining_checkpoint_sliding_window_and_figures(compose_cfg, f
     # layer-wise lr decay reached the optimiser: every group's initial lr is the peak lr times its scale
     groups = saved["optimizer_states"][0]["param_groups"]
     assert {round(g["initial_lr"] / g["lr_scale"], 9) for g in groups} == {cfg.model.optim.lr}
-    assert min(g["lr_scale"] for g in groups) == pytest.approx(cfg.model.optim.layer_decay ** 5)  # embeddings, depth 4
+    assert min(g["lr_scale"] for g in groups) == pytest.approx(cfg.model.optim.layer_decay**5)  # embeddings, depth 4
     results = json.loads((out / "results.json").read_text())
     assert results["encoder"] == str(ckpt) and results["metrics"]["test/mIoU"] == pytest.approx(metrics["test/mIoU"])
 

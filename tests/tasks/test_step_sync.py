@@ -67,10 +67,21 @@ class HostReadProbe(L.Callback):
 @pytest.mark.parametrize("masking", ["random", "semantic"])
 def test_training_step_reads_nothing_back_to_the_host(compose_cfg, fmnist_root, masking):
     HostReadProbe.reads = []
-    cfg = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, f"masking={masking}", "logger=none",
-                                   "callbacks=none", "trainer.max_epochs=1", "trainer.limit_train_batches=6",
-                                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=4",
-                                   f"+callbacks.probe._target_={__name__}.HostReadProbe"])
+    cfg = compose_cfg(
+        "pretrain",
+        [
+            f"dataset.root={fmnist_root}",
+            *TINY,
+            f"masking={masking}",
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=6",
+            "trainer.limit_val_batches=1",
+            "trainer.log_every_n_steps=4",
+            f"+callbacks.probe._target_={__name__}.HostReadProbe",
+        ],
+    )
     run(cfg)
     assert sorted(set(HostReadProbe.reads)) == []
 
@@ -79,6 +90,7 @@ def test_probe_detects_a_host_read():
     reads: list = []
     with count_host_reads(reads):
         from semmae.optim import scaled_lr  # noqa: F401  (a semmae frame below does the read)
+
         exec(compile("import torch\ntorch.ones(1).item()", "/x/semmae/fake.py", "exec"))
     assert reads and reads[0].startswith("item")
 
@@ -89,8 +101,11 @@ STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "masking").glob("*.yaml")) 
 def masked_step(task, opt, images, gen, step: int) -> None:
     """One training step as PretrainTask takes it: the strategy's inputs (progress 0.5, so semantic_features uses the
     encoder's features and semantic_stratified its curriculum), the mask, the MAE forward, backward, optimiser."""
-    batch = {"image": images, "label": torch.zeros(len(images), dtype=torch.long, device=images.device),
-             "progress": 0.5}
+    batch = {
+        "image": images,
+        "label": torch.zeros(len(images), dtype=torch.long, device=images.device),
+        "progress": 0.5,
+    }
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
         inputs, _ = task.masking_inputs(batch)
         mask = task.masking(images, task.mae.grid_size, gen.manual_seed(step), inputs)
@@ -103,8 +118,9 @@ def masked_step(task, opt, images, gen, step: int) -> None:
 def tiny_task(compose_cfg, masking: str, device: str, extra: tuple[str, ...] = (), batch: int = 64):
     from hydra.utils import instantiate
 
-    cfg = compose_cfg("pretrain", [f"masking={masking}", "backbone=vit_tiny", "backbone.img_size=32",
-                                   "backbone.patch_size=4", *extra])
+    cfg = compose_cfg(
+        "pretrain", [f"masking={masking}", "backbone=vit_tiny", "backbone.img_size=32", "backbone.patch_size=4", *extra]
+    )
     task = instantiate(cfg.model).to(device)
     opt = torch.optim.AdamW(task.mae.parameters(), lr=1e-4, fused=device == "cuda")
     return task, opt, torch.randn(batch, cfg.dataset.channels, 32, 32, device=device)

@@ -98,7 +98,9 @@ def test_a_full_disk_is_a_storage_error_naming_what_is_kept(tmp_path):
     def full(fh):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(StorageError, match=rf"no space left on /\S* while writing {target}; the earlier results.json is kept"):
+    with pytest.raises(
+        StorageError, match=rf"no space left on /\S* while writing {target}; the earlier results.json is kept"
+    ):
         atomic_write(target, full)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
@@ -112,14 +114,18 @@ def test_torch_s_full_disk_error_names_the_last_good_checkpoint(tmp_path, monkey
 
     def save(obj, fh, *args, **kwargs):
         fh.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0\n"
-                           "PytorchStreamWriter failed writing file data/0: file write failed: No space left on device")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0\n"
+            "PytorchStreamWriter failed writing file data/0: file write failed: No space left on device"
+        )
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(StorageError) as err:
         AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1)}, tmp_path / "last.ckpt")
     assert str(err.value).startswith("no space left on ") and err.value.exit_code == 1
-    assert f"while writing {tmp_path / 'last.ckpt'}; the last good checkpoint is {tmp_path / 'epoch_000.ckpt'}" in str(err.value)
+    assert f"while writing {tmp_path / 'last.ckpt'}; the last good checkpoint is {tmp_path / 'epoch_000.ckpt'}" in str(
+        err.value
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000.ckpt"]
 
 
@@ -135,10 +141,20 @@ def test_a_run_on_a_full_disk_stops_with_one_line(tmp_path, fmnist_root):
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
     try:
-        code, err = run_entry("pretrain", ["logger=none", f"dataset.root={fmnist_root}", "dataset.train_subset=128",
-                                           "dataset.val_subset=64", "dataset.batch_size=64", "trainer.max_epochs=3",
-                                           "backbone.depth=2", "callbacks.reconstruction.num_images=2",
-                                           f"hydra.run.dir={mnt / 'run'}"])
+        code, err = run_entry(
+            "pretrain",
+            [
+                "logger=none",
+                f"dataset.root={fmnist_root}",
+                "dataset.train_subset=128",
+                "dataset.val_subset=64",
+                "dataset.batch_size=64",
+                "trainer.max_epochs=3",
+                "backbone.depth=2",
+                "callbacks.reconstruction.num_images=2",
+                f"hydra.run.dir={mnt / 'run'}",
+            ],
+        )
         line = one_error_line(err, "semmae-pretrain")
         assert code == 1 and line.startswith(f"semmae-pretrain: error: no space left on {mnt} while writing ")
         good = line.rsplit("; the last good checkpoint is ", 1)[1]

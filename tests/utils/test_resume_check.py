@@ -12,8 +12,17 @@ from semmae.models.mae import MaskedAutoencoder
 class Task(torch.nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.mae = MaskedAutoencoder(img_size=32, patch_size=4, in_chans=1, embed_dim=width, depth=2, num_heads=2,
-                                     decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+        self.mae = MaskedAutoencoder(
+            img_size=32,
+            patch_size=4,
+            in_chans=1,
+            embed_dim=width,
+            depth=2,
+            num_heads=2,
+            decoder_embed_dim=16,
+            decoder_depth=1,
+            decoder_num_heads=2,
+        )
 
 
 CFG = OmegaConf.create({"trust_checkpoint": False})

@@ -73,16 +73,27 @@ def test_a_directory_in_use_is_locked_against_a_second_run(tmp_path):
     run = tmp_path / "run"
     guard.claim(run)  # this process is writing into it
     code = f"from pathlib import Path; from semmae.utils.run_dir import claim; claim(Path({str(run)!r}))"
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "is in use by another semmae run (pid" in proc.stderr, proc.stderr
 
 
 def test_the_cli_refuses_with_one_line_before_hydra_writes_anything(tmp_path):
     run = finished_run(tmp_path / "run")
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", "logger=none", f"hydra.run.dir={run}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "semmae.pretrain", "logger=none", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("semmae-pretrain: error: hydra.run.dir=") and "holds another run" in lines[0]
@@ -92,8 +103,15 @@ def test_the_cli_refuses_with_one_line_before_hydra_writes_anything(tmp_path):
 
 
 # --- a real run: resume continues *the* run, overwrite removes only what a run writes ----------------------------
-TWO_EPOCHS = ["logger=none", "dataset.train_subset=128", "dataset.val_subset=64", "dataset.batch_size=64",
-              "trainer.max_epochs=2", "backbone.depth=2", "callbacks.reconstruction.num_images=2"]
+TWO_EPOCHS = [
+    "logger=none",
+    "dataset.train_subset=128",
+    "dataset.val_subset=64",
+    "dataset.batch_size=64",
+    "trainer.max_epochs=2",
+    "backbone.depth=2",
+    "callbacks.reconstruction.num_images=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +133,9 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 def resume(run: Path, fmnist_root: Path, ckpt: Path, *extra: str) -> tuple[int, str]:
     from tests.conftest import run_entry
 
-    return run_entry("pretrain", [*TWO_EPOCHS, f"dataset.root={fmnist_root}", f"ckpt_path={ckpt}",
-                                  f"hydra.run.dir={run}", *extra])
+    return run_entry(
+        "pretrain", [*TWO_EPOCHS, f"dataset.root={fmnist_root}", f"ckpt_path={ckpt}", f"hydra.run.dir={run}", *extra]
+    )
 
 
 def test_resuming_a_finished_run_is_refused_and_keeps_its_results(two_epoch_run, fmnist_root, tmp_path):
@@ -126,15 +145,18 @@ def test_resuming_a_finished_run_is_refused_and_keeps_its_results(two_epoch_run,
     results = (run / "results.json").read_text()
     code, err = resume(run, fmnist_root, run / "checkpoints" / "last.ckpt")
     assert code == 2
-    assert "is the end of a finished run (2 epochs trained, trainer.max_epochs=2)" in one_error_line(err, "semmae-pretrain")
+    assert "is the end of a finished run (2 epochs trained, trainer.max_epochs=2)" in one_error_line(
+        err, "semmae-pretrain"
+    )
     assert (run / "results.json").read_text() == results and not (run / "failed.json").exists()
 
 
 def test_resuming_past_the_end_elsewhere_is_one_line(two_epoch_run, fmnist_root, tmp_path):
     from tests.conftest import one_error_line
 
-    code, err = resume(tmp_path / "new", fmnist_root, two_epoch_run / "checkpoints" / "last.ckpt",
-                       "trainer.max_epochs=1")
+    code, err = resume(
+        tmp_path / "new", fmnist_root, two_epoch_run / "checkpoints" / "last.ckpt", "trainer.max_epochs=1"
+    )
     assert code == 2
     assert "has trained past its end (2 epochs trained, trainer.max_epochs=1)" in one_error_line(err, "semmae-pretrain")
 
@@ -147,8 +169,14 @@ def test_an_earlier_checkpoint_or_other_settings_do_not_resume_the_run(two_epoch
     config = (run / ".hydra" / "config.yaml").read_text()
     code, err = resume(run, fmnist_root, run / "checkpoints" / "epoch_000.ckpt", "trainer.max_epochs=3")
     assert code == 2 and "is not the last checkpoint of the run" in one_error_line(err, "semmae-pretrain")
-    code, err = resume(run, fmnist_root, run / "checkpoints" / "last.ckpt", "trainer.max_epochs=3",
-                       "model.optim.blr=1e-3", "masking.mask_ratio=0.5")
+    code, err = resume(
+        run,
+        fmnist_root,
+        run / "checkpoints" / "last.ckpt",
+        "trainer.max_epochs=3",
+        "model.optim.blr=1e-3",
+        "masking.mask_ratio=0.5",
+    )
     line = one_error_line(err, "semmae-pretrain")
     assert code == 2 and "masking.mask_ratio 0.75 -> 0.5" in line and "model.optim.blr 0.00015 -> 0.001" in line
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
@@ -164,7 +192,11 @@ def test_a_resume_with_the_runs_settings_continues_it(two_epoch_run, fmnist_root
     code, err = resume(run, fmnist_root, run / "checkpoints" / "last.ckpt", "trainer.max_epochs=3")
     assert code == 0, err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_000.ckpt", "epoch_001.ckpt", "epoch_002.ckpt", "last.ckpt"]
+        "epoch_000.ckpt",
+        "epoch_001.ckpt",
+        "epoch_002.ckpt",
+        "last.ckpt",
+    ]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
     assert json.loads((run / "results.json").read_text())["metrics"]
 

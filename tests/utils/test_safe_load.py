@@ -70,8 +70,11 @@ def persistent_id(path, payload):
         PersistentPickler(fh, protocol=2).dump({"model": {}, "x": payload, "y": System(payload.marker)})
 
 
-@pytest.mark.parametrize("shape", [optimizer_state, dict_key, tensor_subclass, raw_pickle, legacy_format,
-                                   official_args, persistent_id], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "shape",
+    [optimizer_state, dict_key, tensor_subclass, raw_pickle, legacy_format, official_args, persistent_id],
+    ids=lambda f: f.__name__,
+)
 @pytest.mark.parametrize("payload,name", [(System, "os.system"), (Call, "subprocess.call")])
 def test_every_payload_shape_is_refused_naming_what_it_would_run(tmp_path, shape, payload, name):
     marker = tmp_path / "PWNED"

@@ -26,8 +26,11 @@ def launcher_cfg(compose_cfg, *overrides):
 def slurm_on_path(monkeypatch):
     """As on a login node: sbatch and srun found (the launcher's target checks for them, nothing here runs them)."""
     real_which = slurm.shutil.which
-    monkeypatch.setattr(slurm.shutil, "which",
-                        lambda cmd, *a, **k: f"/usr/bin/{cmd}" if cmd in ("sbatch", "srun") else real_which(cmd, *a, **k))
+    monkeypatch.setattr(
+        slurm.shutil,
+        "which",
+        lambda cmd, *a, **k: f"/usr/bin/{cmd}" if cmd in ("sbatch", "srun") else real_which(cmd, *a, **k),
+    )
 
 
 def test_launcher_follows_the_trainer_and_the_environment(compose_cfg, monkeypatch, slurm_on_path):
@@ -63,11 +66,23 @@ def test_launcher_config_is_what_submitit_accepts(compose_cfg, tmp_path, monkeyp
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"])
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
-                                  if k not in ("_target_", "submitit_folder", "max_num_timeout")})
+    executor.update_parameters(
+        **{
+            k if k in base else f"slurm_{k}": v
+            for k, v in params.items()
+            if k not in ("_target_", "submitit_folder", "max_num_timeout")
+        }
+    )
     sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
-    for line in ("--ntasks-per-node=4", "--gpus-per-node=4", "--nodes=1", "--partition=a100", "--signal=USR2@120",
-                 "--time=240", "--cpus-per-task=4"):
+    for line in (
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--nodes=1",
+        "--partition=a100",
+        "--signal=USR2@120",
+        "--time=240",
+        "--cpus-per-task=4",
+    ):
         assert f"#SBATCH {line}" in sbatch, (line, sbatch)
 
 
@@ -89,9 +104,22 @@ def test_a_slurm_sweep_without_slurm_stops_with_one_line(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
     env = {**os.environ, "PATH": str(empty), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "semmae.pretrain", "-m", "hydra/launcher=slurm", "logger=none",
-                           "masking.mask_ratio=0.5,0.75"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semmae.pretrain",
+            "-m",
+            "hydra/launcher=slurm",
+            "logger=none",
+            "masking.mask_ratio=0.5,0.75",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -100,7 +128,9 @@ def test_a_slurm_sweep_without_slurm_stops_with_one_line(tmp_path):
 
 
 def test_without_the_extra_the_config_composes_and_a_sweep_stops_with_one_line(tmp_path):
-    code = HIDE_EXTRA + """
+    code = (
+        HIDE_EXTRA
+        + """
 import importlib.util
 assert importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None
 from pathlib import Path
@@ -112,6 +142,7 @@ sys.argv = ["semmae-pretrain", "-m", "hydra/launcher=slurm", "logger=none", "mas
 from semmae.cli.pretrain import main
 main()
 """
+    )
     proc = run_python(code, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "composed" in proc.stdout
