@@ -477,7 +477,8 @@ def write_profiles(suite: Suite, fig: dict) -> None:
         "# Where a training step's time goes",
         "",
         f"bench_pretrain.py --profile, {suite.args.device}, scale {suite.args.scale}. Parts: the eager pieces "
-        "of the fastest of 5 eager steps timed part by part; their sum against the fastest of 5 eager steps timed whole; top "
+        "of the fastest of 5 eager steps timed part by part; their sum against the fastest of 5 eager steps "
+        "timed whole; top "
         "kernels (operators on a CPU) by self time over 3 steps of the variant's own step (compiled if it "
         "is).",
         "",

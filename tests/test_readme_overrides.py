@@ -1,6 +1,7 @@
-"""Every command line README.md and the manual in docs/ document composes: the entry-point commands (`semmae-<task> ...`,
-`python -m semmae.<task> ...`, `make <task> ARGS='...'`, in code blocks and inline) with their task's config, and
-every inline span of overrides (`ckpt=null`, `analysis.tau=...`) with at least one entry point's config.
+"""Every command line README.md and the manual in docs/ document composes: the entry-point commands
+(`semmae-<task> ...`, `python -m semmae.<task> ...`, `make <task> ARGS='...'`, in code blocks and inline) with their
+task's config, and every inline span of overrides (`ckpt=null`, `analysis.tau=...`) with at least one entry point's
+config.
 Placeholders (PATH, DIR, N, <run>, ...) are replaced by dummy values; nothing runs."""
 
 from __future__ import annotations

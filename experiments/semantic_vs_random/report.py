@@ -38,7 +38,7 @@ MAIN_COLUMNS = [
     ("fine-tuned: shallow prefix share", "finetune", "attn/shallow_prefix_share", 1.0),
     ("fine-tuned: shallow norm ratio", "finetune", "attn/shallow_norm_ratio", 1.0),
 ]
-# The field's diagnostics (docs/artifacts.md#diagnostics), shown in a table of their own when the analyze runs have them.
+# The field's diagnostics (docs/artifacts.md#diagnostics), in a table of their own when the analyze runs have them.
 DIAGNOSTIC_COLUMNS = [
     ("NOP heads", "analyze", "attn/nop_heads", 1.0),
     ("broadcast heads", "analyze", "attn/broadcast_heads", 1.0),

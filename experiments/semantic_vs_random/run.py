@@ -16,9 +16,8 @@ pretrain, linear probe on the CLS token (linprobe) and on the mean patch token (
 the patch tokens (probe_ep) and DINO's k-NN on the CLS token (knn), both on the linear probe's cached images,
 fine-tuning with the artifact series, analyze. `--mode screening` (its default) runs seed 0 of every arm;
 `--mode confirmation` seeds 0 1 2 of the arms named with --strategies, plus random and random_registers, into the
-same --out, so the screening's seed-0 cells are reused. Its report pairs every arm with random seed by seed and applies the study's decision rule. A cell
-takes ~13 min on 2 cores (measured for random): pretraining 60,000 images x 6 epochs without the online probe ~8 min
-(~770 img/s), the two probes ~45 s, fine-tuning 1,000 steps with the series on 1,000 images ~4 min.
+same --out, so the screening's seed-0 cells are reused. Its report pairs every arm with random seed by seed and
+applies the study's decision rule. A cell takes ~13 min on 2 cores (docs/studies.md).
 
     python experiments/semantic_vs_random/run.py --preset cpu                # main study, ~75 min on 2 cores
     python experiments/semantic_vs_random/run.py --preset cpu --ablation     # ablation, ~25 min on 2 cores
@@ -280,7 +279,8 @@ PRESETS = {
         "the sinks on 256 validation images after every epoch; linear probes (10,000 + 5,000, 30 epochs) on "
         "the CLS token and on the mean patch token, efficient probing and k-NN on the same images; fine-tuning "
         "4 epochs on 16,000 (batch 64, 1,000 steps) with the artifact series on 1,000 validation images "
-        "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row (~13 min per cell)",
+        "(start, 10/25/50/75% of the steps, end); semmae-analyze (1,000 images); no segmentation, no floor row "
+        "(~13 min per cell)",
         data=FMNIST,
         tasks={
             "train": ["logger=csv", "trainer=cpu"],

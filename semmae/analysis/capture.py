@@ -107,7 +107,8 @@ def _check_blocks(encoder: nn.Module) -> list[nn.Module]:
             or not isinstance(getattr(attn, "attn_drop", None), nn.Module)
         ):
             raise ConfigError(
-                f"block {i + 1} of {type(encoder).__name__} has no timm Attention (attn.fused_attn and attn.attn_drop): "
+                f"block {i + 1} of {type(encoder).__name__} has no timm Attention "
+                "(attn.fused_attn and attn.attn_drop): "
                 "attention capture supports timm ViT blocks only"
             )
     return blocks

@@ -64,8 +64,9 @@ def region_image(regions: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
 
 
 def masks_figure(images, results: dict[str, dict[str, Any]], stats, grid, patch: int, mean, std, path):
-    """Rows = images, columns = strategies (visible patches show the image, hidden ones are greyed); a strategy whose
-    results carry own_regions (the semantic strategies) also gets a column with its region map, once per distinct map."""
+    """Rows = images, columns = strategies (visible patches show the image, hidden ones are greyed); a strategy
+    whose results carry own_regions (the semantic strategies) also gets a column with its region map, once per
+    distinct map."""
     shown = denormalize(images.float(), mean, std)
     columns: list[tuple[str, str]] = [("image", "")]
     drawn: list[torch.Tensor] = []  # region maps already given a column

@@ -205,7 +205,8 @@ class ProbeRun:
             self.cfg.model.cache_max_ram_share,
             device,
             fix=(
-                "lower dataset.val_subset / dataset.train_subset, probe fewer blocks (model.block), read pooled features "
+                "lower dataset.val_subset / dataset.train_subset, probe fewer blocks (model.block), "
+                "read pooled features "
                 "only (model.head=linear or knn), or stream the images (model.feature_cache=false)"
             ),
         )

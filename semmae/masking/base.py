@@ -89,7 +89,8 @@ class MaskingStrategy(ABC):
     """Base class. Subclasses implement scores(); everything else is shared.
 
     A strategy that reads more than the images from the batch says so in data_needs(), and the entry point asks the
-    datamodule for those entries before training (semmae.cli.pretrain), so a missing input fails before the first step."""
+    datamodule for those entries before training (semmae.cli.pretrain), so a missing input fails before the first
+    step."""
 
     name = "base"
     uses_progress = False  # True: reads batch["progress"], the training progress in [0, 1], set by make_mask

@@ -6,8 +6,8 @@ rectangles are drawn at once (area uniform in [min_patches, number to hide], log
 [log min_aspect, -log min_aspect], position uniform; sides clipped to the grid) and taken in order: a patch's score
 falls with the index of the first rectangle that covers it, so keeping the lowest scores hides the earliest
 rectangles first. The rectangle during which the count is reached is hidden in part, row by row from its top or
-its bottom (still a block); patches no rectangle covers come last, in random order (with the defaults the candidates cover
-the required count in all but a vanishing fraction of images). All images at once on the training device, a few
+its bottom (still a block); patches no rectangle covers come last, in random order (with the defaults the candidates
+cover the required count in all but a vanishing fraction of images). All images at once on the training device, a few
 broadcasted comparisons: cheaper than BEiT's loop, also on the CPU, so nothing runs in the data loader (its cost per
 batch: docs/masking.md#cost).
 

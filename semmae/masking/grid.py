@@ -25,7 +25,8 @@ class GridMasking(MaskingStrategy):
         if cell < 2 or abs(1.0 - 1.0 / cell**2 - self.mask_ratio) > 1e-3:
             raise ConfigError(
                 f"masking=grid keeps one patch per s x s cell, so masking.mask_ratio must be 1 - 1/s^2 "
-                f"(0.75, 0.889, 0.9375, ...), got {self.mask_ratio:g}; use masking=random or masking=block for other ratios"
+                f"(0.75, 0.889, 0.9375, ...), got {self.mask_ratio:g}; "
+                "use masking=random or masking=block for other ratios"
             )
         self.cell = cell
 

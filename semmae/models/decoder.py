@@ -44,8 +44,9 @@ class MAEDecoder(nn.Module):
         self.num_patches = num_patches
 
     def forward(self, tokens: torch.Tensor, ids_restore: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
-        """Encoder tokens [B, P + K, D_enc] (CLS first, then P - 1 registers), ids_restore [B, N] -> pixel predictions
-        [B, N, p*p*C]. The registers are dropped here: the decoder's own sequence is [CLS, N patches], as without them."""
+        """Encoder tokens [B, P + K, D_enc] (CLS first, then P - 1 registers), ids_restore [B, N] -> pixel
+        predictions [B, N, p*p*C]. The registers are dropped here: the decoder's own sequence is [CLS, N patches], as
+        without them."""
         if num_prefix_tokens > 1:
             tokens = torch.cat([tokens[:, :1], tokens[:, num_prefix_tokens:]], dim=1)
         x = self.embed(tokens)

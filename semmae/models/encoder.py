@@ -167,7 +167,8 @@ def validate_geometry(img_size: int, patch_size: int, embed_dim: int, num_heads:
     if img_size % patch_size:
         raise ConfigError(
             f"image size {img_size} is not divisible by patch size {patch_size}: "
-            f"set backbone.img_size to a multiple of {patch_size} (e.g. {img_size - img_size % patch_size + patch_size})"
+            f"set backbone.img_size to a multiple of {patch_size} "
+            f"(e.g. {img_size - img_size % patch_size + patch_size})"
         )
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")

@@ -224,7 +224,8 @@ def weights_from_checkpoint(ckpt: Any, origin: str) -> EncoderWeights:
     if not any(str(k).endswith(ANCHOR) for k in state):
         raise CheckpointError(
             f"{origin} is not an encoder checkpoint: expected a semmae checkpoint, an exported encoder, an official "
-            f"MAE .pth (weights under 'model') or a ViT state dict; its top-level keys: {', '.join(map(str, list(ckpt)[:8]))}"
+            f"MAE .pth (weights under 'model') or a ViT state dict; "
+            f"its top-level keys: {', '.join(map(str, list(ckpt)[:8]))}"
         )
     state = strip_to_encoder(state, origin)
     config, guessed = infer_geometry(state, origin)

@@ -98,7 +98,8 @@ class FinetuneTask(ClassifierEvaluation):
         return self(batch["image"])
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Layer-wise lr decay (model.optim.layer_decay): the head at the peak lr, block i at decay^(depth - i) of it."""
+        """Layer-wise lr decay (model.optim.layer_decay): the head at the peak lr, block i at decay^(depth - i) of
+        it."""
         return layer_decay_groups(self.encoder, self.optim_cfg["weight_decay"], self.optim_cfg["layer_decay"])
 
     def checkpoint_fields(self) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def test_the_configs_default_to_the_official_count(compose_cfg):
         (["masking.visible_count=floor"], "masking.visible_count must be official or round, got 'floor'"),
         (
             ["masking.mask_ratio=0.005", "masking.visible_count=round"],
-            "masking.mask_ratio=0.005 keeps 64 of 64 patches visible (round: round(64 x (1 - 0.005))), so nothing is masked "
+            "masking.mask_ratio=0.005 keeps 64 of 64 patches visible (round: round(64 x (1 - 0.005))), "
+            "so nothing is masked "
             "and the loss is 0: choose a ratio that keeps 1 to 63",
         ),
         (

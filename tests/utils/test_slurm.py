@@ -89,7 +89,9 @@ def test_launcher_config_is_what_submitit_accepts(compose_cfg, tmp_path, monkeyp
 HIDE_EXTRA = """
 import hydra_plugins, os, sys
 # as if hydra-submitit-launcher were not installed: drop its folder from the plugin namespace
-hydra_plugins.__path__ = [p for p in hydra_plugins.__path__ if not os.path.isdir(os.path.join(p, "hydra_submitit_launcher"))]
+hydra_plugins.__path__ = [
+    p for p in hydra_plugins.__path__ if not os.path.isdir(os.path.join(p, "hydra_submitit_launcher"))
+]
 """
 
 
