@@ -20,9 +20,9 @@ from torch import nn
 from semmae.analysis.capture import find_encoder
 from semmae.analysis.invariance import InvarianceAccumulator, InvarianceSettings, patch_tokens, projector, soap_weights
 from semmae.analysis.register_neurons import OutlierSettings
+from semmae.analysis.registers_at_test_time import RegistersAtTestTime, find_register_neurons, neurons_by_block
 from semmae.analysis.soap import SoapProjection
 from semmae.analysis.synthetic_images import synthetic_batches
-from semmae.analysis.test_time_registers import TestTimeRegisters, find_register_neurons, neurons_by_block
 from semmae.errors import ConfigError
 
 FIX_KEYS = ("test_time_registers", "soap", "fix")  # what the encoder node holds beside the build overrides
@@ -124,7 +124,7 @@ def apply_fixes(encoder: nn.Module, settings: FixSettings, images: list[torch.Te
                 stacklevel=2,
             )
         else:
-            ttr = TestTimeRegisters(settings.test_time_registers, neurons_by_block(ranked))
+            ttr = RegistersAtTestTime(settings.test_time_registers, neurons_by_block(ranked))
             ttr.to(next(encoder.parameters()).device)
             ttr.attach(encoder)
             done.append(ttr.describe())

@@ -9,7 +9,7 @@ import torch
 from semmae.analysis import register_neurons as RN
 from semmae.analysis.capture import capture
 from semmae.analysis.fixes import FixSettings, apply_fixes, remove_fixes
-from semmae.analysis.test_time_registers import TestTimeRegisters, find_register_neurons, sign_max
+from semmae.analysis.registers_at_test_time import RegistersAtTestTime, find_register_neurons, sign_max
 from semmae.masking.random import RandomMasking
 from semmae.models.heads import pool_tokens
 from semmae.models.segmenter import Segmenter
@@ -58,7 +58,7 @@ def test_the_outlier_moves_to_the_register():
 
 def test_every_forward_path_counts_the_registers_as_prefix():
     enc, x = planted(), planting.images(4)
-    TestTimeRegisters(2, {0: [NEURON]}).attach(enc)
+    RegistersAtTestTime(2, {0: [NEURON]}).attach(enc)
     with torch.no_grad():
         out = enc.forward_features(x)
         assert out.shape == (4, 3 + planting.P, planting.WIDTH)

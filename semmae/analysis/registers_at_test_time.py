@@ -58,7 +58,7 @@ def find_register_neurons(encoder: nn.Module, batches, settings: OutlierSettings
     return scores.ranked(detect + 1, top_k), n_outliers
 
 
-class TestTimeRegisters(nn.Module):
+class RegistersAtTestTime(nn.Module):
     """The K tokens and the register neurons of one encoder; attach() installs them, detach() restores the encoder.
     neurons: {0-based block: [neuron indices]}."""
 
