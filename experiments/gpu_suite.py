@@ -13,8 +13,8 @@ A failed or timed-out step is recorded and the next one runs; a step that would 
   3. sync        the sync-debug tests of every masking strategy (tests/tasks/test_step_sync.py -m gpu)   ~1 min
   4. readings    run.py --preset gpu-suite-readings: random, random_registers, semantic, semantic_features
                  with ViT-T/4 at equal epochs, into RESULTS.md (section `gpu`)                         what is left
-  5. probes      EP, k-NN and linear probes of step 4's checkpoints, once semmae-linprobe accepts
-                 model.head=ep / knn                                                                  ~1 min
+  5. probes      EP, k-NN and linear probes of step 4's checkpoints (skipped where semmae-linprobe does
+                 not accept model.head=ep / knn)                                                      ~1 min
 
 What comes back from $OUT (at most 8 files, 2 folders down): summary.json, summary.md, suite.log (every command and
 its output), profile.md (the step breakdowns), RESULTS.md and extras.tar (its figures: `tar xf extras.tar`).
