@@ -20,7 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "$STUDY"  # stands for the study directory (run.py --out) in commands when it lies outside the repository
-FLOOR = "random_init"  # run.py's floor cell: a randomly initialised encoder, probed and analysed
+# run.py's cells: FLOOR, a randomly initialised encoder probed and analysed, the floor every probe is read against
+# (docs/masking.md#comparing-strategies); TASKS, the tasks of the main study's cells
+FLOOR = "random_init"
 TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
 # (column, task, metric key, scale): the table of the main study.
 MAIN_COLUMNS = [

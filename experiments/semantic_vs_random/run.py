@@ -53,7 +53,9 @@ from semmae.utils.run_dir import previous_run
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TASKS = ("pretrain", "linprobe", "finetune", "segment", "analyze")
+sys.path.insert(0, str(HERE))
+from report import FLOOR, TASKS  # noqa: E402  the report reads the cells this runner writes: one definition
+
 ABLATION_TASKS = ("pretrain", "linprobe", "analyze")
 # the readings study: the linear probe on the CLS token (linprobe) and on the mean patch token (linprobe_avg),
 # efficient probing (probe_ep) and k-NN (knn), all four on the same images
@@ -62,7 +64,6 @@ ALL_TASKS = (*TASKS, "linprobe_avg", "probe_ep", "knn")
 # a task (its run directory) -> its semmae.<module> when the names differ
 MODULES = {"linprobe_avg": "linprobe", "probe_ep": "linprobe", "knn": "linprobe"}
 TRAINING = ("pretrain", "linprobe", "linprobe_avg", "probe_ep", "knn", "finetune", "segment")
-FLOOR = "random_init"  # the floor every probe is read against (docs/masking.md#comparing-strategies): no pretraining
 FLOOR_TASKS = ("linprobe", "analyze")
 STRATEGIES = {
     "random": ["masking=random"],
@@ -796,8 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         with open(out / "sessions.jsonl", "a") as f:
             f.write(json.dumps(session) + "\n")
-    sys.path.insert(0, str(HERE))
-    import report  # next to this file
+    import report  # next to this file (on sys.path since the import of FLOOR)
 
     preset = PRESETS[args.preset]
     strategies, seeds = args.strategies, args.seeds
