@@ -60,6 +60,12 @@ def knn_check(cfg: DictConfig, model: Any, datamodule: Any, fast_dev_run: bool =
     most = datamodule.eval_batch_size if fast_dev_run else None
     n_train = min(int(s["train_images"]), datamodule.split_size("train"), most or int(s["train_images"]))
     n_val = min(int(s["val_images"]), datamodule.split_size("val"), most or int(s["val_images"]))
+    if n_train < int(
+        s["neighbours"]
+    ):  # too few images to vote: the run itself is fine, the check says why it is absent
+        return {
+            "knn/skipped": f"not measured: {n_train} training images, fewer than knn_eval.neighbours={s['neighbours']}"
+        }
     ks = check_knn([s["neighbours"]], s["temperature"], n_train, key="knn_eval")
     indices = {"train": subset_indices(datamodule.split_size("train"), n_train, cfg.seed), "val": list(range(n_val))}
     twin = random_encoder({**plain(cfg.backbone), **trained.config}, seed=cfg.seed).to(device)
@@ -123,6 +129,8 @@ def knn_lines(cfg: DictConfig, knn: dict[str, Any]) -> dict[str, str]:
     """The summary's k-NN line: the trained encoder's top-1 next to its initialisation's."""
     if not knn:
         return {"k-NN top-1": "(knn_eval.enabled=false)"}
+    if "knn/skipped" in knn:
+        return {"k-NN top-1": f"({knn['knn/skipped']})"}
     k = cfg.knn_eval.neighbours
     trained, init = 100 * knn["knn/top1"], 100 * knn["knn/random_init_top1"]
     return {

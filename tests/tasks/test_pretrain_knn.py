@@ -44,3 +44,11 @@ def test_an_untrained_model_scores_as_its_initialisation_and_the_check_switches_
     assert out["knn/top1"] == out["knn/random_init_top1"]  # the untrained model is its own initialisation
     disabled = compose_cfg("pretrain", [f"dataset.root={fmnist_root}", *TINY, "knn_eval.enabled=false"])
     assert knn_check(disabled, model, datamodule) == {}
+
+
+def test_fewer_training_images_than_neighbours_leave_the_check_out_not_the_run(compose_cfg, fmnist_root, capsys):
+    overrides = ["debug=fast_dev_run", f"dataset.root={fmnist_root}", *TINY, "dataset.eval_batch_size=16"]
+    metrics = run(compose_cfg("pretrain", overrides))  # a fast dev run reads one batch of 16: k = 20 cannot vote
+    assert "knn/top1" not in metrics
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("k-NN top-1"))
+    assert line.endswith("(not measured: 16 training images, fewer than knn_eval.neighbours=20)")
