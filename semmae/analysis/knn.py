@@ -37,7 +37,11 @@ def check_knn(ks: Iterable[int], temperature: float, n_train: int | None = None,
         raise ConfigError(f"{key}.neighbours={ks}: every k must be a whole number >= 1")
     ks = sorted(set(ks))
     if n_train is not None and ks[-1] > n_train:
-        raise ConfigError(f"{key}.neighbours={ks[-1]} is more than the {n_train} training images")
+        fit = [k for k in ks if k <= n_train] or [n_train]
+        raise ConfigError(
+            f"{key}.neighbours={ks[-1]} is more than the {n_train} training images: "
+            f"choose ks of at most {n_train}, e.g. {key}.neighbours=[{','.join(map(str, fit))}]"
+        )
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ConfigError(f"{key}.temperature={temperature!r}: must be a number > 0")
     return ks

@@ -121,8 +121,9 @@ class ProbeRun:
         if cfg.model.cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"model.cache_dtype={cfg.model.cache_dtype!r}: one of {', '.join(CACHE_DTYPES)}")
         self.token_dtype = CACHE_DTYPES[cfg.model.cache_dtype]
-        if "knn" in self.heads:
-            check_knn(self.knn["neighbours"], self.knn["temperature"])  # against the training set's size: at the k-NN
+        if "knn" in self.heads:  # a low-shot set's size is known now: a k it cannot take fails before any work
+            n_train = self.datamodule.split_size("train") if cfg.dataset.get("train_per_class") is not None else None
+            check_knn(self.knn["neighbours"], self.knn["temperature"], n_train)
 
     # --- what the run does -------------------------------------------------------------------------------------
     @property

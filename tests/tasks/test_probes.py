@@ -178,6 +178,11 @@ def run_cli(args, cwd):
         (["dataset.train_per_class=1000"], "is more than the"),
         (["model.head=attentive"], "model.head='attentive' is not a probe"),
         (["model.head=ep", "model.cache_max_ram_share=0.000001"], "the feature cache needs"),
+        (  # found before anything is encoded or trained
+            ["model.head=[linear,knn]", "dataset.train_per_class=1"],
+            "model.knn.neighbours=50 is more than the 10 training images: choose ks of at most 10, "
+            "e.g. model.knn.neighbours=[10]",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, fmnist_root, args, needle):
