@@ -161,4 +161,4 @@ def test_a_run_on_a_full_disk_stops_with_one_line(tmp_path, fmnist_root):
         assert good == str(mnt / "run" / "checkpoints" / "epoch_000.ckpt")
         assert torch.load(good, weights_only=True)["epoch"] == 0  # whole and loadable
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)

@@ -225,7 +225,7 @@ def read_only_dir(tmp_path):
     (mnt / "old").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
     yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("existing", [True, False])
