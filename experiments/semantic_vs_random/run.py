@@ -198,6 +198,22 @@ READINGS_FINETUNE = [
     SERIES_AT,
 ]
 
+# the readings' tasks at the smoke preset's scale: smoke-readings and the GPU suite's CPU stand-in run the same
+SMOKE_READINGS = {
+    **SMOKE,
+    "train": ["logger=csv", "trainer.max_epochs=1"],  # csv: the sinks over pretraining
+    "pretrain": [
+        *SMOKE["pretrain"],
+        "model.probe.enabled=false",
+        "callbacks=[default,attention_maps]",
+        "callbacks.attention_maps.num_images=32",
+    ],
+    "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
+    "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
+    "knn": [*SMOKE["linprobe"], "model.head=knn"],
+    "finetune": [*SMOKE["finetune"], SERIES_AT],
+}
+
 PRESETS = {
     "smoke": Preset(
         about="seconds per task: a 3-block width-32 ViT on a few hundred images (the test's preset)",
@@ -206,20 +222,7 @@ PRESETS = {
     "smoke-readings": Preset(
         about="seconds per task: the cpu-readings tasks (probes on the CLS and the mean token, fine-tuning with "
         "the artifact series, analysis) with the smoke preset's 3-block width-32 ViT on a few hundred images",
-        tasks={
-            **SMOKE,
-            "train": ["logger=csv", "trainer.max_epochs=1"],  # csv: the sinks over pretraining
-            "pretrain": [
-                *SMOKE["pretrain"],
-                "model.probe.enabled=false",
-                "callbacks=[default,attention_maps]",
-                "callbacks.attention_maps.num_images=32",
-            ],
-            "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
-            "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
-            "knn": [*SMOKE["linprobe"], "model.head=knn"],
-            "finetune": [*SMOKE["finetune"], SERIES_AT],
-        },
+        tasks=SMOKE_READINGS,
         **READINGS,
     ),
     "cpu": Preset(
@@ -479,20 +482,7 @@ PRESETS = {
     "gpu-suite-tiny": Preset(
         about="the GPU suite's readings shrunk to seconds per task on a CPU (gpu_suite.py --scale tiny): the "
         "smoke-readings tasks and model on a few hundred images, the four arms of gpu-suite-readings",
-        tasks={
-            **SMOKE,
-            "train": ["logger=csv", "trainer.max_epochs=1"],
-            "pretrain": [
-                *SMOKE["pretrain"],
-                "model.probe.enabled=false",
-                "callbacks=[default,attention_maps]",
-                "callbacks.attention_maps.num_images=32",
-            ],
-            "linprobe_avg": [*SMOKE["linprobe"], "model.pool=avg"],
-            "probe_ep": [*SMOKE["linprobe"], "model.head=ep"],
-            "knn": [*SMOKE["linprobe"], "model.head=knn"],
-            "finetune": [*SMOKE["finetune"], SERIES_AT],
-        },
+        tasks=SMOKE_READINGS,
         section="gpu",
         **{**READINGS, "strategies": SUITE_ARMS},
     ),
