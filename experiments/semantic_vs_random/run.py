@@ -562,6 +562,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
                 inputs = masking
             elif task == "analyze":  # names label the figures: the strategy, or the ablation variant
                 inputs = [f"ckpt={ckpt}", f"names=[{cell.split('/')[1] if args.ablation else cell.split('/')[0]}]"]
+                if preset.readings and not args.ablation:  # the asymmetry's pretraining view: the arm's own masking
+                    inputs += [o for o in masking if o.startswith("masking")]
             else:
                 inputs = [f"ckpt={ckpt}"]
             user = [*extra.get("all", []), *(extra.get("train", []) if task in TRAINING else []), *extra.get(task, [])]
@@ -578,7 +580,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
                 f"hydra.run.dir={run_dir}",
             ]
             jobs.append(Job(cell, task, argv, run_dir, None if task == "pretrain" or floor else ckpt.parents[1]))
-    return jobs
+    return [j for j in jobs if j.task in args.tasks] if args.tasks else jobs
 
 
 def one_line_error(stderr: str) -> str:
@@ -712,6 +714,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start no task after MINUTES of this run (the one running finishes); the next run resumes:\n"
         "a long study in pieces that each end within a working session",
     )
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="only these of the preset's tasks (pretraining first when a later one needs it); the others are\n"
+        "left for a later run into the same --out, e.g. every cell's pretrain and analyze before any fine-tuning",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands (those already done marked) and stop")
     p.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from what is there; run nothing")
     args = p.parse_args(argv)
@@ -739,6 +748,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.results is None:  # the smoke and GPU-suite presets never write the study's own RESULTS.md by default
         own = not args.preset.startswith(("smoke", "gpu-suite")) and Path(args.out).resolve() == default_out
         args.results = str(HERE / "RESULTS.md") if own else str(Path(args.out) / "RESULTS.md")
+    if args.tasks:
+        allowed = ABLATION_TASKS if args.ablation else preset.run_tasks
+        wrong = [t for t in args.tasks if t not in allowed]
+        if wrong:
+            p.error(f"--tasks {' '.join(wrong)}: not a task of --preset {args.preset} (its tasks: {' '.join(allowed)})")
     for item in args.set:
         task, sep, _ = item.partition(":")
         if not sep or task not in ("all", "train", *ALL_TASKS):

@@ -100,6 +100,24 @@ def test_every_cpu_readings_command_composes(tmp_path):
             assert list(cfg.callbacks.attention_maps.series_at) == [0.1, 0.25, 0.5, 0.75]
         else:
             assert job.task == "analyze" and cfg.num_images == 1000 and list(cfg.names) == [arm]
+            # the asymmetry's pretraining view is drawn by the arm's own masking
+            assert OmegaConf.to_container(cfg.masking)["_target_"].endswith(MASKINGS[arm])
+            if arm.startswith("semantic_informative"):
+                assert cfg.masking.alpha == int(arm[-1])
+
+
+def test_tasks_runs_a_part_of_every_cell_and_names_a_task_the_preset_lacks(tmp_path, capsys):
+    out = tmp_path / "study"
+    base = ["--preset", "cpu-instrument", "--out", str(out)]
+    whole = run.plan(run.parse_args(base))
+    part = run.plan(run.parse_args([*base, "--tasks", "pretrain", "analyze"]))
+    assert [(j.cell, j.task) for j in part] == [(j.cell, j.task) for j in whole if j.task in ("pretrain", "analyze")]
+    assert {j.task for j in whole} == {"pretrain", "linprobe", "finetune", "analyze"}
+    assert [j.argv for j in part] == [j.argv for j in whole if j.task in ("pretrain", "analyze")]
+    with pytest.raises(SystemExit):
+        run.parse_args([*base, "--tasks", "pretrain", "probe_ep"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --tasks probe_ep: not a task of --preset cpu-instrument" in err, err
 
 
 def fake_cell(
