@@ -920,6 +920,7 @@ def write(
     tasks: tuple[str, ...] = TASKS,
     readings: bool = False,
     section: str | None = None,
+    instrument: bool = False,
 ) -> Path:
     """Write (or update) the preset's section of RESULTS.md at path; figures go to <path's folder>/figures/<key>/.
     A section keyed apart from its preset (gpu-suite-readings: `gpu`) is titled by its key and names the device."""
@@ -930,6 +931,10 @@ def write(
     rel = Path("figures") / key
     if ablation:
         body = ablation_section(out, preset, variants, seeds[0], about)
+    elif instrument:  # run.py --preset cpu-instrument: the diagnostics' resolving power
+        import resolving_power  # it reads cells with this module's helpers: imported here, not at the top
+
+        body = resolving_power.section(out, figures, rel, preset, strategies, seeds, about, tasks)
     elif readings:  # run.py --preset cpu-readings (and smoke-readings): paired differences and the decision rule
         body = readings_section(out, figures, rel, preset, strategies, seeds, about, tasks, title)
     else:

@@ -25,6 +25,8 @@ applies the study's decision rule. A cell takes ~13 min on 2 cores (docs/studies
     python experiments/semantic_vs_random/run.py --preset cpu-readings       # screening: 9 arms x seed 0, ~2 h
     python experiments/semantic_vs_random/run.py --preset cpu-readings --mode confirmation \
         --strategies semantic_stratified semantic_features    # 4 arms x seeds 0 1 2, the 4 seed-0 cells reused: ~1.8 h
+    python experiments/semantic_vs_random/run.py --preset cpu-instrument --tasks pretrain linprobe analyze
+        # the diagnostics' resolving power (resolving_power.py), every cell but its fine-tuning; then without --tasks
     python experiments/semantic_vs_random/run.py --preset gpu                # one GPU, longer schedules, ViT-T
     python experiments/semantic_vs_random/run.py --preset gpu-readings       # the readings study on one GPU
     python experiments/semantic_vs_random/run.py --preset paper --data-root /data/imagenet \
@@ -139,6 +141,7 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2)
     floor: bool = True
     readings: bool = False  # --mode screening | confirmation, and the readings report (paired differences)
+    instrument: bool = False  # the instrument report: each diagnostic's resolving power (resolving_power.py)
     confirmation_seeds: tuple[int, ...] = (0, 1, 2)
     section: str | None = None  # its marked section of RESULTS.md (default: the preset's name)
 
@@ -319,7 +322,7 @@ PRESETS = {
         strategies=INSTRUMENT_ARMS,
         seeds=(0, 1, 2),
         floor=False,
-        readings=True,
+        instrument=True,
     ),
     "gpu": Preset(
         about="one GPU: ViT-T/4 at 32 px (experiment=fmnist_vit_tiny_gpu), pretrain 100 epochs on all 60,000 "
@@ -562,7 +565,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
                 inputs = masking
             elif task == "analyze":  # names label the figures: the strategy, or the ablation variant
                 inputs = [f"ckpt={ckpt}", f"names=[{cell.split('/')[1] if args.ablation else cell.split('/')[0]}]"]
-                if preset.readings and not args.ablation:  # the asymmetry's pretraining view: the arm's own masking
+                if (preset.readings or preset.instrument) and not args.ablation:  # the asymmetry's pretraining
+                    # view: the arm's own masking
                     inputs += [o for o in masking if o.startswith("masking")]
             else:
                 inputs = [f"ckpt={ckpt}"]
@@ -641,12 +645,14 @@ def confirmation_arms(named: list[str]) -> list[str]:
     return list(dict.fromkeys([*READINGS_CONTROLS, *named]))
 
 
-def readings_scope(out: Path, strategies: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
-    """The arms and seeds the readings report covers: this run's and every other one the study directory holds, so
-    that a confirmation's report keeps the screening's arms and the other way round. Arms in the screening's order
-    (random first), seeds ascending."""
+def readings_scope(
+    out: Path, strategies: list[str], seeds: list[int], order: tuple[str, ...] = READINGS_ARMS
+) -> tuple[list[str], list[int]]:
+    """The arms and seeds the readings (or instrument) report covers: this run's and every other one the study
+    directory holds, so that a confirmation's report keeps the screening's arms and the other way round, and a run of
+    some arms keeps the others'. Arms in the preset's order (random first), seeds ascending."""
     found = {s for s in STRATEGIES if (out / s).is_dir()}
-    arms = [s for s in dict.fromkeys([*READINGS_ARMS, *STRATEGIES]) if s in found or s in strategies]
+    arms = [s for s in dict.fromkeys([*order, *STRATEGIES]) if s in found or s in strategies]
     on_disk = {int(d.name[4:]) for s in arms for d in (out / s).glob("seed*") if d.name[4:].isdigit()}
     return arms, sorted(set(seeds) | on_disk)
 
@@ -806,8 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     strategies, seeds = args.strategies, args.seeds
     readings = preset.readings and not args.ablation
-    if readings:
-        strategies, seeds = readings_scope(out, strategies, seeds)
+    if readings or preset.instrument:
+        strategies, seeds = readings_scope(out, strategies, seeds, tuple(preset.strategies))
     path = report.write(
         Path(args.results),
         out,
@@ -820,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks=preset.run_tasks,
         readings=readings,
         section=preset.section,
+        instrument=preset.instrument,
     )
     print(f"wrote {path}")
     failed = [j for j in jobs if not j.done and (j.run_dir / "runner.json").is_file()]  # tried, no results
