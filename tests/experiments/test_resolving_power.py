@@ -100,10 +100,8 @@ def test_the_instrument_section_is_written_from_the_cells(tmp_path):
     assert run.main(argv) == 0
     text = results.read_text()
     assert "<!-- BEGIN cpu-instrument (written by run.py) -->" in text and "Decision rule" not in text
-    assert (
-        "## Preset `cpu-instrument`: random, random_registers, random_gated, semantic, semantic_features x seeds 0, 1, 2"
-        in text
-    )
+    arms = "random, random_registers, random_gated, semantic, semantic_features"
+    assert f"## Preset `cpu-instrument`: {arms} x seeds 0, 1, 2" in text
     assert "`semantic_features` seeds none" in text  # the preset's arm without a cell yet
     assert "- `random_registers` (the control with a known effect): resolved by 1 of 5 diagnostics: " in text
     assert "- `random_gated` (the gated-attention control): resolved by 0 of 5 diagnostics" in text
