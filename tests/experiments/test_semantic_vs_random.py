@@ -4,6 +4,7 @@ Fashion-MNIST, writes every task's results.json and RESULTS.md, and reruns nothi
 
 import importlib.util
 import json
+import os
 import re
 import statistics
 import sys
@@ -381,3 +382,19 @@ def test_a_budget_stops_between_tasks_and_the_next_run_resumes(tmp_path, monkeyp
     assert len(started) == 2 and "--budget-min 0.05 reached: 3 tasks left, not started" in capsys.readouterr().out
     assert run.main(argv[:-2]) == 0 and len(started) == 5  # the rest, and nothing twice
     assert "2 of 5 tasks already done; running 3" in capsys.readouterr().out
+
+
+def test_a_crashed_attempt_is_cleared_and_its_retry_keeps_the_runner_log(tmp_path):
+    run_dir = tmp_path / "study" / "random" / "seed0" / "pretrain"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an early checkpoint of a crashed attempt")
+    (run_dir / "notes.txt").write_text("the user's")
+    script = (
+        "import json, sys, pathlib; print('the retry ran', file=sys.stderr); "
+        f"pathlib.Path({str(run_dir)!r}, 'results.json').write_text(json.dumps({{'metrics': {{}}}}))"
+    )
+    job = run.Job("random/seed0", "pretrain", [sys.executable, "-c", script], run_dir, None)
+    record = run.execute(job, dict(os.environ))
+    assert record["returncode"] == 0 and "error" not in record and "overwrite" not in record["command"]
+    assert not (run_dir / "checkpoints").exists() and (run_dir / "notes.txt").read_text() == "the user's"
+    assert "the retry ran" in (run_dir / "runner.log").read_text()
