@@ -315,7 +315,7 @@ PRESETS = {
         "(random, random + 4 registers, semantic, semantic_features) and random with gated attention, seeds 0 1 "
         "2, each with cpu-readings' settings (pretraining 6 epochs on all 60,000 images, the CLS linear probe, "
         "fine-tuning 1,000 steps with the artifact series, semmae-analyze on 1,000 images); the controls' "
-        "effects on every diagnostic against random's seed spread (~12 min per cell)",
+        "effects on every diagnostic against random's seed spread (12 to 19 min per cell, by machine)",
         data=FMNIST,
         tasks={},  # filled below: cpu-readings' tasks
         run_tasks=("pretrain", "linprobe", "finetune", "analyze"),
