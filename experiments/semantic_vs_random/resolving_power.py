@@ -90,6 +90,17 @@ def verdict(answer: bool | None, n: int) -> str:
     return "**resolves**" if answer else "no"
 
 
+def silent(values, keys: list[str]) -> list[str]:
+    """The diagnostics that read the same value in every cell that has them (e.g. no NOP head anywhere): at this
+    scale they cannot tell any two arms apart."""
+    out = []
+    for key in keys:
+        got = {c[key] for arm in values.values() for c in arm.values() if key in c}
+        if len(got) == 1 and sum(key in c for arm in values.values() for c in arm.values()) > 1:
+            out.append(key)
+    return out
+
+
 def effect(values, arm: str, key: str) -> tuple[list[float], str]:
     """arm − random of one diagnostic, seed by seed: the differences and their `mean ± std (signs)` cell."""
     pair = paired(
@@ -109,12 +120,13 @@ def resolving_table(values, keys: list[str], known: list[str]) -> tuple[str, dic
         ref = [c[key] for c in values[REFERENCE].values() if key in c]
         s = spread(values[REFERENCE], key)
         row = [label(key), pm(ref) if ref else "—", "—" if s is None else f"{s:.3g}"]
+        quiet = key in silent(values, [key])
         for arm in known:
             diffs, text = effect(values, arm, key)
             answer = resolves(diffs, s)
             if answer:
                 resolved[arm].append(key)
-            row += [text, verdict(answer, len(diffs))]
+            row += [text, "silent" if quiet and diffs else verdict(answer, len(diffs))]
         rows.append(row)
     header = ["diagnostic", f"{REFERENCE} (mean ± std)", f"{REFERENCE}'s seed spread"]
     for arm in known:
@@ -191,6 +203,11 @@ def section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about
             parts.append(
                 f"- `{arm}` ({role}): resolved by {len(got)} of {len(keys)} diagnostics"
                 + (": " + ", ".join(f"`{k}`" for k in got) if got else "")
+            )
+        if quiet := silent(values, keys):
+            parts.append(
+                f"- silent at this scale (the same value in every cell): {len(quiet)} of {len(keys)}: "
+                + ", ".join(f"`{k}`" for k in quiet)
             )
         parts.append("")
         readings = [a for a in arms if a != REFERENCE and a not in CONTROLS and values[a]]

@@ -21,6 +21,7 @@ def analyze_cell(cell, sink, prefix, heads, asym_prefix=0.02, series=None):
             "attn/block_01/sink_ratio": 99.0,  # per block: not a row of its own
             "attn/shallow_prefix_share": prefix,
             "attn/nop_heads": heads,
+            "attn/outlier_fraction": 0.0,  # no outlier anywhere: silent
             "asym/shallow_prefix_share": asym_prefix,
             "asym/block_01/prefix_share": 99.0,
         },
@@ -78,6 +79,8 @@ def test_each_diagnostic_s_spread_effect_and_verdict(tmp_path):
     assert "2/3 higher" in r[3] and r[4] == "no"  # the seeds disagree in sign
     assert row(table, "pretrained: nop_heads")[6] == "no"  # random's spread 0, one gated seed equal to random
     assert row(table, "fine-tune end: shallow_sink_ratio")[4] == "— (0 paired seeds)"  # the controls not fine-tuned
+    assert row(table, "pretrained: outlier_fraction")[4] == "silent" == row(table, "pretrained: outlier_fraction")[6]
+    assert resolving_power.silent(values, keys) == ["attn/outlier_fraction"]
     assert resolved == {"random_registers": ["attn/shallow_prefix_share"], "random_gated": []}
     # the readings: only on the diagnostics that resolve a control, with the same rule
     text = resolving_power.readings_table(values, resolved["random_registers"], ["semantic"])
@@ -103,8 +106,9 @@ def test_the_instrument_section_is_written_from_the_cells(tmp_path):
     arms = "random, random_registers, random_gated, semantic, semantic_features"
     assert f"## Preset `cpu-instrument`: {arms} x seeds 0, 1, 2" in text
     assert "`semantic_features` seeds none" in text  # the preset's arm without a cell yet
-    assert "- `random_registers` (the control with a known effect): resolved by 1 of 5 diagnostics: " in text
-    assert "- `random_gated` (the gated-attention control): resolved by 0 of 5 diagnostics" in text
+    assert "- `random_registers` (the control with a known effect): resolved by 1 of 6 diagnostics: " in text
+    assert "- `random_gated` (the gated-attention control): resolved by 0 of 6 diagnostics" in text
+    assert "- silent at this scale (the same value in every cell): 1 of 6: `attn/outlier_fraction`" in text
     asym = row(text, "shallow_prefix_share")  # the asymmetry table: one column per arm
     assert asym[1] == "0.020 ± 0.000" and asym[4] == "0.050 ± 0.000"
     assert "| pretrained: shallow_prefix_share | +0.010 ± 0.000 (3/3 higher) **effect** |" in text
