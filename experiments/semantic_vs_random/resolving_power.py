@@ -95,8 +95,8 @@ def silent(values, keys: list[str]) -> list[str]:
     scale they cannot tell any two arms apart."""
     out = []
     for key in keys:
-        got = {c[key] for arm in values.values() for c in arm.values() if key in c}
-        if len(got) == 1 and sum(key in c for arm in values.values() for c in arm.values()) > 1:
+        got = [c[key] for arm in values.values() for c in arm.values() if key in c]
+        if len(got) > 1 and len(set(got)) == 1:
             out.append(key)
     return out
 
@@ -111,22 +111,21 @@ def effect(values, arm: str, key: str) -> tuple[list[float], str]:
     return pair.diffs, f"{pm(pair.diffs, sign=True)} ({pair.signs()})"
 
 
-def resolving_table(values, keys: list[str], known: list[str]) -> tuple[str, dict[str, list[str]]]:
-    """Rows: every diagnostic; random's mean ± std and spread, then each known-effect arm's effect and verdict.
-    Also returns, per arm, the diagnostics that resolve it."""
+def resolving_table(values, keys: list[str], known: list[str], quiet: list[str]) -> tuple[str, dict[str, list[str]]]:
+    """Rows: every diagnostic; random's mean ± std and spread, then each known-effect arm's effect and verdict
+    (quiet: the silent diagnostics). Also returns, per arm, the diagnostics that resolve it."""
     resolved: dict[str, list[str]] = {a: [] for a in known}
     rows = []
     for key in keys:
         ref = [c[key] for c in values[REFERENCE].values() if key in c]
         s = spread(values[REFERENCE], key)
         row = [label(key), pm(ref) if ref else "—", "—" if s is None else f"{s:.3g}"]
-        quiet = key in silent(values, [key])
         for arm in known:
             diffs, text = effect(values, arm, key)
             answer = resolves(diffs, s)
             if answer:
                 resolved[arm].append(key)
-            row += [text, "silent" if quiet and diffs else verdict(answer, len(diffs))]
+            row += [text, "silent" if key in quiet and diffs else verdict(answer, len(diffs))]
         rows.append(row)
     header = ["diagnostic", f"{REFERENCE} (mean ± std)", f"{REFERENCE}'s seed spread"]
     for arm in known:
@@ -184,7 +183,8 @@ def section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about
     else:
         keys = ordered_keys(values)
         known = [a for a in KNOWN if a in arms]
-        table, resolved = resolving_table(values, keys, known)
+        quiet = silent(values, keys)
+        table, resolved = resolving_table(values, keys, known, quiet)
         parts += [
             f"Resolving power. Every model-level number semmae-analyze writes for the pretrained encoder "
             f"(`attn/...`; asymmetry: `asym/...`, the arm's own masking's pretraining view − the full view) and, "
@@ -204,7 +204,7 @@ def section(out: Path, figures: Path, rel: Path, preset: str, arms, seeds, about
                 f"- `{arm}` ({role}): resolved by {len(got)} of {len(keys)} diagnostics"
                 + (": " + ", ".join(f"`{k}`" for k in got) if got else "")
             )
-        if quiet := silent(values, keys):
+        if quiet:
             parts.append(
                 f"- silent at this scale (the same value in every cell): {len(quiet)} of {len(keys)}: "
                 + ", ".join(f"`{k}`" for k in quiet)

@@ -71,7 +71,8 @@ def test_each_diagnostic_s_spread_effect_and_verdict(tmp_path):
     assert values["random"][0]["ft_end/shallow_sink_ratio"] == 1.0  # the series' last point, not its first
     keys = resolving_power.ordered_keys(values)
     assert keys[0].startswith("attn/shallow_") and keys[-1].startswith("ft_end/")
-    table, resolved = resolving_power.resolving_table(values, keys, ["random_registers", "random_gated"])
+    quiet = resolving_power.silent(values, keys)
+    table, resolved = resolving_power.resolving_table(values, keys, ["random_registers", "random_gated"], quiet)
     r = row(table, "pretrained: shallow_prefix_share")
     assert r[2] == f"{statistics.stdev([0.020, 0.021, 0.022]):.3g}"  # random's spread
     assert r[3].startswith("+0.080 ± 0.000 (3/3 higher)") and r[4] == "**resolves**"
@@ -80,7 +81,7 @@ def test_each_diagnostic_s_spread_effect_and_verdict(tmp_path):
     assert row(table, "pretrained: nop_heads")[6] == "no"  # random's spread 0, one gated seed equal to random
     assert row(table, "fine-tune end: shallow_sink_ratio")[4] == "— (0 paired seeds)"  # the controls not fine-tuned
     assert row(table, "pretrained: outlier_fraction")[4] == "silent" == row(table, "pretrained: outlier_fraction")[6]
-    assert resolving_power.silent(values, keys) == ["attn/outlier_fraction"]
+    assert quiet == ["attn/outlier_fraction"]
     assert resolved == {"random_registers": ["attn/shallow_prefix_share"], "random_gated": []}
     # the readings: only on the diagnostics that resolve a control, with the same rule
     text = resolving_power.readings_table(values, resolved["random_registers"], ["semantic"])
