@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semmae.utils.run_dir import clear_run, previous_run
+from semmae.utils.run_dir import clear_run, is_run_entry
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -600,8 +600,11 @@ def execute(job: Job, env: dict[str, str]) -> dict:
     """Run one task; record command, wall time, exit code and (on failure) the error line in runner.json."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     argv = job.argv
-    if previous_run(job.run_dir):  # an attempt that crashed before its results.json: the task starts over, its
-        clear_run(job.run_dir)  # files removed here (overwrite=true would also remove this runner's runner.log)
+    # An earlier attempt that crashed or was killed before its results.json (perhaps before its first checkpoint,
+    # leaving only its log and csv/version_0): the task starts over, its files removed here (overwrite=true would
+    # also remove this runner's runner.log, and a leftover csv/version_0 would sit beside the retry's version_1).
+    if any(is_run_entry(entry) for entry in job.run_dir.iterdir()):
+        clear_run(job.run_dir)
     record = {"cell": job.cell, "task": job.task, "command": shlex.join(argv)}
     if job.needs is not None and not (job.needs / "results.json").is_file():
         # a crashed pretraining run may have left an early last.ckpt: only a finished one counts

@@ -384,10 +384,15 @@ def test_a_budget_stops_between_tasks_and_the_next_run_resumes(tmp_path, monkeyp
     assert "2 of 5 tasks already done; running 3" in capsys.readouterr().out
 
 
-def test_a_crashed_attempt_is_cleared_and_its_retry_keeps_the_runner_log(tmp_path):
+@pytest.mark.parametrize("killed", ["after_a_checkpoint", "before_a_checkpoint"])
+def test_a_crashed_attempt_is_cleared_and_its_retry_keeps_the_runner_log(tmp_path, killed):
     run_dir = tmp_path / "study" / "random" / "seed0" / "pretrain"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an early checkpoint of a crashed attempt")
+    (run_dir / "csv" / "version_0").mkdir(parents=True)
+    (run_dir / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n50,1.37\n")
+    (run_dir / "pretrain.log").write_text("the killed attempt's log")
+    if killed == "after_a_checkpoint":
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an early checkpoint of a crashed attempt")
     (run_dir / "notes.txt").write_text("the user's")
     script = (
         "import json, sys, pathlib; print('the retry ran', file=sys.stderr); "
@@ -397,4 +402,5 @@ def test_a_crashed_attempt_is_cleared_and_its_retry_keeps_the_runner_log(tmp_pat
     record = run.execute(job, dict(os.environ))
     assert record["returncode"] == 0 and "error" not in record and "overwrite" not in record["command"]
     assert not (run_dir / "checkpoints").exists() and (run_dir / "notes.txt").read_text() == "the user's"
+    assert not (run_dir / "csv").exists() and not (run_dir / "pretrain.log").exists()  # no version_0 beside the retry
     assert "the retry ran" in (run_dir / "runner.log").read_text()
