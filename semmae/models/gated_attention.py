@@ -8,12 +8,13 @@ head can then write nothing for a query without parking its attention on a sink 
 `attn.gate.weight [num_heads, dim]` and `attn.gate.bias [num_heads]`; timm's own elementwise gate (`gated=True`)
 has one gate per channel instead, `[dim, dim]`.
 
-The gate starts open and the same for every token (zero weights, bias GATE_BIAS: sigmoid ~ 0.98), so a gated encoder
-at initialisation computes what the ungated one does with every attention output scaled by 0.98; training learns where
-to close it. No random number is drawn for it, and no initialisation of linear layers (timm's, MAE's) redraws it: with
-the same seed, a gated model's other weights are those of the ungated one, so the two arms of the control start from
-the same point. The fused (SDPA) path stays the training path; with fused_attn off, the probabilities leave through
-attn_drop as in timm's Attention, where attention capture reads them."""
+The gate starts half open and the same for every token (zero weights, bias GATE_BIAS = 0: sigmoid 0.5), where the
+paper's gate starts too (its gate rows are initialised like the query projection, near zero) and where the sigmoid is
+steepest. A gate that starts saturated open (sigmoid ~ 1) hardly moves in a short pretraining and leaves the encoder
+ungated in effect. No random number is drawn for the gate, and no initialisation of linear layers (timm's, MAE's)
+redraws it: with the same seed, a gated model's other weights are those of the ungated one, so the two arms of the
+control start from the same weights. The fused (SDPA) path stays the training path; with fused_attn off, the
+probabilities leave through attn_drop as in timm's Attention, where attention capture reads them."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from torch import nn
 
-GATE_BIAS = 4.0  # sigmoid(4) = 0.982: open at the start
+GATE_BIAS = 0.0  # sigmoid(0) = 0.5
 
 
 class HeadGate(nn.Module):
@@ -36,7 +37,7 @@ class HeadGate(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Open and the same for every token; draws no random number. timm's ViT initialisation calls it."""
+        """Half open and the same for every token; draws no random number. timm's ViT initialisation calls it."""
         nn.init.zeros_(self.weight)
         nn.init.constant_(self.bias, GATE_BIAS)
 

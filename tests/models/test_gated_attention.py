@@ -38,7 +38,7 @@ def set_gate(encoder: ViTEncoder, weight: float | None = None, bias: torch.Tenso
                 blk.attn.gate.bias.copy_(torch.as_tensor(bias, dtype=torch.float32).expand_as(blk.attn.gate.bias))
 
 
-def test_every_block_is_gated_and_the_gate_starts_open_without_drawing_random_numbers():
+def test_every_block_is_gated_and_the_gate_starts_half_open_without_drawing_random_numbers():
     torch.manual_seed(0)
     plain = MaskedAutoencoder(**TINY)
     gated = MaskedAutoencoder(**TINY, attn_gate=True)
@@ -53,6 +53,8 @@ def test_every_block_is_gated_and_the_gate_starts_open_without_drawing_random_nu
     assert all(torch.equal(v, gated.state_dict()[k]) for k, v in plain.state_dict().items())
     gate = gated.encoder.blocks[0].attn.gate
     assert gate.weight.shape == (2, 32) and not gate.weight.any() and torch.all(gate.bias == GATE_BIAS)
+    # every query and head starts at 0.5, the sigmoid's steepest point (a gate saturated open would barely learn)
+    assert torch.equal(gate(torch.randn(3, 5, 32)), torch.full((3, 5, 2), 0.5))
     assert gated.config["attn_gate"] is True and gated.encoder.config["attn_gate"] is True
     assert plain.encoder.config["attn_gate"] is False
 
